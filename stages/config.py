@@ -1,0 +1,166 @@
+"""params.yaml schema: every knob, validated before a stage does any work.
+
+Unknown keys and invalid values fail fast with the dotted key named, e.g.
+``params.yaml: train.batch_size: Input should be greater than 0``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from stages.errors import UserError
+
+PARAMS_FILE = Path(os.environ.get("INSPECTION_PARAMS", "params.yaml"))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KaggleParams(_Strict):
+    dataset: str = "ravirajsinh45/real-life-industrial-dataset-of-casting-product"
+    version: int = Field(2, ge=1)
+
+
+class LocalParams(_Strict):
+    path: str = "data/source"
+    sha256: Optional[str] = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+
+
+class SyntheticParams(_Strict):
+    per_class: int = Field(400, ge=4)
+    size: int = Field(300, ge=32, le=2048)
+    seed: int = 7
+
+
+class DataParams(_Strict):
+    source: Literal["kaggle", "local", "synthetic"] = "kaggle"
+    kaggle: KaggleParams = KaggleParams()
+    local: LocalParams = LocalParams()
+    synthetic: SyntheticParams = SyntheticParams()
+    classes: dict[str, list[str]] = {"defect": ["def_front"], "ok": ["ok_front"]}
+    positive_class: str = "defect"
+
+    @model_validator(mode="after")
+    def _check_classes(self) -> "DataParams":
+        if len(self.classes) != 2:
+            raise ValueError("classes: exactly two classes are needed (a defect class and an ok class)")
+        if self.positive_class not in self.classes:
+            raise ValueError(f"positive_class: {self.positive_class!r} is not one of classes {sorted(self.classes)}")
+        seen: dict[str, str] = {}
+        for name, folders in self.classes.items():
+            for folder in [name, *folders]:
+                if seen.setdefault(folder.lower(), name) != name:
+                    raise ValueError(f"classes: folder name {folder!r} maps to two classes")
+        return self
+
+    @property
+    def negative_class(self) -> str:
+        return next(c for c in self.classes if c != self.positive_class)
+
+
+class NearDupParams(_Strict):
+    method: Literal["thumb_d4", "none"] = "thumb_d4"
+    max_distance: float = Field(0.06, ge=0.0, le=2.0)
+
+
+class SplitParams(_Strict):
+    seed: int = 42
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    use_source_test: bool = False
+    max_quarantined_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    near_duplicates: NearDupParams = NearDupParams()
+
+
+class AugmentParams(_Strict):
+    flip: bool = True
+    rotate: bool = True
+
+
+class TrainParams(_Strict):
+    arch: Literal["compact", "seed"] = "compact"
+    image_size: int = Field(150, ge=32, le=1024)
+    batch_size: int = Field(32, ge=1)
+    max_epochs: int = Field(30, ge=1)
+    patience: int = Field(4, ge=0)
+    learning_rate: float = Field(0.002, gt=0.0, lt=1.0)
+    seed: int = 0
+    class_weight: Literal["balanced", "none"] = "balanced"
+    augment: AugmentParams = AugmentParams()
+    mlflow_experiment: str = Field("casting-inspection", min_length=1)
+
+
+class EvaluateParams(_Strict):
+    policy: Literal["min_recall", "max_f1", "fixed"] = "min_recall"
+    min_recall: float = Field(0.995, gt=0.0, le=1.0)
+    fixed_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    sweep_points: int = Field(201, ge=3, le=100001)
+
+
+class ExportParams(_Strict):
+    parity_images: int = Field(64, ge=1)
+    parity_tolerance: float = Field(1e-5, gt=0.0)
+
+
+class Params(_Strict):
+    data: DataParams = DataParams()
+    split: SplitParams = SplitParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
+
+
+def _format(err: ValidationError, source: Path) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key; check its spelling against params.yaml's documented keys"
+    more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{source}: {key}: {msg}{more}"
+
+
+def load_params(path: Path | str | None = None) -> Params:
+    """Read and validate the whole params file (all sections, so a typo anywhere fails fast)."""
+    source = Path(path) if path is not None else PARAMS_FILE
+    if not source.exists():
+        raise UserError(f"{source} not found: run the stage from the repository root (where dvc.yaml is)")
+    try:
+        raw = yaml.safe_load(source.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{source} is not valid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_format(exc, source)) from None
+
+
+def non_default_params(params: Params) -> dict[str, object]:
+    """Dotted keys whose value differs from the schema default (for reports and run names)."""
+    def walk(cur: object, ref: object, prefix: str, out: dict[str, object]) -> None:
+        if isinstance(cur, BaseModel):
+            for name in type(cur).model_fields:
+                walk(getattr(cur, name), getattr(ref, name), f"{prefix}{name}.", out)
+        elif cur != ref:
+            out[prefix[:-1]] = cur
+    out: dict[str, object] = {}
+    walk(params, Params(), "", out)
+    return out
+
+
+def flat_params(params: Params) -> dict[str, object]:
+    """All params as a flat dotted-key dict (for MLflow)."""
+    out: dict[str, object] = {}
+    def walk(d: dict, prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "classes":
+                walk(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = v
+    walk(params.model_dump(), "")
+    return out

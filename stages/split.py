@@ -1,0 +1,160 @@
+"""Stage 2, split: decode every image once, quarantine bad files, group duplicates, split.
+
+Images with identical decoded pixels, and near-duplicates (see stages.dedup),
+share a group; whole groups go to one split, stratified by label, from a seed.
+Outputs: data/split/manifest.csv (path, label, split, group, sha256) and
+reports/data.json (counts per split and class, duplicate groups, quarantined files).
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from stages.config import SplitParams, load_params
+from stages.dedup import group_ids, near_duplicate_pairs, thumbnails
+from stages.download import RAW, TEST_SUBFOLDER
+from stages.errors import UserError, cli
+from stages.fsutil import read_json, sha256_bytes, staged_outputs, write_csv, write_json
+from stages.images import IMAGE_EXTENSIONS, decode_gray, iter_image_files
+
+MANIFEST = Path("data/split/manifest.csv")
+DATA_REPORT = Path("reports/data.json")
+SPLITS = ("train", "val", "test")
+
+
+def scan(raw: Path) -> tuple[list[dict], list[np.ndarray], list[dict]]:
+    """Decode every file under raw/<class>/ once. Returns (records, images, quarantined)."""
+    source = read_json(raw / "SOURCE.json")
+    classes = sorted(source["counts"])
+    files = [(cls, f) for cls in classes if (raw / cls).is_dir() for f in iter_image_files(raw / cls)]
+    if not files:
+        raise UserError(f"no images in {raw}; run the download stage first (dvc repro download)")
+
+    def decode(item):
+        cls, f = item
+        data = f.read_bytes()
+        if f.suffix.lower() not in IMAGE_EXTENSIONS:
+            return cls, f, None, f"not an image file extension ({f.suffix or 'none'})"
+        img, reason = decode_gray(data)
+        return cls, f, img, reason
+
+    records, images, quarantined = [], [], []
+    with ThreadPoolExecutor(4) as pool:
+        for cls, f, img, reason in tqdm(pool.map(decode, files), total=len(files), desc="decode", unit="img", mininterval=2):
+            rel = f.relative_to(raw).as_posix()
+            if img is None:
+                quarantined.append({"path": rel, "label": cls, "reason": reason})
+                continue
+            digest = sha256_bytes(np.ascontiguousarray(img).tobytes() + str(img.shape).encode())
+            records.append({"path": rel, "label": cls, "sha256": digest,
+                            "source_test": f.relative_to(raw).parts[1:2] == (TEST_SUBFOLDER,)})
+            images.append(img)
+    return records, images, quarantined
+
+
+def assign_groups(records: list[dict], images: list[np.ndarray], p: SplitParams) -> dict:
+    """Set record['group']; return duplicate statistics."""
+    n = len(records)
+    by_hash: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(records):
+        by_hash[r["sha256"]].append(i)
+    rows, cols = [], []
+    for members in by_hash.values():
+        rows += [members[0]] * (len(members) - 1)
+        cols += members[1:]
+    exact_groups = sum(1 for m in by_hash.values() if len(m) > 1)
+    if p.near_duplicates.method == "thumb_d4":
+        print(f"split: near-duplicate search over {n} images (thumb_d4, max_distance {p.near_duplicates.max_distance})")
+        r2, c2 = near_duplicate_pairs(thumbnails(images), p.near_duplicates.max_distance)
+        rows += r2.tolist()
+        cols += c2.tolist()
+    labels = group_ids(n, np.asarray(rows, int), np.asarray(cols, int))
+    for r, g in zip(records, labels):
+        r["group"] = int(g)
+    sizes = Counter(labels.tolist())
+    multi = [g for g, s in sizes.items() if s > 1]
+    mixed = [g for g in multi if len({records[i]["label"] for i in np.flatnonzero(labels == g)}) > 1]
+    return {
+        "exact_duplicate_groups": exact_groups,
+        "exact_duplicate_images": sum(len(m) for m in by_hash.values() if len(m) > 1),
+        "groups": len(sizes),
+        "groups_with_several_images": len(multi),
+        "images_in_such_groups": sum(sizes[g] for g in multi),
+        "largest_group": max(sizes.values()),
+        "groups_with_both_labels": len(mixed),
+        "method": p.near_duplicates.method,
+        "max_distance": p.near_duplicates.max_distance,
+    }
+
+
+def assign_splits(records: list[dict], p: SplitParams) -> None:
+    """Stratified, group-aware, deterministic split: whole groups go to one split."""
+    groups: dict[int, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[r["group"]].append(r)
+    rng = np.random.default_rng(p.seed)
+    forced_test = set()
+    if p.use_source_test:
+        forced_test = {g for g, members in groups.items() if any(m["source_test"] for m in members)}
+        if not forced_test:
+            raise UserError("split.use_source_test is true but the source has no test folder; set it to false")
+    by_label: dict[str, list[int]] = defaultdict(list)
+    for g, members in sorted(groups.items()):
+        label = Counter(m["label"] for m in members).most_common(1)[0][0]
+        by_label[label].append(g)
+    for label, gids in sorted(by_label.items()):
+        order = [gids[i] for i in rng.permutation(len(gids))]
+        total = sum(len(groups[g]) for g in gids)
+        quota = {"val": round(total * p.val_fraction)}
+        if not p.use_source_test:
+            quota["test"] = round(total * p.test_fraction)
+        filled = Counter()
+        for g in order:
+            if g in forced_test:
+                split = "test"
+            else:
+                split = next((s for s in ("test", "val") if s in quota and filled[s] < quota[s]), "train")
+            filled[split] += len(groups[g])
+            for m in groups[g]:
+                m["split"] = split
+
+
+def main() -> None:
+    p = load_params().split
+    if not (RAW / "SOURCE.json").exists():
+        raise UserError(f"{RAW}/SOURCE.json is missing; run the download stage first (dvc repro download)")
+    records, images, quarantined = scan(RAW)
+    total = len(records) + len(quarantined)
+    for q in quarantined:
+        print(f"split: quarantined {q['path']}: {q['reason']}")
+    if len(quarantined) > p.max_quarantined_fraction * total:
+        raise UserError(
+            f"{len(quarantined)} of {total} files are unreadable (limit split.max_quarantined_fraction="
+            f"{p.max_quarantined_fraction}); fix or remove them (first: {quarantined[0]['path']}: {quarantined[0]['reason']})"
+        )
+    dup = assign_groups(records, images, p)
+    assign_splits(records, p)
+    labels = sorted({r["label"] for r in records})
+    counts = {s: {c: sum(1 for r in records if r["split"] == s and r["label"] == c) for c in labels} for s in SPLITS}
+    for s in SPLITS:
+        for c in labels:
+            if counts[s][c] == 0:
+                raise UserError(f"split {s} has no {c!r} images ({len(records)} usable images); add images or change split fractions")
+    report = {"images": len(records), "counts": counts, "duplicates": dup,
+              "quarantined": quarantined, "quarantined_count": len(quarantined),
+              "use_source_test": p.use_source_test, "seed": p.seed}
+    with staged_outputs(MANIFEST, DATA_REPORT) as out:
+        rows = [{"path": (RAW / r["path"]).as_posix(), "label": r["label"], "split": r["split"],
+                 "group": r["group"], "sha256": r["sha256"]} for r in records]
+        write_csv(out.path(MANIFEST), rows, ["path", "label", "split", "group", "sha256"])
+        write_json(out.path(DATA_REPORT), report)
+    print(f"split: {counts}; {dup['groups']} groups ({dup['groups_with_several_images']} with several images, "
+          f"{dup['exact_duplicate_groups']} exact-duplicate sets); {len(quarantined)} quarantined")
+
+
+if __name__ == "__main__":
+    cli(main)()
