@@ -24,7 +24,7 @@ class StagedOutputs:
         self._tmp: dict[Path, Path] = {}
         token = uuid.uuid4().hex[:8]
         for out in self.outputs:
-            self._tmp[out] = out.parent / f".{out.name}.partial-{token}"
+            self._tmp[out] = out.parent / f".partial-{token}.{out.name}"  # keeps the suffix (.keras, .json)
 
     def path(self, output: Path | str) -> Path:
         """Temporary location to write ``output`` to (its parent folder exists)."""
