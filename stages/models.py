@@ -11,7 +11,7 @@ def seed_article(size: int) -> keras.Model:
     inputs = keras.Input((size, size, 1), name="image")
     x = layers.Rescaling(1.0 / 255)(inputs)
     for filters in (16, 32, 64):
-        x = layers.Conv2D(filters, 3, activation="relu")(x)
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = layers.MaxPooling2D()(x)
     x = layers.Flatten()(x)
     x = layers.Dense(128, activation="relu")(x)

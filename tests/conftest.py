@@ -1,0 +1,67 @@
+"""Shared fixtures: small generated images and a scratch project directory."""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+MIRROR = REPO.parent / "shared" / "datasets" / "casting-product-train.zip"
+sys.path.insert(0, str(REPO))
+
+from stages.synthetic import render_part  # noqa: E402
+
+
+def write_part(path: Path, seed: int, defects: int = 0, size: int = 64, channels: int = 3) -> np.ndarray:
+    img, _ = render_part(np.random.default_rng(seed), size, defects)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(img, cv2.COLOR_GRAY2BGR) if channels == 3 else img)
+    return img
+
+
+def make_class_tree(root: Path, folders: dict[str, str], n: int = 12, size: int = 64, start: int = 0) -> None:
+    """root/<folder>/img_i.jpeg, with defects in folders whose class is 'defect'."""
+    for folder, cls in folders.items():
+        for i in range(n):
+            write_part(root / folder / f"img_{start + i:03d}.jpeg", seed=hash((folder, start + i)) % 2**31,
+                       defects=1 if cls == "defect" else 0, size=size)
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A scratch working directory holding a params.yaml copied from the repo; returns a params editor."""
+    monkeypatch.chdir(tmp_path)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def set_params(**changes):
+        for dotted, value in changes.items():
+            node = params
+            *parents, last = dotted.split("__")
+            for k in parents:
+                node = node[k]
+            node[last] = value
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+        return tmp_path
+
+    set_params()
+    return set_params
+
+
+@pytest.fixture(scope="session")
+def mirror():
+    if not MIRROR.exists():
+        pytest.skip(f"shared mirror not present at {MIRROR}")
+    return MIRROR
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy the tracked project files (not data, models, venv) to dest."""
+    ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", "mlflow.db", "mlruns", "node_modules",
+                                    ".pytest_cache", "raw", "split", "model*", "saved_model", "tfjs", "reports")
+    shutil.copytree(REPO, dest, ignore=ignore, dirs_exist_ok=True)
+    return dest
