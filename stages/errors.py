@@ -18,6 +18,8 @@ def cli(main: Callable[[], None]) -> Callable[[], None]:
 
     @functools.wraps(main)
     def wrapper() -> None:
+        # progress lines must reach `dvc repro`'s log as they happen, not when a pipe buffer fills
+        sys.stdout.reconfigure(line_buffering=True)
         try:
             main()
         except UserError as exc:

@@ -60,8 +60,14 @@ def mirror():
 
 
 def copy_repo(dest: Path) -> Path:
-    """Copy the tracked project files (not data, models, venv) to dest."""
-    ignore = shutil.ignore_patterns(".venv", ".git", "__pycache__", "mlflow.db", "mlruns", "node_modules",
-                                    ".pytest_cache", "raw", "split", "model*", "saved_model", "tfjs", "reports")
-    shutil.copytree(REPO, dest, ignore=ignore, dirs_exist_ok=True)
+    """Copy the project's source files (what git tracks or would track; no data, models, venv) to dest."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file() and rel != "dvc.lock":
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
     return dest
