@@ -32,12 +32,14 @@ def export_saved_model(model, size: int, path: Path) -> None:
                  input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32, name=INPUT_NAME)])
 
 
-def saved_model_predict(path: Path, images: np.ndarray) -> np.ndarray:
+def saved_model_predict(path: Path, images: np.ndarray) -> tuple[str, np.ndarray]:
+    """Run the exported serving signature; returns (output name, probabilities [N, 1])."""
     import tensorflow as tf
 
     fn = tf.saved_model.load(str(path)).signatures[SIGNATURE]
     out = fn(**{INPUT_NAME: tf.constant(images[..., None].astype(np.float32))})
-    return next(iter(out.values())).numpy()
+    (name, value), = out.items()
+    return name, value.numpy()
 
 
 def convert_to_tfjs(saved_model: Path, dest: Path) -> None:
@@ -72,7 +74,8 @@ def main() -> None:
         print("export: writing SavedModel")
         export_saved_model(model, t.image_size, out.path(SAVED_MODEL))
         keras_p = predict(model, test.images)
-        saved_p = saved_model_predict(out.path(SAVED_MODEL), test.images)[:, 0]
+        output_name, saved_p = saved_model_predict(out.path(SAVED_MODEL), test.images)
+        saved_p = saved_p[:, 0]
         diff = float(np.max(np.abs(keras_p - saved_p)))
         if diff > x.parity_tolerance:
             raise UserError(f"SavedModel and Keras disagree by {diff:.2e} (> export.parity_tolerance "
@@ -84,7 +87,7 @@ def main() -> None:
         metadata = {
             "model": {"arch": t.arch, "parameters": int(model.count_params())},
             "classes": [neg, pos], "positive_class": pos,
-            "output": {"name": "output_0", "shape": [None, 1],
+            "output": {"name": output_name, "shape": [None, 1],
                        "meaning": f"probability of {pos!r}; verdict {pos!r} when probability >= threshold"},
             "threshold": metrics["threshold"], "policy": metrics["policy"], "policy_target": metrics["policy_target"],
             "input": {"height": t.image_size, "width": t.image_size, "channels": 1, "dtype": "float32",
