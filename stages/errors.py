@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from typing import Callable
 
@@ -20,6 +21,8 @@ def cli(main: Callable[[], None]) -> Callable[[], None]:
     def wrapper() -> None:
         # progress lines must reach `dvc repro`'s log as they happen, not when a pipe buffer fills
         sys.stdout.reconfigure(line_buffering=True)
+        # `kill` / a CI timeout: unwind like Ctrl-C so staged outputs are discarded
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             main()
         except UserError as exc:
@@ -30,3 +33,7 @@ def cli(main: Callable[[], None]) -> Callable[[], None]:
             raise SystemExit(130) from None
 
     return wrapper
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt

@@ -24,6 +24,8 @@ class StagedOutputs:
         self._tmp: dict[Path, Path] = {}
         token = uuid.uuid4().hex[:8]
         for out in self.outputs:
+            for stale in out.parent.glob(f".partial-*.{out.name}"):  # left by a run killed with SIGKILL
+                remove(stale)
             self._tmp[out] = out.parent / f".partial-{token}.{out.name}"  # keeps the suffix (.keras, .json)
 
     def path(self, output: Path | str) -> Path:

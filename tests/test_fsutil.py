@@ -30,3 +30,38 @@ def test_undeclared_output_rejected(tmp_path):
     with pytest.raises(KeyError):
         with staged_outputs(tmp_path / "a") as out:
             out.path(tmp_path / "b")
+
+
+def test_stale_partials_from_a_killed_run_are_removed(tmp_path):
+    stale = tmp_path / ".partial-deadbeef.model.keras"
+    stale.write_text("half")
+    with staged_outputs(tmp_path / "model.keras") as out:
+        out.path(tmp_path / "model.keras").write_text("full")
+    assert not stale.exists() and (tmp_path / "model.keras").read_text() == "full"
+
+
+def test_sigterm_midway_leaves_no_output(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = f"""
+import time
+from pathlib import Path
+from stages.errors import cli
+from stages.fsutil import staged_outputs
+def main():
+    with staged_outputs(Path({str(tmp_path)!r}) / "out.csv") as out:
+        out.path(Path({str(tmp_path)!r}) / "out.csv").write_text("half")
+        print("writing", flush=True)
+        time.sleep(30)
+cli(main)()
+"""
+    from conftest import REPO
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and "no partial outputs" in err
+    assert list(tmp_path.iterdir()) == []
