@@ -44,7 +44,6 @@ def test_sigterm_midway_leaves_no_output(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     code = f"""
 import time
