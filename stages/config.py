@@ -75,11 +75,28 @@ class SplitParams(_Strict):
     use_source_test: bool = False
     max_quarantined_fraction: float = Field(0.01, ge=0.0, le=1.0)
     near_duplicates: NearDupParams = NearDupParams()
+    confound_warn_auc: float = Field(0.75, gt=0.5, le=1.0)
 
 
 class AugmentParams(_Strict):
     flip: bool = True
     rotate: bool = True
+    gain: Optional[tuple[float, float]] = (0.6, 1.5)         # exposure factor range
+    gamma: Optional[tuple[float, float]] = (0.7, 1.4)
+    contrast: Optional[tuple[float, float]] = (0.7, 1.3)
+    blur_sigma: Optional[tuple[float, float]] = (0.3, 1.5)   # pixels at the model's input size
+    noise_sigma: Optional[tuple[float, float]] = (0.0, 8.0)  # grey levels at the model's input size
+    probability: float = Field(0.5, ge=0.0, le=1.0)         # share of images each photometric op touches
+    shift: float = Field(0.04, ge=0.0, le=0.5)              # fraction of the side
+    zoom: float = Field(0.05, ge=0.0, le=0.5)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "AugmentParams":
+        for name in ("gain", "gamma", "contrast", "blur_sigma", "noise_sigma"):
+            r = getattr(self, name)
+            if r is not None and not (0 <= r[0] <= r[1]):
+                raise ValueError(f"{name}: expected [low, high] with 0 <= low <= high, got {list(r)}")
+        return self
 
 
 class TrainParams(_Strict):
@@ -89,10 +106,55 @@ class TrainParams(_Strict):
     max_epochs: int = Field(30, ge=1)
     patience: int = Field(4, ge=0)
     learning_rate: float = Field(0.002, gt=0.0, lt=1.0)
+    lr_schedule: Literal["cosine", "plateau"] = "cosine"
+    normalize: Literal["per_image", "none"] = "per_image"
     seed: int = 0
     class_weight: Literal["balanced", "none"] = "balanced"
     augment: AugmentParams = AugmentParams()
     mlflow_experiment: str = Field("casting-inspection", min_length=1)
+
+
+PerturbationKind = Literal["gain", "gamma", "contrast", "blur", "noise", "jpeg", "rotate", "shift", "scale"]
+
+
+class Perturbation(_Strict):
+    kind: PerturbationKind
+    value: Optional[float] = None   # None only for rotate (a random angle per image)
+    gated: bool = True              # counts towards robustness.targets
+
+    @model_validator(mode="after")
+    def _value(self) -> "Perturbation":
+        if self.value is None and self.kind != "rotate":
+            raise ValueError(f"value: {self.kind} needs a value")
+        if self.kind == "jpeg" and self.value is not None and not 1 <= self.value <= 100:
+            raise ValueError("value: jpeg quality must be within 1-100")
+        if self.kind in ("gain", "gamma", "contrast", "scale") and self.value is not None and self.value <= 0:
+            raise ValueError(f"value: {self.kind} must be > 0")
+        return self
+
+
+class RobustnessTargets(_Strict):
+    min_recall: float = Field(0.99, ge=0.0, le=1.0)
+    max_false_reject_rate: float = Field(0.02, ge=0.0, le=1.0)
+
+
+class RobustnessParams(_Strict):
+    seed: int = 0
+    perturbations: dict[str, Perturbation] = {
+        "exposure x0.75": Perturbation(kind="gain", value=0.75),
+        "exposure x1.25": Perturbation(kind="gain", value=1.25),
+        "blur 1.5px": Perturbation(kind="blur", value=1.5),
+        "noise 8": Perturbation(kind="noise", value=8),
+        "jpeg q40": Perturbation(kind="jpeg", value=40),
+        "rotate any": Perturbation(kind="rotate"),
+    }
+    targets: RobustnessTargets = RobustnessTargets()
+
+
+class BootstrapParams(_Strict):
+    resamples: int = Field(2000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    seed: int = 0
 
 
 class EvaluateParams(_Strict):
@@ -100,11 +162,30 @@ class EvaluateParams(_Strict):
     min_recall: float = Field(0.995, gt=0.0, le=1.0)
     fixed_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     sweep_points: int = Field(201, ge=3, le=100001)
+    review_band: Optional[tuple[float, float]] = None   # [low, high]: auto-pass < low <= review < high <= auto-reject
+    bootstrap: BootstrapParams = BootstrapParams()
+    robustness: RobustnessParams = RobustnessParams()
+    drift_margin: float = Field(0.1, ge=0.0)            # widen the training [p0.5, p99.5] ranges by this x width
+
+    @model_validator(mode="after")
+    def _band(self) -> "EvaluateParams":
+        b = self.review_band
+        if b is not None and not 0.0 < b[0] < b[1] < 1.0:
+            raise ValueError(f"review_band: expected [low, high] with 0 < low < high < 1, got {list(b)}")
+        return self
 
 
 class ExportParams(_Strict):
     parity_images: int = Field(64, ge=1)
     parity_tolerance: float = Field(1e-5, gt=0.0)
+    quantize: Literal["none", "float16"] = "none"   # TF.js weight quantisation
+
+
+class ReportParams(_Strict):
+    max_misclassified: int = Field(40, ge=0)   # misclassified test images shown (worst first)
+    uncertain_cases: int = Field(8, ge=0)      # correct but closest to the threshold
+    reference_defects: int = Field(4, ge=0)    # confidently found defects, for comparison
+    thumbnail: int = Field(192, ge=32, le=600) # pixels per shown image
 
 
 class Params(_Strict):
@@ -113,6 +194,7 @@ class Params(_Strict):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
+    report: ReportParams = ReportParams()
 
 
 def _format(err: ValidationError, source: Path) -> str:

@@ -3,7 +3,11 @@
 Policies (evaluate.policy): min_recall = highest threshold whose validation defect
 recall >= evaluate.min_recall; max_f1 = the validation F1 maximiser; fixed.
 A part is called a defect when its probability >= threshold.
-Outputs: reports/metrics.json (DVC metrics), reports/eval/{thresholds,pr,roc,confusion,predictions}.csv.
+Also: bootstrap intervals of the test error rates, the review band (evaluate.review_band), the
+robustness battery (evaluate.robustness, stages/perturb.py) and the drift reference statistics
+of the training images that deployment compares incoming images with (stages/imagestats.py).
+Outputs: reports/metrics.json (DVC metrics), reports/eval/drift_reference.json and
+reports/eval/{thresholds,pr,roc,confusion,predictions,operating_points,robustness}.csv.
 """
 from __future__ import annotations
 
@@ -11,88 +15,104 @@ import os
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, average_precision_score, confusion_matrix, f1_score,
-                             precision_recall_curve, precision_score, recall_score, roc_auc_score, roc_curve)
+from sklearn.metrics import precision_recall_curve, roc_curve
 
-from stages.config import EvaluateParams, load_params
+from stages.config import load_params
 from stages.errors import cli
 from stages.fsutil import staged_outputs, write_csv, write_json
+from stages.metrics import at_threshold, bootstrap_rates, choose_threshold, operating_points, review_band, sweep
+from stages.tracking import mlflow_key
 
 METRICS = Path("reports/metrics.json")
 EVAL = Path("reports/eval")
-
-
-def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, e: EvaluateParams) -> float:
-    if e.policy == "fixed":
-        return float(e.fixed_threshold)
-    precision, recall, thresholds = precision_recall_curve(y_val, p_val)
-    precision, recall = precision[:-1], recall[:-1]  # align with thresholds (ascending)
-    if e.policy == "min_recall":
-        ok = np.flatnonzero(recall >= e.min_recall)
-        return float(thresholds[ok[-1]])  # recall is non-increasing in the threshold; never empty (t_min -> 1.0)
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
-    return float(thresholds[int(np.argmax(f1))])
-
-
-def at_threshold(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict:
-    pred = (prob >= threshold).astype(int)
-    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
-    both = len(np.unique(y)) == 2
-    return {
-        "n": int(len(y)), "tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn),
-        "accuracy": float(accuracy_score(y, pred)),
-        "precision": float(precision_score(y, pred, zero_division=0)),
-        "recall": float(recall_score(y, pred, zero_division=0)),
-        "f1": float(f1_score(y, pred, zero_division=0)),
-        "false_reject_rate": float(fp / max(1, fp + tn)),
-        "miss_rate": float(fn / max(1, fn + tp)),
-        "roc_auc": float(roc_auc_score(y, prob)) if both else None,
-        "pr_auc": float(average_precision_score(y, prob)) if both else None,
-    }
-
-
-def sweep(splits: dict[str, tuple[np.ndarray, np.ndarray]], points: int) -> list[dict]:
-    rows = []
-    for t in np.linspace(0.0, 1.0, points):
-        row = {"threshold": round(float(t), 6)}
-        for name, (y, p) in splits.items():
-            pred = (p >= t).astype(int)
-            row[f"{name}_precision"] = float(precision_score(y, pred, zero_division=1))
-            row[f"{name}_recall"] = float(recall_score(y, pred, zero_division=0))
-            row[f"{name}_f1"] = float(f1_score(y, pred, zero_division=0))
-        rows.append(row)
-    return rows
+DRIFT_REFERENCE = EVAL / "drift_reference.json"
 
 
 def predict(model, images: np.ndarray, batch: int = 64) -> np.ndarray:
     return model.predict(images[..., None].astype(np.float32), batch_size=batch, verbose=0)[:, 0].astype(np.float64)
 
 
+def robustness(model, photos: list[np.ndarray], y: np.ndarray, threshold: float, size: int, r, drift_ref: dict) -> list[dict]:
+    """The perturbation battery: each perturbation on every full-resolution test photo, then the
+    model's resize, then the model at the chosen threshold. Row 'clean' is the reference."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stages.images import resize
+    from stages.imagestats import drift_flags, features
+    from stages.perturb import apply
+
+    def one(kind, value, i):
+        img = photos[i] if kind is None else apply(kind, value, photos[i], np.random.default_rng([r.seed, i]))
+        small = resize(img, size)
+        return small, bool(drift_flags(features(small), drift_ref))
+
+    battery = [("clean", None, None, False), *((n, q.kind, q.value, q.gated) for n, q in r.perturbations.items())]
+    rows = []
+    with ThreadPoolExecutor(4) as pool:
+        for name, kind, value, gated in battery:
+            out = list(pool.map(lambda i: one(kind, value, i), range(len(photos))))
+            prob = predict(model, np.stack([o[0] for o in out]))
+            m = at_threshold(y, prob, threshold)
+            ok = m["recall"] >= r.targets.min_recall and m["false_reject_rate"] <= r.targets.max_false_reject_rate
+            rows.append({"perturbation": name, "kind": kind or "none", "value": value, "gated": gated,
+                         "recall": m["recall"], "missed": m["fn"], "false_reject_rate": m["false_reject_rate"],
+                         "false_rejects": m["fp"], "roc_auc": m["roc_auc"],
+                         "drift_flagged_share": float(np.mean([o[1] for o in out])), "meets_targets": ok})
+            print(f"evaluate: robustness {name:>16}: recall {m['recall']:.4f} false rejects "
+                  f"{m['false_reject_rate']:.4f} ROC-AUC {m['roc_auc']:.4f} drift flagged "
+                  f"{rows[-1]['drift_flagged_share']:.0%}{'' if ok or not gated else '  << misses target'}")
+    return rows
+
+
 def main() -> None:
     params = load_params()
     e, t = params.evaluate, params.train
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
 
     from stages.dataset import load_split
+    from stages.images import read_many
+    from stages.imagestats import drift_reference
+    from stages.models import load_model
     from stages.tracking import resume_run
     from stages.train import MODEL
 
     pos, neg = params.data.positive_class, params.data.negative_class
-    model = keras.models.load_model(MODEL)
-    data = {s: load_split(s, t.image_size, pos) for s in ("val", "test")}
-    probs = {s: predict(model, d.images) for s, d in data.items()}
+    model = load_model(MODEL)
+    data = {s: load_split(s, t.image_size, pos) for s in ("train", "val", "test")}
+    probs = {s: predict(model, data[s].images) for s in ("val", "test")}
     y = {s: d.labels for s, d in data.items()}
 
     threshold = choose_threshold(y["val"], probs["val"], e)
+    max_f1 = choose_threshold(y["val"], probs["val"], e.model_copy(update={"policy": "max_f1"}))
+    b = e.bootstrap
     metrics = {"threshold": threshold, "policy": e.policy,
                "policy_target": e.min_recall if e.policy == "min_recall" else None,
                "positive_class": pos,
                "val": at_threshold(y["val"], probs["val"], threshold),
-               "test": at_threshold(y["test"], probs["test"], threshold)}
-    files = {name: EVAL / f"{name}.csv" for name in ("thresholds", "pr", "roc", "confusion", "predictions")}
-    with staged_outputs(METRICS, *files.values()) as out:
+               "test": at_threshold(y["test"], probs["test"], threshold),
+               "test_intervals": bootstrap_rates(y["test"], probs["test"], threshold, b.resamples, b.confidence, b.seed),
+               "review_band": (review_band(y["test"], probs["test"], *e.review_band) if e.review_band else None)}
+
+    print("evaluate: drift reference from the training images; robustness battery on the test photos")
+    drift_ref = drift_reference(data["train"].images, e.drift_margin)
+    photos = read_many(data["test"].paths)
+    rob = robustness(model, photos, y["test"], threshold, t.image_size, e.robustness, drift_ref)
+    gated = [row for row in rob if row["gated"]]
+    metrics["robustness"] = {row["perturbation"]: {k: row[k] for k in
+                             ("recall", "missed", "false_reject_rate", "false_rejects", "roc_auc", "drift_flagged_share")}
+                             for row in rob}
+    metrics["robustness_summary"] = {
+        "targets": e.robustness.targets.model_dump(), "gated": len(gated),
+        "all_gated_meet_targets": all(row["meets_targets"] for row in gated),
+        "worst_recall": min((row["recall"] for row in gated), default=None),
+        "worst_false_reject_rate": max((row["false_reject_rate"] for row in gated), default=None)}
+
+    thresholds = [threshold, max_f1, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, *(e.review_band or ())]
+    files = {name: EVAL / f"{name}.csv" for name in
+             ("thresholds", "pr", "roc", "confusion", "predictions", "operating_points", "robustness")}
+    with staged_outputs(METRICS, DRIFT_REFERENCE, *files.values()) as out:
         write_json(out.path(METRICS), metrics)
+        write_json(out.path(DRIFT_REFERENCE), drift_ref)
         rows = sweep({s: (y[s], probs[s]) for s in ("val", "test")}, e.sweep_points)
         write_csv(out.path(files["thresholds"]), rows, list(rows[0]))
         prec, rec, _ = precision_recall_curve(y["test"], probs["test"])
@@ -109,19 +129,28 @@ def main() -> None:
                     "verdict": name[int(prob >= threshold)], "correct": int((prob >= threshold) == lab)}
                    for s in ("val", "test") for path, lab, prob in zip(data[s].paths, y[s], probs[s])],
                   ["path", "split", "label", "probability", "verdict", "correct"])
+        ops = operating_points(y["test"], probs["test"], thresholds)
+        for row in ops:
+            row["chosen"] = row["threshold"] == threshold
+        write_csv(out.path(files["operating_points"]), ops, list(ops[0]))
+        write_csv(out.path(files["robustness"]), rob, list(rob[0]))
 
     with resume_run() as mlflow:
         mlflow.log_metric("threshold", threshold)
         for split in ("val", "test"):
             mlflow.log_metrics({f"{split}_{k}": float(v) for k, v in metrics[split].items() if v is not None})
+        mlflow.log_metrics({mlflow_key(f"robust_{row['perturbation']}_{k}"): float(row[k])
+                            for row in rob for k in ("recall", "false_reject_rate")})
         mlflow.log_artifact(str(METRICS), "reports")
         mlflow.log_artifacts(str(EVAL), "reports/eval")
         if Path("reports/data.json").exists():
             mlflow.log_artifact("reports/data.json", "reports")
-    m = metrics["test"]
+    m, s = metrics["test"], metrics["robustness_summary"]
     print(f"evaluate: threshold {threshold:.4f} ({e.policy}) -> test recall {m['recall']:.4f} precision "
           f"{m['precision']:.4f} accuracy {m['accuracy']:.4f} ROC-AUC {m['roc_auc']} "
-          f"(missed defects {m['fn']}, false rejects {m['fp']} of {m['n']})")
+          f"(missed defects {m['fn']}, false rejects {m['fp']} of {m['n']}); robustness targets "
+          f"{'met' if s['all_gated_meet_targets'] else 'NOT met'} (worst recall {s['worst_recall']}, "
+          f"worst false-reject rate {s['worst_false_reject_rate']})")
 
 
 if __name__ == "__main__":

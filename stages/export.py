@@ -41,9 +41,10 @@ def saved_model_predict(path: Path, images: np.ndarray) -> tuple[str, np.ndarray
     return name, value.numpy()
 
 
-def convert_to_tfjs(saved_model: Path, dest: Path) -> None:
+def convert_to_tfjs(saved_model: Path, dest: Path, quantize: str = "none") -> None:
     cmd = [sys.executable, "-m", "tensorflowjs.converters.converter", "--input_format=tf_saved_model",
            "--output_format=tfjs_graph_model", f"--signature_name={SIGNATURE}", "--saved_model_tags=serve",
+           *(["--quantize_float16=*"] if quantize == "float16" else []),
            str(saved_model), str(dest)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
@@ -62,11 +63,12 @@ def main() -> None:
     import keras
 
     from stages.dataset import dataset_sha256, load_split
-    from stages.evaluate import METRICS, predict
+    from stages.models import load_model
+    from stages.evaluate import DRIFT_REFERENCE, METRICS, predict
     from stages.tracking import RUN_FILE, git_commit, resume_run
     from stages.train import MODEL
 
-    model = keras.models.load_model(MODEL)
+    model = load_model(MODEL)
     test = load_split("test", t.image_size, params.data.positive_class, limit=x.parity_images)
     metrics = read_json(METRICS)
     with staged_outputs(SAVED_MODEL, TFJS, METADATA) as out:
@@ -80,7 +82,7 @@ def main() -> None:
             raise UserError(f"SavedModel and Keras disagree by {diff:.2e} (> export.parity_tolerance "
                             f"{x.parity_tolerance:g}); the export is wrong, do not deploy it")
         print("export: converting to TF.js graph model")
-        convert_to_tfjs(out.path(SAVED_MODEL), out.path(TFJS))
+        convert_to_tfjs(out.path(SAVED_MODEL), out.path(TFJS), x.quantize)
         pos, neg = params.data.positive_class, params.data.negative_class
         run = read_json(RUN_FILE)
         metadata = {
@@ -89,6 +91,12 @@ def main() -> None:
             "output": {"name": output_name, "shape": [None, 1],
                        "meaning": f"probability of {pos!r}; verdict {pos!r} when probability >= threshold"},
             "threshold": metrics["threshold"], "policy": metrics["policy"], "policy_target": metrics["policy_target"],
+            "review_band": ({"low": metrics["review_band"]["low"], "high": metrics["review_band"]["high"],
+                             "meaning": "auto-pass below low, manual review from low to high, auto-reject from high"}
+                            if metrics.get("review_band") else None),
+            "drift": {**read_json(DRIFT_REFERENCE),
+                      "rule": "flag an image whose brightness, contrast or sharpness (stages/imagestats.py, computed "
+                              "on the resized model input) lies outside [min, max]"},
             "input": {"height": t.image_size, "width": t.image_size, "channels": 1, "dtype": "float32",
                       "range": "raw 0-255 grayscale (the model rescales inside)", "name": INPUT_NAME,
                       "signature": SIGNATURE, "resize": RESIZE_METHOD,
@@ -98,6 +106,7 @@ def main() -> None:
             "dataset_sha256": dataset_sha256(), "git_commit": git_commit(), "mlflow_run_id": run["run_id"],
             "parity": {"images": len(test.labels), "max_abs_diff_saved_model_vs_keras": diff},
             "size_bytes": {"saved_model": dir_size(out.path(SAVED_MODEL)), "tfjs": dir_size(out.path(TFJS))},
+            "tfjs_quantization": x.quantize,
         }
         write_json(out.path(METADATA), metadata)
     with resume_run() as mlflow:

@@ -71,6 +71,12 @@ def load_images(paths: Sequence[Path | str], size: int, desc: str = "decode", wo
     return out
 
 
+def read_many(paths: Sequence[Path | str], workers: int = 4) -> list[np.ndarray]:
+    """Decode many files at full resolution, in parallel, keeping their order."""
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(read_gray, paths))
+
+
 def iter_image_files(folder: Path) -> Iterable[Path]:
     """Every regular, non-hidden file under ``folder`` in sorted order (non-images included)."""
     for p in sorted(folder.rglob("*")):

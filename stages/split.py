@@ -3,7 +3,8 @@
 Images with identical decoded pixels, and near-duplicates (see stages.dedup),
 share a group; whole groups go to one split, stratified by label, from a seed.
 Outputs: data/split/manifest.csv (path, label, split, group, sha256) and
-reports/data.json (counts per split and class, duplicate groups, quarantined files).
+reports/data.json (counts per split and class, duplicate groups, quarantined files, and the
+confound check: how well global image statistics alone separate the classes).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from stages.download import RAW, TEST_SUBFOLDER
 from stages.errors import UserError, cli
 from stages.fsutil import read_json, sha256_bytes, staged_outputs, write_csv, write_json
 from stages.images import IMAGE_EXTENSIONS, decode_gray, iter_image_files
+from stages.imagestats import FEATURES, confound_check, features
 
 MANIFEST = Path("data/split/manifest.csv")
 DATA_REPORT = Path("reports/data.json")
@@ -27,7 +29,8 @@ SPLITS = ("train", "val", "test")
 
 
 def scan(raw: Path) -> tuple[list[dict], list[np.ndarray], list[dict]]:
-    """Decode every file under raw/<class>/ once. Returns (records, images, quarantined)."""
+    """Decode every file under raw/<class>/ once. Returns (records, images, quarantined);
+    each record carries the image's global statistics (stages.imagestats)."""
     source = read_json(raw / "SOURCE.json")
     classes = sorted(source["counts"])
     files = [(cls, f) for cls in classes if (raw / cls).is_dir() for f in iter_image_files(raw / cls)]
@@ -38,20 +41,20 @@ def scan(raw: Path) -> tuple[list[dict], list[np.ndarray], list[dict]]:
         cls, f = item
         data = f.read_bytes()
         if f.suffix.lower() not in IMAGE_EXTENSIONS:
-            return cls, f, None, f"not an image file extension ({f.suffix or 'none'})"
+            return cls, f, None, f"not an image file extension ({f.suffix or 'none'})", None
         img, reason = decode_gray(data)
-        return cls, f, img, reason
+        return cls, f, img, reason, (features(img) if img is not None else None)
 
     records, images, quarantined = [], [], []
     with ThreadPoolExecutor(4) as pool:
-        for cls, f, img, reason in tqdm(pool.map(decode, files), total=len(files), desc="decode", unit="img", mininterval=2):
+        for cls, f, img, reason, stats in tqdm(pool.map(decode, files), total=len(files), desc="decode", unit="img", mininterval=2):
             rel = f.relative_to(raw).as_posix()
             if img is None:
                 quarantined.append({"path": rel, "label": cls, "reason": reason})
                 continue
             digest = sha256_bytes(np.ascontiguousarray(img).tobytes() + str(img.shape).encode())
             records.append({"path": rel, "label": cls, "sha256": digest,
-                            "source_test": f.relative_to(raw).parts[1:2] == (TEST_SUBFOLDER,)})
+                            "source_test": f.relative_to(raw).parts[1:2] == (TEST_SUBFOLDER,), "stats": stats})
             images.append(img)
     return records, images, quarantined
 
@@ -123,8 +126,16 @@ def assign_splits(records: list[dict], p: SplitParams) -> None:
                 m["split"] = split
 
 
+def confound(records: list[dict], positive_class: str, warn_auc: float) -> dict:
+    table = {k: np.array([r["stats"][k] for r in records]) for k in FEATURES}
+    labels = np.array([r["label"] == positive_class for r in records], int)
+    split = np.array([r["split"] for r in records])
+    return confound_check(table, labels, split == "train", split == "test", warn_auc)
+
+
 def main() -> None:
-    p = load_params().split
+    params = load_params()
+    p = params.split
     if not (RAW / "SOURCE.json").exists():
         raise UserError(f"{RAW}/SOURCE.json is missing; run the download stage first (dvc repro download)")
     records, images, quarantined = scan(RAW)
@@ -144,7 +155,8 @@ def main() -> None:
         for c in labels:
             if counts[s][c] == 0:
                 raise UserError(f"split {s} has no {c!r} images ({len(records)} usable images); add images or change split fractions")
-    report = {"images": len(records), "counts": counts, "duplicates": dup,
+    conf = confound(records, params.data.positive_class, p.confound_warn_auc)
+    report = {"images": len(records), "counts": counts, "duplicates": dup, "confound": conf,
               "quarantined": quarantined, "quarantined_count": len(quarantined),
               "use_source_test": p.use_source_test, "seed": p.seed}
     with staged_outputs(MANIFEST, DATA_REPORT) as out:
@@ -154,6 +166,7 @@ def main() -> None:
         write_json(out.path(DATA_REPORT), report)
     print(f"split: {counts}; {dup['groups']} groups ({dup['groups_with_several_images']} with several images, "
           f"{dup['exact_duplicate_groups']} exact-duplicate sets); {len(quarantined)} quarantined")
+    print(f"split: confound check: {'WARNING ' if conf['flagged'] else ''}{conf['message']}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Iterator
@@ -28,6 +29,11 @@ def _mlflow():
     return mlflow
 
 
+def mlflow_key(key: str) -> str:
+    """MLflow names allow letters, digits and _ - . space : / only (params.yaml names may hold more)."""
+    return re.sub(r"[^\w\-. :/]", "_", key)
+
+
 def git_commit() -> str:
     """HEAD's commit, with '-dirty' if tracked files changed, or 'unknown' outside git."""
     try:
@@ -45,7 +51,7 @@ def start_run(experiment: str, params: dict, tags: dict):
     mlflow.set_experiment(experiment)
     run = mlflow.start_run(tags=tags)
     # MLflow caps a param value at 6000 chars; ours are short
-    mlflow.log_params({k: str(v) for k, v in params.items()})
+    mlflow.log_params({mlflow_key(k): str(v) for k, v in params.items()})
     return mlflow, run
 
 

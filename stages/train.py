@@ -20,16 +20,80 @@ MODEL = Path("models/model.keras")
 HISTORY = Path("reports/train/history.csv")
 
 
-def make_datasets(train, val, p):
-    import keras
+def photometric(x, seed, a):
+    """Random camera drift on a float32 batch [B, H, W, 1] of 0-255 pixels (train.augment):
+    exposure gain, gamma, contrast, Gaussian blur, sensor noise, each applied to a random
+    share (train.augment.probability) of the images. Stateless ops: same seed, same batch."""
     import tensorflow as tf
 
-    aug_layers = []
-    if p.augment.flip:
-        aug_layers.append(keras.layers.RandomFlip("horizontal_and_vertical", seed=p.seed))
-    if p.augment.rotate:
-        aug_layers.append(keras.layers.RandomRotation(0.5, fill_mode="reflect", seed=p.seed + 1))
-    augment = keras.Sequential(aug_layers) if aug_layers else None
+    b = tf.shape(x)[0]
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 12))
+
+    def uniform(i, lo_hi, shape=None):
+        shape = [b, 1, 1, 1] if shape is None else shape
+        return tf.random.stateless_uniform(shape, seeds[i], lo_hi[0], lo_hi[1])
+
+    def sometimes(i, changed, original):
+        return tf.where(tf.random.stateless_uniform([b, 1, 1, 1], seeds[i]) < a.probability, changed, original)
+
+    if a.gain is not None:
+        x = sometimes(7, tf.clip_by_value(x * uniform(0, a.gain), 0.0, 255.0), x)
+    if a.gamma is not None:
+        g = tf.exp(uniform(1, (float(np.log(a.gamma[0])), float(np.log(a.gamma[1])))))
+        x = sometimes(8, 255.0 * tf.pow(x / 255.0 + 1e-6, g), x)
+    if a.contrast is not None:
+        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+        x = sometimes(9, tf.clip_by_value((x - mean) * uniform(2, a.contrast) + mean, 0.0, 255.0), x)
+    if a.blur_sigma is not None:
+        sigma = uniform(3, a.blur_sigma, [])
+        k = tf.exp(-0.5 * tf.square(tf.range(-4.0, 5.0) / sigma))
+        k = k / tf.reduce_sum(k)
+        blurred = tf.nn.conv2d(x, tf.reshape(k, [9, 1, 1, 1]), 1, "SAME")
+        x = sometimes(4, tf.nn.conv2d(blurred, tf.reshape(k, [1, 9, 1, 1]), 1, "SAME"), x)
+    if a.noise_sigma is not None:
+        noise = tf.random.stateless_normal(tf.shape(x), seeds[5]) * uniform(6, a.noise_sigma)
+        x = sometimes(10, tf.clip_by_value(x + noise, 0.0, 255.0), x)
+    return x
+
+
+def geometric(x, seed, a):
+    """One random affine warp per image (train.augment): flips, rotation by any angle, zoom and
+    shift composed into a single bilinear resampling with reflected borders."""
+    import tensorflow as tf
+
+    b, size = tf.shape(x)[0], tf.cast(tf.shape(x)[1], tf.float32)
+    s = tf.unstack(tf.random.experimental.stateless_split(seed, 6))
+    u = lambda i, lo, hi: tf.random.stateless_uniform([b], s[i], lo, hi)  # noqa: E731
+    one = tf.ones([b])
+    theta = u(0, 0.0, 2 * np.pi) if a.rotate else 0.0 * one
+    scale = u(1, 1.0 - a.zoom, 1.0 + a.zoom)
+    fx = tf.where(u(2, 0, 1) < 0.5, -one, one) if a.flip else one
+    fy = tf.where(u(3, 0, 1) < 0.5, -one, one) if a.flip else one
+    tx, ty = u(4, -a.shift, a.shift) * size, u(5, -a.shift, a.shift) * size
+    cos, sin = tf.cos(theta) / scale, tf.sin(theta) / scale
+    m00, m01, m10, m11 = cos * fx, -sin * fy, sin * fx, cos * fy   # output -> input: R(theta) F / scale
+    c = (size - 1) / 2
+    a2 = c - (m00 * (c + tx) + m01 * (c + ty))
+    b2 = c - (m10 * (c + tx) + m11 * (c + ty))
+    zero = tf.zeros([b])
+    transforms = tf.stack([m00, m01, a2, m10, m11, b2, zero, zero], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=x, transforms=transforms, output_shape=tf.shape(x)[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="REFLECT")
+
+
+def make_datasets(train, val, p):
+    """tf.data pipelines over uint8 arrays decoded once: cache, shuffle, batch, augment, prefetch."""
+    import tensorflow as tf
+
+    a = p.augment
+    warp = a.flip or a.rotate or a.shift > 0 or a.zoom > 0
+
+    def augment(x, step):
+        seeds = tf.random.experimental.stateless_split(tf.stack([tf.constant(p.seed, tf.int64), step]), 2)
+        if warp:
+            x = geometric(x, seeds[0], a)
+        return photometric(x, seeds[1], a)
 
     def to_ds(data, training: bool):
         ds = tf.data.Dataset.from_tensor_slices((data.images[..., None], data.labels.astype(np.float32)[:, None]))
@@ -38,11 +102,27 @@ def make_datasets(train, val, p):
             ds = ds.shuffle(len(data.labels), seed=p.seed, reshuffle_each_iteration=True)
         ds = ds.batch(p.batch_size)
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
-        if training and augment is not None:
-            ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        if training:
+            ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter()))
+            ds = ds.map(lambda xy, step: (augment(xy[0], step), xy[1]), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     return to_ds(train, True), to_ds(val, False)
+
+
+def learning_rate(p, steps_per_epoch: int):
+    """cosine: one epoch of linear warm-up to train.learning_rate, then cosine decay to 0 at
+    train.max_epochs; plateau: constant, divided by 3 when val_loss stalls."""
+    import keras
+
+    if p.lr_schedule == "plateau":
+        return p.learning_rate, [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
+                                                                   patience=max(1, p.patience // 2), verbose=1)]
+    warmup = steps_per_epoch if p.max_epochs > 1 else 0
+    decay = max(1, steps_per_epoch * p.max_epochs - warmup)
+    return keras.optimizers.schedules.CosineDecay(0.0 if warmup else p.learning_rate, decay, alpha=0.0,
+                                                  warmup_target=p.learning_rate if warmup else None,
+                                                  warmup_steps=warmup), []
 
 
 def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
@@ -71,8 +151,9 @@ def main() -> None:
     train = load_split("train", p.image_size, pos)
     val = load_split("val", p.image_size, pos)
     train_ds, val_ds = make_datasets(train, val, p)
-    model = build(p.arch, p.image_size)
-    model.compile(optimizer=keras.optimizers.Adam(p.learning_rate), loss="binary_crossentropy",
+    model = build(p.arch, p.image_size, p.normalize)
+    lr, lr_callbacks = learning_rate(p, int(np.ceil(len(train.labels) / p.batch_size)))
+    model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
                   metrics=["accuracy", keras.metrics.AUC(name="auc")])
     print(f"train: {p.arch} model, {model.count_params():,} parameters, {len(train.labels)} train / "
           f"{len(val.labels)} val images at {p.image_size}px")
@@ -99,9 +180,7 @@ def main() -> None:
             history = model.fit(
                 train_ds, validation_data=val_ds, epochs=p.max_epochs, verbose=2,
                 class_weight=class_weights(train.labels, p.class_weight),
-                callbacks=[stopper, Track(),
-                           keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
-                                                             patience=max(1, p.patience // 2), verbose=1)],
+                callbacks=[stopper, Track(), *lr_callbacks],
             )
             wall = time.perf_counter() - t0
             h = history.history

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from stages.config import EvaluateParams
-from stages.evaluate import at_threshold, choose_threshold, sweep
+from stages.metrics import at_threshold, bootstrap_rates, choose_threshold, operating_points, review_band, sweep
 
 Y = np.array([0] * 6 + [1] * 4)
 P = np.array([0.01, 0.05, 0.1, 0.2, 0.3, 0.62, 0.4, 0.6, 0.8, 0.95])
@@ -33,3 +33,37 @@ def test_sweep_is_monotone_in_recall():
     rows = sweep({"val": (Y, P)}, 11)
     recalls = [r["val_recall"] for r in rows]
     assert recalls[0] == 1.0 and all(a >= b for a, b in zip(recalls, recalls[1:]))
+
+
+def test_bootstrap_interval_brackets_the_point_estimate_and_repeats():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(400, int), np.ones(400, int)]
+    p = np.clip(np.r_[rng.normal(0.2, 0.15, 400), rng.normal(0.8, 0.15, 400)], 0, 1)
+    a = bootstrap_rates(y, p, 0.5, resamples=500, confidence=0.95, seed=1)
+    m = at_threshold(y, p, 0.5)
+    miss = a["missed_per_1000_defects"]
+    assert miss["value"] == pytest.approx(1000 * m["miss_rate"])
+    assert miss["low"] <= miss["value"] <= miss["high"] and miss["high"] - miss["low"] > 0
+    assert a["recall"]["low"] <= m["recall"] <= a["recall"]["high"]
+    assert a == bootstrap_rates(y, p, 0.5, resamples=500, confidence=0.95, seed=1)
+    narrow = bootstrap_rates(y, p, 0.5, resamples=500, confidence=0.5, seed=1)["missed_per_1000_defects"]
+    assert narrow["high"] - narrow["low"] < miss["high"] - miss["low"]
+
+
+def test_review_band_counts_add_up():
+    band = review_band(Y, P, 0.1, 0.62)
+    # prob < 0.1: 0.01, 0.05 (ok) -> auto-pass; >= 0.62: 0.62 (ok), 0.8, 0.95 (defects) -> auto-reject
+    assert band["auto_pass"] == 2 and band["auto_reject"] == 3 and band["review"] == 5
+    assert band["auto_pass"] + band["review"] + band["auto_reject"] == len(Y)
+    assert band["review_defects"] == 2 and band["review_ok"] == 3
+    assert band["defects_slipping_through"] == 0 and band["ok_auto_rejected"] == 1
+    assert band["review_share"] == pytest.approx(0.5)
+    slip = review_band(Y, P, 0.5, 0.9)
+    assert slip["defects_slipping_through"] == 1 and slip["slipping_per_1000_defects"] == pytest.approx(250)
+
+
+def test_operating_points_table():
+    rows = operating_points(Y, P, [0.4, 0.6, 0.4])
+    assert [r["threshold"] for r in rows] == [0.4, 0.6]
+    assert rows[0]["missed"] == 0 and rows[0]["false_rejects"] == 1
+    assert rows[1]["missed_per_1000_defects"] == pytest.approx(250)

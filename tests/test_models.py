@@ -40,3 +40,42 @@ def test_train_input_path_augments_only_training_batches():
     assert xt.shape == (4, 32, 32, 1) and float(xt.numpy().max()) <= 255.0
     w = class_weights(data.labels, "balanced")
     assert w[0] > w[1] and class_weights(data.labels, "none") is None
+
+
+def test_per_image_standardization_makes_the_model_blind_to_exposure_and_survives_saving(tmp_path):
+    from stages.models import PerImageStandardization, load_model
+
+    model = build("compact", 64, "per_image")
+    assert isinstance(model.layers[1], keras.layers.Rescaling)
+    assert isinstance(model.layers[2], PerImageStandardization)
+    rng = np.random.default_rng(1)
+    x = rng.integers(40, 200, (4, 64, 64, 1)).astype(np.float32)
+    p = model.predict(x, verbose=0)
+    np.testing.assert_allclose(model.predict(x * 1.25, verbose=0), p, atol=1e-5)   # exposure
+    np.testing.assert_allclose(model.predict((x - 120) * 0.8 + 120, verbose=0), p, atol=1e-5)  # contrast
+    model.save(tmp_path / "m.keras")
+    again = load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(again.predict(x, verbose=0), p, atol=1e-6)
+
+
+def test_photometric_and_geometric_augmentation_are_seeded_and_stay_in_range():
+    import tensorflow as tf
+
+    from stages.config import AugmentParams
+    from stages.train import geometric, photometric
+
+    a = AugmentParams(probability=1.0)
+    x = tf.constant(np.random.default_rng(2).integers(0, 256, (6, 32, 32, 1)).astype(np.float32))
+    seed = tf.constant([0, 7], tf.int64)
+    one, two = photometric(x, seed, a), photometric(x, seed, a)
+    np.testing.assert_array_equal(one.numpy(), two.numpy())
+    assert float(tf.reduce_min(one)) >= 0 and float(tf.reduce_max(one)) <= 255
+    assert not np.allclose(one.numpy(), x.numpy())
+    assert not np.array_equal(photometric(x, tf.constant([0, 8], tf.int64), a).numpy(), one.numpy())
+    none = AugmentParams(gain=None, gamma=None, contrast=None, blur_sigma=None, noise_sigma=None)
+    np.testing.assert_array_equal(photometric(x, seed, none).numpy(), x.numpy())
+    w = geometric(x, seed, a)
+    assert w.shape == x.shape
+    np.testing.assert_array_equal(w.numpy(), geometric(x, seed, a).numpy())
+    still = AugmentParams(flip=False, rotate=False, shift=0.0, zoom=0.0)
+    np.testing.assert_allclose(geometric(x, seed, still).numpy(), x.numpy(), atol=1e-3)  # identity warp

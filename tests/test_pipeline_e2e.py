@@ -1,4 +1,5 @@
-"""End to end: `dvc repro` of all five stages on the synthetic source, in a copy of the repo."""
+"""End to end: `dvc repro` of every stage on the synthetic source, in a copy of the repo;
+the report is opened in headless Chromium."""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,8 @@ OUTPUTS = [
     "data/raw/SOURCE.json", "data/split/manifest.csv", "reports/data.json", "models/model.keras",
     "models/mlflow_run.json", "reports/train/history.csv", "reports/metrics.json", "reports/eval/thresholds.csv",
     "reports/eval/pr.csv", "reports/eval/roc.csv", "reports/eval/confusion.csv", "reports/eval/predictions.csv",
-    "models/saved_model/saved_model.pb", "models/tfjs/model.json", "models/metadata.json",
+    "reports/eval/operating_points.csv", "reports/eval/robustness.csv", "reports/eval/drift_reference.json",
+    "models/saved_model/saved_model.pb", "models/tfjs/model.json", "models/metadata.json", "reports/report.html",
 ]
 
 
@@ -36,6 +38,9 @@ def repo(tmp_path_factory):
     params["data"].update(source="synthetic", synthetic={"per_class": 70, "size": 96, "seed": 3})
     params["train"].update(image_size=64, max_epochs=3, patience=2, batch_size=16)
     params["export"].update(parity_images=16)
+    params["evaluate"]["robustness"]["perturbations"] = {
+        "exposure x1.25": {"kind": "gain", "value": 1.25}, "blur 1.5px": {"kind": "blur", "value": 1.5},
+        "rotate any": {"kind": "rotate"}, "jpeg q40": {"kind": "jpeg", "value": 40, "gated": False}}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "e2e"]):
@@ -56,6 +61,15 @@ def test_metrics_have_their_keys(repo):
         assert key in m["test"]
     assert 0 < m["threshold"] < 1
     assert m["val"]["recall"] >= 0.995  # the min_recall policy held on validation
+    assert set(m["robustness"]) == {"clean", "exposure x1.25", "blur 1.5px", "rotate any", "jpeg q40"}
+    assert m["robustness"]["clean"]["recall"] == m["test"]["recall"]
+    assert m["robustness_summary"]["gated"] == 3
+    ci = m["test_intervals"]["missed_per_1000_defects"]
+    assert ci["low"] <= ci["value"] <= ci["high"]
+    band = m["review_band"]
+    assert band["auto_pass"] + band["review"] + band["auto_reject"] == m["test"]["n"]
+    data = json.loads((repo / "reports/data.json").read_text())
+    assert {"feature_auc", "combined_test_auc", "flagged"} <= set(data["confound"])
 
 
 def test_metadata_describes_the_deployed_model(repo):
@@ -65,6 +79,9 @@ def test_metadata_describes_the_deployed_model(repo):
     assert meta["parity"]["max_abs_diff_saved_model_vs_keras"] <= 1e-5
     assert meta["mlflow_run_id"] == json.loads((repo / "models/mlflow_run.json").read_text())["run_id"]
     assert len(meta["dataset_sha256"]) == 64
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    assert (meta["review_band"]["low"], meta["review_band"]["high"]) == (metrics["review_band"]["low"], metrics["review_band"]["high"])
+    assert set(meta["drift"]["features"]) == {"brightness", "contrast", "sharpness"}
 
 
 def test_mlflow_run_holds_params_metrics_artifacts(repo):
@@ -79,6 +96,7 @@ def test_mlflow_run_holds_params_metrics_artifacts(repo):
     assert run.data.tags["dataset_sha256"] == json.loads((repo / "data/raw/SOURCE.json").read_text())["dataset_sha256"]
     top = {a.path for a in client.list_artifacts(run_id)}
     assert {"reports", "model"} <= top
+    assert "reports/report.html" in {a.path for a in client.list_artifacts(run_id, "reports")}
     model_files = {a.path for a in client.list_artifacts(run_id, "model")}
     assert {"model/metadata.json", "model/saved_model", "model/tfjs"} <= model_files
 
@@ -100,3 +118,36 @@ def test_bad_param_is_one_line_and_leaves_outputs(repo):
         assert err[-1].startswith("error: params.yaml: evaluate.policy:") and "Traceback" not in res.stderr
     finally:
         (repo / "params.yaml").write_text(params)
+
+
+def _lookup(doc: dict, dotted: str):
+    for k in dotted.split("."):
+        doc = doc[k]
+    return doc
+
+
+def test_report_in_a_real_browser_shows_the_metrics_and_every_image(repo, browser):
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    data = json.loads((repo / "reports/data.json").read_text())
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+    page.on("requestfailed", lambda r: errors.append(r.url))
+    page.goto((repo / "reports/report.html").as_uri(), wait_until="load")
+    images = page.evaluate("""() => Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])""")
+    assert len(images) >= 6 and all(ok for _, ok in images), [alt for alt, ok in images if not ok]
+    shown = page.evaluate("""() => Array.from(document.querySelectorAll('[data-metric]')).map(e =>
+        [e.dataset.metric, e.textContent.trim(), e.dataset.digits || null, e.dataset.scale || null])""")
+    keys = {k for k, *_ in shown}
+    assert {"test.fn", "test.fp", "test.n", "threshold", "test.recall", "test.precision",
+            "test_intervals.missed_per_1000_defects.value", "review_band.review"} <= keys
+    for key, text, digits, scale in shown:
+        value = _lookup(data, key[5:]) if key.startswith("data.") else _lookup(metrics, key)
+        value *= float(scale or 1)
+        expected = round(value, int(digits)) if digits else value
+        assert float(text.replace(",", "")) == expected, (key, text, value)
+    overflow = page.evaluate("() => document.documentElement.scrollWidth > window.innerWidth")
+    assert not overflow, "the page scrolls sideways"
+    shot = repo / "reports" / "report.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000 and not errors
+    page.close()

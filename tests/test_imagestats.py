@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from stages.imagestats import confound_check, drift_flags, drift_reference, feature_table, features
+from stages.perturb import apply
+from stages.synthetic import render_part
+
+
+def parts(n, seed, defects, gain=1.0):
+    rng = np.random.default_rng(seed)
+    return [apply("gain", gain, render_part(rng, 96, defects)[0], rng) for _ in range(n)]
+
+
+def test_features_measure_what_they_say():
+    flat = np.full((64, 64), 100, np.uint8)
+    f = features(flat)
+    assert f["brightness"] == 100 and f["contrast"] == 0 and f["sharpness"] == 0 and f["background"] == 100
+    checker = (np.indices((64, 64)).sum(0) % 2 * 255).astype(np.uint8)
+    assert features(checker)["sharpness"] > 1e5
+
+
+def test_confound_is_flagged_when_defects_are_photographed_darker():
+    ok, bad = parts(60, 1, 0, gain=1.0), parts(60, 2, 1, gain=0.7)
+    table = feature_table(ok + bad)
+    labels = np.array([0] * 60 + [1] * 60)
+    train = np.arange(120) % 3 != 0
+    res = confound_check(table, labels, train, ~train, warn_auc=0.75)
+    assert res["flagged"] and res["feature_auc"]["brightness"] > 0.95
+    assert "brightness" in res["message"] or "background" in res["message"]
+
+
+def test_no_confound_when_lighting_is_the_same():
+    ok, bad = parts(60, 1, 0), parts(60, 2, 1)
+    table = feature_table(ok + bad)
+    labels = np.array([0] * 60 + [1] * 60)
+    train = np.arange(120) % 3 != 0
+    res = confound_check(table, labels, train, ~train, warn_auc=0.75)
+    assert res["feature_auc"]["brightness"] < 0.75
+
+
+def test_drift_flag_fires_on_exposure_and_blur_not_on_clean_images():
+    train = parts(80, 3, 0) + parts(80, 4, 1)
+    ref = drift_reference(train, margin=0.1)
+    fresh = parts(20, 5, 0)
+    assert sum(bool(drift_flags(features(img), ref)) for img in fresh) <= 1
+    bright = apply("gain", 2.0, fresh[0], None)
+    assert "brightness high" in drift_flags(features(bright), ref)
+    blurred = apply("blur", 3.0, fresh[0], None)
+    assert "sharpness low" in drift_flags(features(blurred), ref)
+    assert ref["features"]["brightness"]["min"] < ref["features"]["brightness"]["median"] < ref["features"]["brightness"]["max"]
