@@ -4,7 +4,7 @@ PYTHON ?= python3
 ACTIVATE = . $(VENV)/bin/activate &&
 MIRROR ?= ../shared/datasets/casting-product-train.zip
 
-.PHONY: install run test results clean
+.PHONY: install run test results bench clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,9 @@ test: install         ## unit tests, data tests (skipped without the mirror) and
 
 results: install      ## the README "Results" run: the local Kaggle mirror, per-stage wall times
 	$(ACTIVATE) python tools/timed_repro.py -S data.source=local -S data.local.path=$(MIRROR)
+
+bench: install        ## the benchmark: whole pipeline on $(MIRROR), then SavedModel speed -> reports/benchmark.{json,md}
+	$(ACTIVATE) python tools/bench.py --data $(MIRROR)
 
 clean:
 	rm -rf data/raw data/split models/* reports/* mlflow.db mlruns

@@ -1,0 +1,129 @@
+"""Benchmark: the whole pipeline on a dataset, then the exported model's speed on this CPU.
+
+Usage: python tools/bench.py [--data ZIP_OR_FOLDER] [--skip-repro] [-S key=value ...]
+Runs tools/timed_repro.py (wall time and peak memory per stage) with data.source=local, then measures
+the SavedModel's throughput at batch 64 and single-image latency (medians of repeated runs, after
+warm-up), and writes reports/benchmark.json and reports/benchmark.md with the machine it ran on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def machine() -> dict:
+    import psutil
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return {"cpu": model, "cores": os.cpu_count(), "ram_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def saved_model_speed(images: np.ndarray, batch: int = 64, repeats: int = 7, single: int = 300) -> dict:
+    import tensorflow as tf
+
+    from stages.export import INPUT_NAME, SAVED_MODEL, SIGNATURE
+
+    fn = tf.saved_model.load(str(SAVED_MODEL)).signatures[SIGNATURE]
+    x = images[..., None].astype(np.float32)
+    n = len(x) - len(x) % batch
+    batches = [tf.constant(x[i:i + batch]) for i in range(0, n, batch)]
+    for b in batches[:3]:
+        fn(**{INPUT_NAME: b})
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for b in batches:
+            fn(**{INPUT_NAME: b})["output_0"].numpy()
+        rates.append(n / (time.perf_counter() - t0))
+    ones = [tf.constant(x[i % len(x)][None]) for i in range(single)]
+    for o in ones[:10]:
+        fn(**{INPUT_NAME: o})
+    lat = []
+    for o in ones:
+        t0 = time.perf_counter()
+        fn(**{INPUT_NAME: o})["output_0"].numpy()
+        lat.append(1000 * (time.perf_counter() - t0))
+    return {"batch": batch, "images_per_run": n, "repeats": repeats,
+            "throughput_images_per_s_median": float(np.median(rates)),
+            "throughput_images_per_s_all": [round(r, 1) for r in rates],
+            "single_image_runs": single, "latency_ms_p50": float(np.percentile(lat, 50)),
+            "latency_ms_p95": float(np.percentile(lat, 95))}
+
+
+def markdown(b: dict) -> str:
+    t, m, s, tr = b["stage_seconds"], b["test"], b["saved_model"], b["training"]
+    stage_names = [k for k in t if k not in ("total", "peak_rss_mib_after_stage")]
+    lines = [f"Machine: {b['machine']['cpu']}, {b['machine']['cores']} cores, {b['machine']['ram_gib']} GiB RAM, "
+             f"Python {b['machine']['python']}", "",
+             "| " + " | ".join(stage_names) + " | total |", "|" + "---|" * (len(stage_names) + 1),
+             "| " + " | ".join(f"{t[k]} s" for k in stage_names) + f" | {t['total']} s |", "",
+             "| measure | value |", "|---|---|",
+             f"| model | {tr['arch']}, {tr['parameters']:,} parameters, {tr['image_size']} px |",
+             f"| training | {tr['epochs_run']} epochs, {tr['seconds_per_epoch']:.1f} s/epoch (median), "
+             f"{tr['train_images_per_second']:.0f} images/s, {tr['train_seconds']:.0f} s |",
+             f"| peak resident memory (any stage) | {b['peak_rss_mib']} MiB |",
+             f"| test recall / precision | {m['recall']:.4f} / {m['precision']:.4f} |",
+             f"| test ROC-AUC | {m['roc_auc']:.4f} |",
+             f"| SavedModel throughput, batch {s['batch']} | {s['throughput_images_per_s_median']:.0f} images/s (median of {s['repeats']}) |",
+             f"| SavedModel single image p50 / p95 | {s['latency_ms_p50']:.2f} / {s['latency_ms_p95']:.2f} ms |",
+             f"| TF.js model | {b['tfjs_bytes']:,} bytes |"]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared/datasets/casting-product-train.zip"))
+    ap.add_argument("--skip-repro", action="store_true", help="measure the outputs already in place")
+    ap.add_argument("-S", dest="set", action="append", default=[])
+    args = ap.parse_args()
+    os.chdir(ROOT)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not args.skip_repro:
+        if not Path(args.data).exists():
+            sys.exit(f"error: {args.data} not found; pass --data with the Kaggle zip or a folder of class folders")
+        cmd = [sys.executable, "tools/timed_repro.py", "-S", "data.source=local", "-S",
+               f"data.local.path={args.data}", *(x for kv in args.set for x in ("-S", kv))]
+        if subprocess.run(cmd).returncode:
+            sys.exit("error: the pipeline failed; see the output above")
+    from stages.config import load_params
+    from stages.dataset import load_split
+
+    params = load_params()
+    timings = json.loads(Path("reports/timings.json").read_text())
+    run = json.loads(Path("models/mlflow_run.json").read_text())
+    metrics = json.loads(Path("reports/metrics.json").read_text())
+    meta = json.loads(Path("models/metadata.json").read_text())
+    test = load_split("test", params.train.image_size, params.data.positive_class)
+    print("bench: timing the SavedModel")
+    bench = {
+        "machine": machine(), "stage_seconds": timings,
+        "peak_rss_mib": max(timings.get("peak_rss_mib_after_stage", {0: 0}).values()),
+        "training": {"arch": params.train.arch, "image_size": params.train.image_size,
+                     **{k: run[k] for k in ("epochs_run", "best_epoch", "seconds_per_epoch", "train_seconds",
+                                            "train_images_per_second", "parameters")}},
+        "test": {k: metrics["test"][k] for k in ("n", "recall", "precision", "roc_auc", "fn", "fp")},
+        "threshold": metrics["threshold"],
+        "saved_model": saved_model_speed(test.images),
+        "tfjs_bytes": meta["size_bytes"]["tfjs"],
+    }
+    Path("reports/benchmark.json").write_text(json.dumps(bench, indent=2) + "\n")
+    md = markdown(bench)
+    Path("reports/benchmark.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
