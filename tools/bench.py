@@ -74,7 +74,8 @@ def markdown(b: dict) -> str:
              f"| model | {tr['arch']}, {tr['parameters']:,} parameters, {tr['image_size']} px |",
              f"| training | {tr['epochs_run']} epochs, {tr['seconds_per_epoch']:.1f} s/epoch (median), "
              f"{tr['train_images_per_second']:.0f} images/s, {tr['train_seconds']:.0f} s |",
-             f"| peak resident memory (any stage) | {b['peak_rss_mib']} MiB |",
+             f"| peak resident memory (any stage) | "
+             f"{'%s MiB' % b['peak_rss_mib'] if b['peak_rss_mib'] is not None else 'not measured (timings from an older run)'} |",
              f"| test recall / precision | {m['recall']:.4f} / {m['precision']:.4f} |",
              f"| test ROC-AUC | {m['roc_auc']:.4f} |",
              f"| SavedModel throughput, batch {s['batch']} | {s['throughput_images_per_s_median']:.0f} images/s (median of {s['repeats']}) |",
@@ -110,7 +111,8 @@ def main() -> None:
     print("bench: timing the SavedModel")
     bench = {
         "machine": machine(), "stage_seconds": timings,
-        "peak_rss_mib": max(timings.get("peak_rss_mib_after_stage", {0: 0}).values()),
+        "peak_rss_mib": (max(timings["peak_rss_mib_after_stage"].values())
+                         if "peak_rss_mib_after_stage" in timings else None),
         "training": {"arch": params.train.arch, "image_size": params.train.image_size,
                      **{k: run[k] for k in ("epochs_run", "best_epoch", "seconds_per_epoch", "train_seconds",
                                             "train_images_per_second", "parameters")}},
