@@ -32,11 +32,9 @@ DEFECT_COLOUR, OK_COLOUR = "#c0392b", "#2e86c1"
 # ----- figures ------------------------------------------------------------------------------
 
 def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -46,13 +44,17 @@ def _image_uri(img: np.ndarray) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode()
 
 
-def _figure(w=5.0, h=3.6):
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(w, h))
+    return plt
+
+
+def _figure(w=5.0, h=3.6):
+    fig, ax = _pyplot().subplots(figsize=(w, h))
     ax.grid(alpha=0.3)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
@@ -79,7 +81,7 @@ def curve_figures(y: np.ndarray, p: np.ndarray, threshold: float, band, names: t
     fpr, tpr, _ = roc_curve(y, p)
     ax.plot(fpr, tpr, color="#34495e")
     ax.plot([fp / max(1, fp + tn)], [tp / max(1, tp + fn)], "o", color=DEFECT_COLOUR, label=f"threshold {threshold:.4f}")
-    ax.set(xlabel="false-reject rate (good parts rejected)", ylabel="defect recall", title="ROC (test)", xscale="symlog")
+    ax.set(xlabel="false-reject rate (good parts rejected)", ylabel="defect recall", title="ROC (test)")
     ax.set_xscale("symlog", linthresh=0.01)
     ax.set_xlim(0, 1), ax.set_ylim(0.8, 1.005)
     ax.legend(loc="lower right")
@@ -112,11 +114,7 @@ def curve_figures(y: np.ndarray, p: np.ndarray, threshold: float, band, names: t
 
 
 def training_figure(history: list[dict], best_epoch: int) -> str:
-    import matplotlib.pyplot as plt
-
-    _figure()  # sets the backend
-    plt.close("all")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, axes = _pyplot().subplots(1, 2, figsize=(10, 3.4))
     epochs = [int(r["epoch"]) for r in history]
     for ax, metric, label in ((axes[0], "loss", "loss (binary cross-entropy)"), (axes[1], "accuracy", "accuracy")):
         ax.plot(epochs, [float(r[metric]) for r in history], "o-", label="train (augmented)")
@@ -144,7 +142,7 @@ def pick_cases(rows: list[dict], threshold: float, r) -> list[dict]:
     right = [row for row in rows if row["correct"] == "1"]
     right.sort(key=lambda row: abs(logit(float(row["probability"])) - logit(threshold)))
     uncertain = [dict(row, kind="uncertain") for row in right[:r.uncertain_cases]]
-    found = sorted((row for row in right if row["verdict"] == row["label"] and row["label"] == row["positive"]),
+    found = sorted((row for row in right if row["label"] == row["positive"]),
                    key=lambda row: -float(row["probability"]))
     reference = [dict(row, kind="reference defect") for row in found[:r.reference_defects]]
     return wrong[:r.max_misclassified] + uncertain + reference
