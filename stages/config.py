@@ -188,6 +188,14 @@ class ReportParams(_Strict):
     thumbnail: int = Field(192, ge=32, le=600) # pixels per shown image
 
 
+class WebParams(_Strict):
+    parity_images: int = Field(32, ge=2)          # test images run through TF.js in Node and Chromium
+    parity_tolerance: float = Field(1e-3, gt=0.0) # max |TF.js - SavedModel| defect probability
+    chromium: str = "/usr/bin/chromium"           # browser for the parity check and the benchmark
+    benchmark_backends: list[Literal["wasm", "webgl", "cpu"]] = ["wasm", "webgl", "cpu"]
+    benchmark_repeats: int = Field(50, ge=5)      # timed single-image predictions per backend
+
+
 class Params(_Strict):
     data: DataParams = DataParams()
     split: SplitParams = SplitParams()
@@ -195,6 +203,7 @@ class Params(_Strict):
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
     report: ReportParams = ReportParams()
+    web: WebParams = WebParams()
 
 
 def _format(err: ValidationError, source: Path) -> str:

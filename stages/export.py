@@ -5,6 +5,7 @@ Asserts that the SavedModel matches Keras on test images within export.parity_to
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -52,6 +53,14 @@ def convert_to_tfjs(saved_model: Path, dest: Path, quantize: str = "none") -> No
         raise RuntimeError(f"tensorflowjs_converter failed: {tail}")
 
 
+def model_version(tfjs_dir: Path) -> str:
+    """Short content hash of the TF.js model files: the version shown by the page and in its CSV."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in tfjs_dir.rglob("*") if p.is_file()):
+        h.update(f.relative_to(tfjs_dir).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -86,6 +95,7 @@ def main() -> None:
         pos, neg = params.data.positive_class, params.data.negative_class
         run = read_json(RUN_FILE)
         metadata = {
+            "version": model_version(out.path(TFJS)),
             "model": {"arch": t.arch, "parameters": int(model.count_params())},
             "classes": [neg, pos], "positive_class": pos,
             "output": {"name": output_name, "shape": [None, 1],
