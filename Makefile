@@ -3,10 +3,14 @@ VENV ?= .venv
 PYTHON ?= python3
 ACTIVATE = . $(VENV)/bin/activate &&
 MIRROR ?= ../shared/datasets/casting-product-train.zip
+PORT ?= 8000
 
-.PHONY: install run test results bench clean
+.PHONY: install run test results bench serve clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed web/node_modules/.package-lock.json
+
+web/node_modules/.package-lock.json: web/package-lock.json   # the TF.js runtime the browser bundle vendors
+	npm ci --prefix web --no-audit --no-fund
 
 $(VENV)/.installed: requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +29,9 @@ results: install      ## the README "Results" run: the local Kaggle mirror, per-
 
 bench: install        ## the benchmark: whole pipeline on $(MIRROR), then SavedModel speed -> reports/benchmark.{json,md}
 	$(ACTIVATE) python tools/bench.py --data $(MIRROR)
+
+serve: install        ## serve the browser bundle models/web on http://127.0.0.1:$(PORT)/ (after `make run`)
+	$(ACTIVATE) python -m stages.browser models/web --port $(PORT)
 
 clean:
 	rm -rf data/raw data/split models/* reports/* mlflow.db mlruns

@@ -83,6 +83,18 @@ def open_inspector(browser, url: str, timeout_ms: int = 60_000):
     return page, info, log
 
 
+def upload(page, files: list[Path | str], timeout_ms: int = 60_000) -> list[dict]:
+    """Choose ``files`` in the page's file picker, wait for their rows, return the table as dicts."""
+    before = page.locator("#results tbody tr").count()
+    page.set_input_files("#files", [str(f) for f in files])
+    page.wait_for_function(f"document.querySelectorAll('#results tbody tr').length >= {before + len(files)}",
+                           timeout=timeout_ms)
+    page.wait_for_function("document.getElementById('status').dataset.state !== 'busy'", timeout=timeout_ms)
+    return page.evaluate("""() => Array.from(document.querySelectorAll('#results tbody tr')).map((tr) => ({
+        file: tr.dataset.file, verdict: tr.dataset.verdict, probability: Number(tr.dataset.probability),
+        route: tr.cells[5].textContent, camera: tr.cells[6].textContent }))""")[before:]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="Serve the browser bundle on localhost.")
     ap.add_argument("directory", nargs="?", default="models/web")

@@ -28,6 +28,7 @@ NODE_MODULES = Path("web/node_modules")
 BUNDLE = Path("models/web")
 PARITY = Path("reports/export/parity.json")
 BROWSER_BENCHMARK = Path("reports/export/browser_benchmark.json")
+SCREENSHOT = Path("reports/export/inspector.png")
 VENDOR = {  # bundle file -> file in web/node_modules
     "vendor/tf.min.js": "@tensorflow/tfjs/dist/tf.min.js",
     "vendor/tf-backend-wasm.min.js": "@tensorflow/tfjs-backend-wasm/dist/tf-backend-wasm.min.js",
@@ -137,6 +138,26 @@ BENCH_JS = """async ([px, repeats, files]) => {
 }"""
 
 
+def screenshot(browser, url: str, paths: list[str], labels: list[int], dest: Path, tmp: Path) -> list[dict]:
+    """Upload two defects, two good parts and one good part photographed 40 % brighter (the drift
+    flag should fire on it) in the page itself; save a screenshot; return the table rows."""
+    import cv2
+
+    from stages.browser import open_inspector, upload
+    from stages.images import read_gray
+
+    pick = [p for p, y in zip(paths, labels) if y][:2] + [p for p, y in zip(paths, labels) if not y][:2]
+    files = [Path(p) for p in pick]
+    bright = tmp / f"{files[-1].stem}_exposure_x1.4.png"
+    cv2.imwrite(str(bright), cv2.convertScaleAbs(read_gray(files[-1]), alpha=1.4))
+    page, _, _ = open_inspector(browser, url)
+    page.set_viewport_size({"width": 1100, "height": 900})
+    rows = upload(page, [*files, bright])
+    page.screenshot(path=str(dest), full_page=True)
+    page.close()
+    return rows
+
+
 def summarize(ms: list[float]) -> dict:
     a = np.asarray(ms)
     return {"mean_ms": float(a.mean()), "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
@@ -182,7 +203,8 @@ def main() -> None:
     saved = saved[:, 0].astype(float)
     threshold = metadata["threshold"]
 
-    with staged_outputs(BUNDLE, PARITY, BROWSER_BENCHMARK) as out:
+    with staged_outputs(BUNDLE, PARITY, BROWSER_BENCHMARK, SCREENSHOT) as out, \
+            tempfile.TemporaryDirectory() as tmp:
         bundle = out.path(BUNDLE)
         print("web: building the bundle")
         sizes = build_bundle(bundle, metadata)
@@ -192,6 +214,8 @@ def main() -> None:
         with chromium(w.chromium) as browser, serve(bundle) as url:
             chrome = run_chromium(browser, url, paths, prepared)
             bench = benchmark(browser, url, w.benchmark_backends, w.benchmark_repeats, prepared[:1], paths[:16])
+            labels = [int(r["label"] == pos) for r in rows]
+            shown = screenshot(browser, url, paths, labels, out.path(SCREENSHOT), Path(tmp))
 
         runs = {f"node {b}": r["prepared"] for b, r in node["backends"].items()}
         runs[f"chromium {chrome['backend']}"] = chrome["prepared"]
@@ -213,6 +237,7 @@ def main() -> None:
             "resize_node_vs_opencv": node["resize"],
             "resize_chromium_vs_opencv": chrome["page_pixels"],
             "drift_stats_max_rel_diff": float((np.abs(js_stats - py_stats) / np.maximum(np.abs(py_stats), 1)).max()),
+            "page_upload": shown,
             "tfjs": node["tfjs"], "node": node["node"], "chromium_backend": chrome["backend"],
             "model_bytes": sizes["model"], "bundle_bytes": sizes,
         }

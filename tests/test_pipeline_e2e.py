@@ -1,5 +1,5 @@
 """End to end: `dvc repro` of every stage on the synthetic source, in a copy of the repo;
-the report is opened in headless Chromium."""
+the report and the inspector page are opened in headless Chromium."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
-from conftest import copy_repo
+from conftest import CHROMIUM, REPO, copy_repo
 
 OUTPUTS = [
     "data/raw/SOURCE.json", "data/split/manifest.csv", "reports/data.json", "models/model.keras",
@@ -20,6 +21,13 @@ OUTPUTS = [
     "reports/eval/operating_points.csv", "reports/eval/robustness.csv", "reports/eval/drift_reference.json",
     "models/saved_model/saved_model.pb", "models/tfjs/model.json", "models/metadata.json", "reports/report.html",
 ]
+WEB_OUTPUTS = [
+    "models/web/index.html", "models/web/app.js", "models/web/preprocess.js", "models/web/metadata.json",
+    "models/web/model/model.json", "models/web/vendor/tf.min.js", "models/web/vendor/tf-backend-wasm.min.js",
+    "models/web/vendor/tfjs-backend-wasm-simd.wasm", "reports/export/parity.json",
+    "reports/export/browser_benchmark.json", "reports/export/inspector.png",
+]
+HAS_BROWSER = CHROMIUM.exists() or os.environ.get("REQUIRE_BROWSER") == "1"
 
 
 def sh(cmd, cwd, check=True):
@@ -38,6 +46,7 @@ def repo(tmp_path_factory):
     params["data"].update(source="synthetic", synthetic={"per_class": 70, "size": 96, "seed": 3})
     params["train"].update(image_size=64, max_epochs=3, patience=2, batch_size=16)
     params["export"].update(parity_images=16)
+    params["web"].update(parity_images=8, benchmark_repeats=5, benchmark_backends=["wasm", "cpu"])
     params["evaluate"]["robustness"]["perturbations"] = {
         "exposure x1.25": {"kind": "gain", "value": 1.25}, "blur 1.5px": {"kind": "blur", "value": 1.5},
         "rotate any": {"kind": "rotate"}, "jpeg q40": {"kind": "jpeg", "value": 40, "gated": False}}
@@ -45,12 +54,15 @@ def repo(tmp_path_factory):
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "e2e"]):
         sh(cmd, root)
-    sh(["dvc", "repro"], root)
+    if (REPO / "web/node_modules").is_dir():  # the locked npm packages, installed by `make install`
+        (root / "web/node_modules").symlink_to(REPO / "web/node_modules")
+    # the web stage needs Chromium; without it (and without REQUIRE_BROWSER) run every other stage
+    sh(["dvc", "repro"] if HAS_BROWSER else ["dvc", "repro", "report", "export"], root)
     return root
 
 
 def test_every_declared_output_exists(repo):
-    missing = [o for o in OUTPUTS if not (repo / o).exists()]
+    missing = [o for o in OUTPUTS + (WEB_OUTPUTS if HAS_BROWSER else []) if not (repo / o).exists()]
     assert not missing
 
 
@@ -102,6 +114,8 @@ def test_mlflow_run_holds_params_metrics_artifacts(repo):
 
 
 def test_status_clean_and_second_repro_runs_nothing(repo):
+    if not HAS_BROWSER:
+        pytest.skip("the web stage needs Chromium")
     status = sh(["dvc", "status"], repo).stdout
     assert "up to date" in status.lower() or status.strip() == "", status
     again = sh(["dvc", "repro"], repo).stdout
@@ -151,3 +165,65 @@ def test_report_in_a_real_browser_shows_the_metrics_and_every_image(repo, browse
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000 and not errors
     page.close()
+
+
+def test_web_bundle_matches_the_saved_model(repo):
+    if not HAS_BROWSER:
+        pytest.skip("the web stage needs Chromium")
+    parity = json.loads((repo / "reports/export/parity.json").read_text())
+    assert parity["images"] == 8 and parity["verdict_mismatches"] == 0
+    assert parity["max_abs_diff"] <= 1e-3
+    assert {"node cpu", "node wasm", "chromium page (browser decode + resize)"} <= set(parity["runs"])
+    assert parity["resize_node_vs_opencv"]["max_abs_pixel_diff"] == 0
+    assert parity["resize_chromium_vs_opencv"]["max_abs_diff"] == 0
+    bench = json.loads((repo / "reports/export/browser_benchmark.json").read_text())
+    assert bench["backends"]["wasm"]["available"] and bench["backends"]["wasm"]["model_only"]["n"] == 5
+    meta = json.loads((repo / "models/web/metadata.json").read_text())
+    assert meta["version"] == json.loads((repo / "models/metadata.json").read_text())["version"]
+    html = (repo / "models/web/index.html").read_text() + (repo / "models/web/app.js").read_text()
+    assert "http://" not in html and "https://" not in html  # nothing is fetched from a CDN
+
+
+def test_inspector_page_gives_the_saved_model_verdicts(repo, browser, tmp_path):
+    import cv2
+
+    from stages.browser import serve, upload
+    from stages.export import saved_model_predict
+    from stages.images import read_gray, resize
+
+    meta = json.loads((repo / "models/web/metadata.json").read_text())
+    rows = [r.split(",") for r in (repo / "data/split/manifest.csv").read_text().splitlines()]
+    header, rows = rows[0], [dict(zip(rows[0], r)) for r in rows[1:]]
+    test = [r for r in rows if r["split"] == "test"]
+    picked = [next(r for r in test if r["label"] == "defect"), next(r for r in test if r["label"] == "ok")]
+    files = [repo / r["path"] for r in picked]
+    size = meta["input"]["height"]
+    _, p = saved_model_predict(repo / "models/saved_model", np.stack([resize(read_gray(f), size) for f in files]))
+    expected = ["defect" if q >= meta["threshold"] else "ok" for q in p[:, 0]]
+    bright = tmp_path / "too_bright.png"
+    cv2.imwrite(str(bright), cv2.convertScaleAbs(read_gray(files[1]), alpha=2.0))
+
+    with serve(repo / "models/web") as url:
+        page = browser.new_page(viewport={"width": 1100, "height": 900}, accept_downloads=True)
+        outside = []  # the bundle must work offline: fail any request that leaves the local server
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url)
+                   else (outside.append(route.request.url), route.abort()))
+        page.goto(url)
+        page.evaluate("() => window.inspector.ready")
+        shown = upload(page, files)
+        assert [r["verdict"] for r in shown] == expected
+        assert [r["file"] for r in shown] == [f.name for f in files]
+        np.testing.assert_allclose([r["probability"] for r in shown], p[:, 0], atol=1e-3)
+        assert page.get_attribute("#latest-verdict", "data-verdict") == expected[-1]
+        drifted, = upload(page, [bright])
+        assert "brightness high" in drifted["camera"]
+        footer = page.text_content("#footer")
+        assert meta["version"] in footer and f"{meta['threshold']:.4f}" in footer and "backend wasm" in footer
+        with page.expect_download() as dl:
+            page.click("#csv")
+        csv_rows = dl.value.path().read_text().splitlines()
+        assert csv_rows[0].startswith("index,file,defect_probability,verdict")
+        assert [line.split(",")[3] for line in csv_rows[1:]] == [*expected, drifted["verdict"]]
+        page.screenshot(path=str(tmp_path / "inspector.png"), full_page=True)
+        assert (tmp_path / "inspector.png").stat().st_size > 10_000 and not outside
+        page.close()

@@ -48,8 +48,10 @@ export function resizeArea(gray, width, height, size) {
   const sy = height / size;
   const out = new Uint8Array(size * size);
   if (Number.isInteger(sx) && Number.isInteger(sy) && sx >= 1 && sy >= 1) {
-    // OpenCV's fast path for integer factors: block mean, then one rounding.
+    // OpenCV's fast path for integer factors: block mean, then one rounding (its 2x2 kernel
+    // rounds halves up, the generic one multiplies by 1/area in float and rounds to even).
     const inv = Math.fround(1 / (sx * sy));
+    const half = sx === 2 && sy === 2;
     for (let y = 0; y < size; y += 1) {
       for (let x = 0; x < size; x += 1) {
         let sum = 0;
@@ -57,7 +59,7 @@ export function resizeArea(gray, width, height, size) {
           const row = (y * sy + dy) * width + x * sx;
           for (let dx = 0; dx < sx; dx += 1) sum += gray[row + dx];
         }
-        out[y * size + x] = roundByte(Math.fround(sum * inv));
+        out[y * size + x] = half ? (sum + 2) >> 2 : roundByte(Math.fround(sum * inv));
       }
     }
     return out;
