@@ -160,6 +160,7 @@ class BootstrapParams(_Strict):
 class EvaluateParams(_Strict):
     policy: Literal["min_recall", "max_f1", "fixed"] = "min_recall"
     min_recall: float = Field(0.995, gt=0.0, le=1.0)
+    robust_threshold: bool = False   # min_recall must also hold on validation under every gated perturbation
     fixed_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     sweep_points: int = Field(201, ge=3, le=100001)
     review_band: Optional[tuple[float, float]] = None   # [low, high]: auto-pass < low <= review < high <= auto-reject

@@ -67,3 +67,32 @@ def test_operating_points_table():
     assert [r["threshold"] for r in rows] == [0.4, 0.6]
     assert rows[0]["missed"] == 0 and rows[0]["false_rejects"] == 1
     assert rows[1]["missed_per_1000_defects"] == pytest.approx(250)
+
+
+class _DarkSpotModel:
+    """Stands in for a Keras model: the defect score is how dark the image centre is, relative to
+    an absolute level, so brighter photos score lower, like a model fooled by exposure."""
+
+    def predict(self, x, batch_size=None, verbose=0):
+        centre = x[:, 12:20, 12:20, 0].mean(axis=(1, 2))
+        return np.clip((200 - centre) / 200, 0, 1)[:, None]
+
+
+def test_robust_threshold_is_the_lowest_over_the_gated_perturbations():
+    from stages.evaluate import robust_threshold
+
+    rng = np.random.default_rng(0)
+    y = np.array([1] * 20 + [0] * 20)
+    photos = []
+    for label in y:
+        img = np.full((64, 64), 180, np.uint8)
+        img[24:40, 24:40] = rng.integers(60, 120) if label else rng.integers(150, 175)
+        photos.append(img)
+    e = EvaluateParams(policy="min_recall", min_recall=1.0, robust_threshold=True, robustness={
+        "perturbations": {"bright": {"kind": "gain", "value": 1.3}, "dark": {"kind": "gain", "value": 0.8},
+                          "ignored": {"kind": "gain", "value": 2.0, "gated": False}}})
+    ref = {"features": {}}
+    per = robust_threshold(_DarkSpotModel(), photos, y, e, 32, ref)
+    assert set(per) == {"clean", "bright", "dark"}  # ungated perturbations do not set the threshold
+    assert per["bright"] < per["clean"] < per["dark"]
+    assert min(per.values()) == per["bright"]

@@ -73,6 +73,8 @@ def test_metrics_have_their_keys(repo):
         assert key in m["test"]
     assert 0 < m["threshold"] < 1
     assert m["val"]["recall"] >= 0.995  # the min_recall policy held on validation
+    per = m["threshold_by_condition"]  # evaluate.robust_threshold: clean + every gated perturbation on val
+    assert set(per) == {"clean", "exposure x1.25", "blur 1.5px", "rotate any"} and m["threshold"] == min(per.values())
     assert set(m["robustness"]) == {"clean", "exposure x1.25", "blur 1.5px", "rotate any", "jpeg q40"}
     assert m["robustness"]["clean"]["recall"] == m["test"]["recall"]
     assert m["robustness_summary"]["gated"] == 3

@@ -81,6 +81,11 @@ def markdown(b: dict) -> str:
              f"| SavedModel throughput, batch {s['batch']} | {s['throughput_images_per_s_median']:.0f} images/s (median of {s['repeats']}) |",
              f"| SavedModel single image p50 / p95 | {s['latency_ms_p50']:.2f} / {s['latency_ms_p95']:.2f} ms |",
              f"| TF.js model | {b['tfjs_bytes']:,} bytes |"]
+    for name, r in (b.get("browser") or {}).items():
+        if r.get("available"):
+            lines.append(f"| browser ({r['detail']}), one image: model / whole page | {r['model_only']['mean_ms']:.1f} "
+                         f"(p95 {r['model_only']['p95_ms']:.1f}) / {r['page_per_image']['mean_ms']:.1f} "
+                         f"(p95 {r['page_per_image']['p95_ms']:.1f}) ms |")
     return "\n".join(lines) + "\n"
 
 
@@ -120,6 +125,8 @@ def main() -> None:
         "threshold": metrics["threshold"],
         "saved_model": saved_model_speed(test.images),
         "tfjs_bytes": meta["size_bytes"]["tfjs"],
+        "browser": (json.loads(Path("reports/export/browser_benchmark.json").read_text())["backends"]
+                    if Path("reports/export/browser_benchmark.json").exists() else None),
     }
     Path("reports/benchmark.json").write_text(json.dumps(bench, indent=2) + "\n")
     md = markdown(bench)
