@@ -89,6 +89,7 @@ class AugmentParams(_Strict):
     probability: float = Field(0.5, ge=0.0, le=1.0)         # share of images each photometric op touches
     shift: float = Field(0.04, ge=0.0, le=0.5)              # fraction of the side
     zoom: float = Field(0.05, ge=0.0, le=0.5)
+    perspective: float = Field(0.0, ge=0.0, le=0.9)         # camera tilt: max foreshortening across the image
 
     @model_validator(mode="after")
     def _ranges(self) -> "AugmentParams":

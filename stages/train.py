@@ -57,26 +57,36 @@ def photometric(x, seed, a):
 
 
 def geometric(x, seed, a):
-    """One random affine warp per image (train.augment): flips, rotation by any angle, zoom and
-    shift composed into a single bilinear resampling with reflected borders."""
+    """One random projective warp per image (train.augment): flips, rotation by any angle, zoom,
+    shift and camera tilt (perspective) composed into a single bilinear resampling with reflected
+    borders. The matrix maps output pixels to input pixels."""
     import tensorflow as tf
 
     b, size = tf.shape(x)[0], tf.cast(tf.shape(x)[1], tf.float32)
-    s = tf.unstack(tf.random.experimental.stateless_split(seed, 6))
+    s = tf.unstack(tf.random.experimental.stateless_split(seed, 8))
     u = lambda i, lo, hi: tf.random.stateless_uniform([b], s[i], lo, hi)  # noqa: E731
-    one = tf.ones([b])
-    theta = u(0, 0.0, 2 * np.pi) if a.rotate else 0.0 * one
+    one, zero = tf.ones([b]), tf.zeros([b])
+    theta = u(0, 0.0, 2 * np.pi) if a.rotate else zero
     scale = u(1, 1.0 - a.zoom, 1.0 + a.zoom)
     fx = tf.where(u(2, 0, 1) < 0.5, -one, one) if a.flip else one
     fy = tf.where(u(3, 0, 1) < 0.5, -one, one) if a.flip else one
     tx, ty = u(4, -a.shift, a.shift) * size, u(5, -a.shift, a.shift) * size
+    # tilt: the far side of the image shrinks by up to `perspective` relative to the near side
+    g, h = (u(6, -a.perspective, a.perspective) / size, u(7, -a.perspective, a.perspective) / size) \
+        if a.perspective > 0 else (zero, zero)
     cos, sin = tf.cos(theta) / scale, tf.sin(theta) / scale
-    m00, m01, m10, m11 = cos * fx, -sin * fy, sin * fx, cos * fy   # output -> input: R(theta) F / scale
     c = (size - 1) / 2
-    a2 = c - (m00 * (c + tx) + m01 * (c + ty))
-    b2 = c - (m10 * (c + tx) + m11 * (c + ty))
-    zero = tf.zeros([b])
-    transforms = tf.stack([m00, m01, a2, m10, m11, b2, zero, zero], axis=1)
+
+    def mat(*rows):  # 9 [b] tensors -> [b, 3, 3]
+        return tf.reshape(tf.stack(rows, axis=1), [-1, 3, 3])
+
+    rotate = mat(cos * fx, -sin * fy, zero, sin * fx, cos * fy, zero, zero, zero, one)  # R(theta) F / scale
+    tilt = mat(one, zero, zero, zero, one, zero, g, h, one)
+    to_centre = mat(one, zero, -(c + tx), zero, one, -(c + ty), zero, zero, one)
+    back = mat(one, zero, c * one, zero, one, c * one, zero, zero, one)
+    m = back @ rotate @ tilt @ to_centre
+    m = m / m[:, 2:3, 2:3]
+    transforms = tf.reshape(m, [-1, 9])[:, :8]
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=x, transforms=transforms, output_shape=tf.shape(x)[1:3], fill_value=0.0,
         interpolation="BILINEAR", fill_mode="REFLECT")
@@ -87,7 +97,7 @@ def make_datasets(train, val, p):
     import tensorflow as tf
 
     a = p.augment
-    warp = a.flip or a.rotate or a.shift > 0 or a.zoom > 0
+    warp = a.flip or a.rotate or a.shift > 0 or a.zoom > 0 or a.perspective > 0
 
     def augment(x, step):
         seeds = tf.random.experimental.stateless_split(tf.stack([tf.constant(p.seed, tf.int64), step]), 2)

@@ -79,3 +79,23 @@ def test_photometric_and_geometric_augmentation_are_seeded_and_stay_in_range():
     np.testing.assert_array_equal(w.numpy(), geometric(x, seed, a).numpy())
     still = AugmentParams(flip=False, rotate=False, shift=0.0, zoom=0.0)
     np.testing.assert_allclose(geometric(x, seed, still).numpy(), x.numpy(), atol=1e-3)  # identity warp
+
+
+def test_perspective_tilt_keeps_the_centre_and_foreshortens_one_side():
+    import tensorflow as tf
+
+    from stages.config import AugmentParams
+    from stages.train import geometric
+
+    tilt_only = AugmentParams(flip=False, rotate=False, shift=0.0, zoom=0.0, perspective=0.4)
+    x = np.zeros((8, 65, 65, 1), np.float32)
+    x[:, 32, 32] = 255  # a dot in the centre
+    x[:, :, [4, 60]] = 100  # two vertical lines near the left and right edges
+    w = geometric(tf.constant(x), tf.constant([3, 1], tf.int64), tilt_only).numpy()
+    assert not np.allclose(w, x)
+    for img in w[..., 0]:
+        assert np.unravel_index(np.argmax(img), img.shape) == (32, 32)  # the optical centre stays put
+    # a tilt changes the length of a straight edge along the image: the lines' brightness profiles differ top vs bottom
+    mass_top = (w[:, :16, :, 0] > 50).sum(axis=(1, 2))
+    mass_bottom = (w[:, -16:, :, 0] > 50).sum(axis=(1, 2))
+    assert (mass_top != mass_bottom).any()
