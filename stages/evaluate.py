@@ -34,8 +34,8 @@ def predict(model, images: np.ndarray, batch: int = 64) -> np.ndarray:
     return model.predict(images[..., None].astype(np.float32), batch_size=batch, verbose=0)[:, 0].astype(np.float64)
 
 
-def perturbed(model, photos: list[np.ndarray], size: int, r, drift_ref: dict, battery) -> dict[str, tuple]:
-    """Each (name, kind, value) of ``battery`` applied to every full-resolution photo, then the
+def perturbed(model, photos: list[np.ndarray], size: int, r, drift_ref: dict, runs) -> dict[str, tuple]:
+    """Each (name, kind, value, gated) of ``runs`` (see ``battery``) applied to every full-resolution photo, then the
     model's resize, then the model: {name: (probabilities, share of images the drift check flags)}.
     kind None is the clean photo."""
     from concurrent.futures import ThreadPoolExecutor
@@ -51,7 +51,7 @@ def perturbed(model, photos: list[np.ndarray], size: int, r, drift_ref: dict, ba
 
     out = {}
     with ThreadPoolExecutor(4) as pool:
-        for name, kind, value in battery:
+        for name, kind, value, _ in runs:
             res = list(pool.map(lambda i: one(kind, value, i), range(len(photos))))
             out[name] = (predict(model, np.stack([o[0] for o in res])), float(np.mean([o[1] for o in res])))
     return out
@@ -67,7 +67,7 @@ def robustness(model, photos: list[np.ndarray], y: np.ndarray, threshold: float,
     """The perturbation battery on the test photos at the chosen threshold; row 'clean' is the reference."""
     rows = []
     runs = battery(r)
-    probs = perturbed(model, photos, size, r, drift_ref, [b[:3] for b in runs])
+    probs = perturbed(model, photos, size, r, drift_ref, runs)
     for name, kind, value, gated in runs:
         prob, flagged = probs[name]
         m = at_threshold(y, prob, threshold)
@@ -86,7 +86,7 @@ def robust_threshold(model, photos: list[np.ndarray], y_val: np.ndarray, e, size
     """evaluate.robust_threshold: the policy's threshold on the validation photos, clean and under
     every gated perturbation; the lowest wins, so the recall target holds in all of them."""
     r = e.robustness
-    probs = perturbed(model, photos, size, r, drift_ref, [b[:3] for b in battery(r, gated_only=True)])
+    probs = perturbed(model, photos, size, r, drift_ref, battery(r, gated_only=True))
     per = {name: choose_threshold(y_val, p, e) for name, (p, _) in probs.items()}
     for name, t in per.items():
         print(f"evaluate: validation threshold under {name:>16}: {t:.4f}")

@@ -69,11 +69,9 @@ def main() -> None:
     params = load_params()
     x, t = params.export, params.train
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
-
     from stages.dataset import dataset_sha256, load_split
-    from stages.models import load_model
     from stages.evaluate import DRIFT_REFERENCE, METRICS, predict
+    from stages.models import load_model
     from stages.tracking import RUN_FILE, git_commit, resume_run
     from stages.train import MODEL
 

@@ -2,7 +2,7 @@
 looking at the part?) and the drift reference that deployment compares new images with.
 
 The features are computed on 8-bit grayscale images; the browser app re-implements
-``features`` exactly (web/src/drift.js), so keep the definitions simple:
+``features`` exactly (web/src/preprocess.js, tests/test_web.py checks it), so keep the definitions simple:
   brightness  mean pixel value
   contrast    standard deviation of the pixel values
   sharpness   variance of the 3x3 Laplacian (0 1 0 / 1 -4 1 / 0 1 0) over interior pixels

@@ -106,21 +106,19 @@ def run_node(bundle_model: Path, full: list[np.ndarray], prepared: np.ndarray) -
         return read_json(req / "result.json")
 
 
-def run_chromium(browser, url: str, paths: list[str], prepared: np.ndarray) -> dict:
+def run_chromium(browser, url: str, encoded: list[str], prepared: np.ndarray) -> dict:
+    """The page in Chromium: its model on the Python-resized pixels, and the whole page path from the
+    JPEG bytes (base64, ``encoded``)."""
     from stages.browser import open_inspector
 
     page, info, _ = open_inspector(browser, url)
     n, size = prepared.shape[0], prepared.shape[1]
     probs = page.evaluate("([px, n]) => window.inspector.predictPixels(px, n)",
                           [prepared.reshape(-1).tolist(), n])
-    pages = []
-    for p in paths:
-        b64 = base64.b64encode(Path(p).read_bytes()).decode()
-        pages.append(page.evaluate("(b) => window.inspector.inspectBase64(b)", b64))
+    pages = [page.evaluate("(b) => window.inspector.inspectBase64(b)", b64) for b64 in encoded]
     page.close()
     inputs = np.array([r["input"] for r in pages], np.int16).reshape(n, size, size)
     return {"backend": info["detail"], "prepared": probs, "page": [r["probability"] for r in pages],
-            "page_stats": [r["stats"] for r in pages],
             "page_pixels": {"max_abs_diff": int(np.abs(inputs - prepared).max()),
                             "differing": int((inputs != prepared).sum()), "pixels": int(inputs.size)}}
 
@@ -164,10 +162,9 @@ def summarize(ms: list[float]) -> dict:
             "n": int(a.size)}
 
 
-def benchmark(browser, url: str, backends: list[str], repeats: int, sample: np.ndarray, files: list[str]) -> dict:
+def benchmark(browser, url: str, backends: list[str], repeats: int, sample: np.ndarray, encoded: list[str]) -> dict:
     from stages.browser import open_inspector
 
-    encoded = [base64.b64encode(Path(p).read_bytes()).decode() for p in files]
     out = {}
     for name in backends:
         print(f"web: browser latency, backend {name}")
@@ -191,6 +188,7 @@ def main() -> None:
     from stages.browser import chromium, serve
     from stages.export import METADATA, SAVED_MODEL, saved_model_predict
     from stages.images import read_many, resize
+    from stages.imagestats import features
     from stages.tracking import resume_run
 
     ensure_node_modules()
@@ -212,12 +210,14 @@ def main() -> None:
         node = run_node(bundle / "model", full, prepared)
         print("web: parity in headless Chromium")
         with chromium(w.chromium) as browser, serve(bundle) as url:
-            chrome = run_chromium(browser, url, paths, prepared)
-            bench = benchmark(browser, url, w.benchmark_backends, w.benchmark_repeats, prepared[:1], paths[:16])
+            encoded = [base64.b64encode(Path(p).read_bytes()).decode() for p in paths]
+            chrome = run_chromium(browser, url, encoded, prepared)
+            bench = benchmark(browser, url, w.benchmark_backends, w.benchmark_repeats, prepared[:1], encoded[:16])
             labels = [int(r["label"] == pos) for r in rows]
             shown = screenshot(browser, url, paths, labels, out.path(SCREENSHOT), Path(tmp))
 
         runs = {f"node {b}": r["prepared"] for b, r in node["backends"].items()}
+        runs.update({f"node {b} (page resize)": r["js_resize"] for b, r in node["backends"].items()})
         runs[f"chromium {chrome['backend']}"] = chrome["prepared"]
         runs["chromium page (browser decode + resize)"] = chrome["page"]
         checks = {}
@@ -227,7 +227,6 @@ def main() -> None:
                             "verdict_mismatches": int(((p >= threshold) != (saved >= threshold)).sum())}
         worst = max(checks.values(), key=lambda c: c["max_abs_diff"])
         js_stats = np.array([[s[k] for k in ("brightness", "contrast", "sharpness")] for s in node["features"]])
-        from stages.imagestats import features
         py_stats = np.array([[features(g)[k] for k in ("brightness", "contrast", "sharpness")] for g in prepared])
         parity = {
             "images": len(paths), "tolerance": w.parity_tolerance, "threshold": threshold,
