@@ -22,28 +22,28 @@ class _Strict(BaseModel):
 
 
 class KaggleParams(_Strict):
-    dataset: str = "ravirajsinh45/real-life-industrial-dataset-of-casting-product"
-    version: int = Field(2, ge=1)
+    dataset: str
+    version: int = Field(..., ge=1)
 
 
 class LocalParams(_Strict):
-    path: str = "data/source"
-    sha256: Optional[str] = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+    path: str
+    sha256: Optional[str] = Field(..., pattern=r"^[0-9a-fA-F]{64}$")
 
 
 class SyntheticParams(_Strict):
-    per_class: int = Field(400, ge=4)
-    size: int = Field(300, ge=32, le=2048)
-    seed: int = 7
+    per_class: int = Field(..., ge=4)
+    size: int = Field(..., ge=32, le=2048)
+    seed: int
 
 
 class DataParams(_Strict):
-    source: Literal["kaggle", "local", "synthetic"] = "kaggle"
-    kaggle: KaggleParams = KaggleParams()
-    local: LocalParams = LocalParams()
-    synthetic: SyntheticParams = SyntheticParams()
-    classes: dict[str, list[str]] = {"defect": ["def_front"], "ok": ["ok_front"]}
-    positive_class: str = "defect"
+    source: Literal["kaggle", "local", "synthetic"]
+    kaggle: KaggleParams
+    local: LocalParams
+    synthetic: SyntheticParams
+    classes: dict[str, list[str]]
+    positive_class: str
 
     @model_validator(mode="after")
     def _check_classes(self) -> "DataParams":
@@ -64,32 +64,32 @@ class DataParams(_Strict):
 
 
 class NearDupParams(_Strict):
-    method: Literal["thumb_d4", "none"] = "thumb_d4"
-    max_distance: float = Field(0.06, ge=0.0, le=2.0)
+    method: Literal["thumb_d4", "none"]
+    max_distance: float = Field(..., ge=0.0, le=2.0)
 
 
 class SplitParams(_Strict):
-    seed: int = 42
-    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
-    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
-    use_source_test: bool = False
-    max_quarantined_fraction: float = Field(0.01, ge=0.0, le=1.0)
-    near_duplicates: NearDupParams = NearDupParams()
-    confound_warn_auc: float = Field(0.75, gt=0.5, le=1.0)
+    seed: int
+    val_fraction: float = Field(..., gt=0.0, lt=0.5)
+    test_fraction: float = Field(..., gt=0.0, lt=0.5)
+    use_source_test: bool
+    max_quarantined_fraction: float = Field(..., ge=0.0, le=1.0)
+    near_duplicates: NearDupParams
+    confound_warn_auc: float = Field(..., gt=0.5, le=1.0)
 
 
 class AugmentParams(_Strict):
-    flip: bool = True
-    rotate: bool = True
-    gain: Optional[tuple[float, float]] = (0.6, 1.5)         # exposure factor range
-    gamma: Optional[tuple[float, float]] = (0.7, 1.4)
-    contrast: Optional[tuple[float, float]] = (0.7, 1.3)
-    blur_sigma: Optional[tuple[float, float]] = (0.3, 1.5)   # pixels at the model's input size
-    noise_sigma: Optional[tuple[float, float]] = (0.0, 8.0)  # grey levels at the model's input size
-    probability: float = Field(0.5, ge=0.0, le=1.0)         # share of images each photometric op touches
-    shift: float = Field(0.04, ge=0.0, le=0.5)              # fraction of the side
-    zoom: float = Field(0.05, ge=0.0, le=0.5)
-    perspective: float = Field(0.0, ge=0.0, le=0.9)         # camera tilt: max foreshortening across the image
+    flip: bool
+    rotate: bool
+    gain: Optional[tuple[float, float]]  # exposure factor range
+    gamma: Optional[tuple[float, float]]
+    contrast: Optional[tuple[float, float]]
+    blur_sigma: Optional[tuple[float, float]]  # pixels at the model's input size
+    noise_sigma: Optional[tuple[float, float]]  # grey levels at the model's input size
+    probability: float = Field(..., ge=0.0, le=1.0)         # share of images each photometric op touches
+    shift: float = Field(..., ge=0.0, le=0.5)              # fraction of the side
+    zoom: float = Field(..., ge=0.0, le=0.5)
+    perspective: float = Field(..., ge=0.0, le=0.9)         # camera tilt: max foreshortening across the image
 
     @model_validator(mode="after")
     def _ranges(self) -> "AugmentParams":
@@ -101,18 +101,18 @@ class AugmentParams(_Strict):
 
 
 class TrainParams(_Strict):
-    arch: Literal["compact", "seed"] = "compact"
-    image_size: int = Field(150, ge=32, le=1024)
-    batch_size: int = Field(32, ge=1)
-    max_epochs: int = Field(30, ge=1)
-    patience: int = Field(4, ge=0)
-    learning_rate: float = Field(0.002, gt=0.0, lt=1.0)
-    lr_schedule: Literal["cosine", "plateau"] = "cosine"
-    normalize: Literal["per_image", "none"] = "per_image"
-    seed: int = 0
-    class_weight: Literal["balanced", "none"] = "balanced"
-    augment: AugmentParams = AugmentParams()
-    mlflow_experiment: str = Field("casting-inspection", min_length=1)
+    arch: Literal["compact", "seed"]
+    image_size: int = Field(..., ge=32, le=1024)
+    batch_size: int = Field(..., ge=1)
+    max_epochs: int = Field(..., ge=1)
+    patience: int = Field(..., ge=0)
+    learning_rate: float = Field(..., gt=0.0, lt=1.0)
+    lr_schedule: Literal["cosine", "plateau"]
+    normalize: Literal["per_image", "none"]
+    seed: int
+    class_weight: Literal["balanced", "none"]
+    augment: AugmentParams
+    mlflow_experiment: str = Field(..., min_length=1)
 
 
 PerturbationKind = Literal["gain", "gamma", "contrast", "blur", "noise", "jpeg", "rotate", "shift", "scale"]
@@ -120,8 +120,8 @@ PerturbationKind = Literal["gain", "gamma", "contrast", "blur", "noise", "jpeg",
 
 class Perturbation(_Strict):
     kind: PerturbationKind
-    value: Optional[float] = None   # None only for rotate (a random angle per image)
-    gated: bool = True              # counts towards robustness.targets
+    value: Optional[float]  # None only for rotate (a random angle per image)
+    gated: bool  # counts towards robustness.targets
 
     @model_validator(mode="after")
     def _value(self) -> "Perturbation":
@@ -135,39 +135,39 @@ class Perturbation(_Strict):
 
 
 class RobustnessTargets(_Strict):
-    min_recall: float = Field(0.99, ge=0.0, le=1.0)
-    max_false_reject_rate: float = Field(0.02, ge=0.0, le=1.0)
+    min_recall: float = Field(..., ge=0.0, le=1.0)
+    max_false_reject_rate: float = Field(..., ge=0.0, le=1.0)
 
 
 class RobustnessParams(_Strict):
-    seed: int = 0
-    perturbations: dict[str, Perturbation] = {
-        "exposure x0.75": Perturbation(kind="gain", value=0.75),
-        "exposure x1.25": Perturbation(kind="gain", value=1.25),
-        "blur 1.5px": Perturbation(kind="blur", value=1.5),
-        "noise 8": Perturbation(kind="noise", value=8),
-        "jpeg q40": Perturbation(kind="jpeg", value=40),
-        "rotate any": Perturbation(kind="rotate"),
-    }
-    targets: RobustnessTargets = RobustnessTargets()
+    seed: int
+    perturbations: dict[str, Perturbation]
+    targets: RobustnessTargets
 
 
 class BootstrapParams(_Strict):
-    resamples: int = Field(2000, ge=100)
-    confidence: float = Field(0.95, gt=0.5, lt=1.0)
-    seed: int = 0
+    resamples: int = Field(..., ge=100)
+    confidence: float = Field(..., gt=0.5, lt=1.0)
+    seed: int
+
+
+class RetakeParams(_Strict):
+    camera_check: bool                                   # camera check outside the range -> RETAKE
+    ood_quantile: float = Field(..., gt=0.5, le=1.0)     # OOD limit = this quantile of validation scores
+    ood_battery_per_kind: int = Field(..., ge=1)         # test photos per kind in the OOD battery
 
 
 class EvaluateParams(_Strict):
-    policy: Literal["min_recall", "max_f1", "fixed"] = "min_recall"
-    min_recall: float = Field(0.995, gt=0.0, le=1.0)
-    robust_threshold: bool = False   # min_recall must also hold on validation under every gated perturbation
-    fixed_threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    sweep_points: int = Field(201, ge=3, le=100001)
-    review_band: Optional[tuple[float, float]] = None   # [low, high]: auto-pass < low <= review < high <= auto-reject
-    bootstrap: BootstrapParams = BootstrapParams()
-    robustness: RobustnessParams = RobustnessParams()
-    drift_margin: float = Field(0.1, ge=0.0)            # widen the training [p0.5, p99.5] ranges by this x width
+    policy: Literal["min_recall", "max_f1", "fixed"]
+    min_recall: float = Field(..., gt=0.0, le=1.0)
+    robust_threshold: bool  # min_recall must also hold on validation under every gated perturbation
+    fixed_threshold: float = Field(..., gt=0.0, lt=1.0)
+    sweep_points: int = Field(..., ge=3, le=100001)
+    review_band: Optional[tuple[float, float]]  # [low, high]: auto-pass < low <= review < high <= auto-reject
+    bootstrap: BootstrapParams
+    robustness: RobustnessParams
+    drift_margin: float = Field(..., ge=0.0)            # widen the training [p0.5, p99.5] ranges by this x width
+    retake: RetakeParams
 
     @model_validator(mode="after")
     def _band(self) -> "EvaluateParams":
@@ -178,34 +178,34 @@ class EvaluateParams(_Strict):
 
 
 class ExportParams(_Strict):
-    parity_images: int = Field(64, ge=1)
-    parity_tolerance: float = Field(1e-5, gt=0.0)
-    quantize: Literal["none", "float16"] = "none"   # TF.js weight quantisation
+    parity_images: int = Field(..., ge=1)
+    parity_tolerance: float = Field(..., gt=0.0)
+    quantize: Literal["none", "float16"]  # TF.js weight quantisation
 
 
 class ReportParams(_Strict):
-    max_misclassified: int = Field(40, ge=0)   # misclassified test images shown (worst first)
-    uncertain_cases: int = Field(8, ge=0)      # correct but closest to the threshold
-    reference_defects: int = Field(4, ge=0)    # confidently found defects, for comparison
-    thumbnail: int = Field(192, ge=32, le=600) # pixels per shown image
+    max_misclassified: int = Field(..., ge=0)   # misclassified test images shown (worst first)
+    uncertain_cases: int = Field(..., ge=0)      # correct but closest to the threshold
+    reference_defects: int = Field(..., ge=0)    # confidently found defects, for comparison
+    thumbnail: int = Field(..., ge=32, le=600) # pixels per shown image
 
 
 class WebParams(_Strict):
-    parity_images: int = Field(32, ge=2)          # test images run through TF.js in Node and Chromium
-    parity_tolerance: float = Field(1e-3, gt=0.0) # max |TF.js - SavedModel| defect probability
-    chromium: str = "/usr/bin/chromium"           # browser for the parity check and the benchmark
-    benchmark_backends: list[Literal["wasm", "webgl", "cpu"]] = ["wasm", "webgl", "cpu"]
-    benchmark_repeats: int = Field(50, ge=5)      # timed single-image predictions per backend
+    parity_images: int = Field(..., ge=2)          # test images run through TF.js in Node and Chromium
+    parity_tolerance: float = Field(..., gt=0.0) # max |TF.js - SavedModel| defect probability
+    chromium: str  # browser for the parity check and the benchmark
+    benchmark_backends: list[Literal["wasm", "webgl", "cpu"]]
+    benchmark_repeats: int = Field(..., ge=5)      # timed single-image predictions per backend
 
 
 class Params(_Strict):
-    data: DataParams = DataParams()
-    split: SplitParams = SplitParams()
-    train: TrainParams = TrainParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    export: ExportParams = ExportParams()
-    report: ReportParams = ReportParams()
-    web: WebParams = WebParams()
+    data: DataParams
+    split: SplitParams
+    train: TrainParams
+    evaluate: EvaluateParams
+    export: ExportParams
+    report: ReportParams
+    web: WebParams
 
 
 def _format(err: ValidationError, source: Path) -> str:
@@ -233,22 +233,36 @@ def load_params(path: Path | str | None = None) -> Params:
         raise UserError(_format(exc, source)) from None
 
 
-def non_default_params(params: Params) -> dict[str, object]:
-    """Dotted keys whose value differs from the schema default (for reports and run names)."""
-    def walk(cur: object, ref: object, prefix: str, out: dict[str, object]) -> None:
-        if isinstance(cur, BaseModel):
-            for name in type(cur).model_fields:
-                walk(getattr(cur, name), getattr(ref, name), f"{prefix}{name}.", out)
-        elif cur != ref:
-            out[prefix[:-1]] = cur
-    out: dict[str, object] = {}
-    walk(params, Params(), "", out)
-    return out
+def committed_params(path: Path | str | None = None) -> dict:
+    """params.yaml as committed at git HEAD ({} outside git or when it is not committed)."""
+    import subprocess
+
+    source = Path(path) if path is not None else PARAMS_FILE
+    try:
+        text = subprocess.run(["git", "show", f"HEAD:./{source.as_posix()}"], capture_output=True, text=True,
+                              check=True).stdout
+        return yaml.safe_load(text) or {}
+    except (OSError, subprocess.CalledProcessError, yaml.YAMLError):
+        return {}
+
+
+def changed_params(params: Params, reference: dict | None = None) -> dict[str, object]:
+    """Dotted keys whose value differs from the committed params.yaml (the project's defaults), e.g. the
+    overrides of a `dvc exp run -S`; for the report and run names."""
+    ref = committed_params() if reference is None else reference
+    if not ref:
+        return {}
+    try:
+        base = flat_params(Params.model_validate(ref))
+    except ValidationError:
+        return {}
+    return {k: v for k, v in flat_params(params).items() if base.get(k, object()) != v}
 
 
 def flat_params(params: Params) -> dict[str, object]:
     """All params as a flat dotted-key dict (for MLflow)."""
     out: dict[str, object] = {}
+
     def walk(d: dict, prefix: str) -> None:
         for k, v in d.items():
             if isinstance(v, dict) and k != "classes":

@@ -18,7 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stages.config import load_params, non_default_params
+from stages.config import load_params, changed_params
 from stages.errors import UserError, cli
 from stages.fsutil import read_csv, read_json, staged_outputs
 
@@ -220,7 +220,7 @@ def main() -> None:
         identity={"git commit": git_commit(), "dataset sha256": dataset_sha256(),
                   "MLflow run": f"{run['run_id']} (experiment {run['experiment']}, {run['tracking_uri']})",
                   "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")},
-        changed=non_default_params(params), versions=versions())
+        changed=changed_params(params), versions=versions())
     with staged_outputs(REPORT) as out:
         out.path(REPORT).write_text(html, encoding="utf-8")
     with resume_run() as mlflow:

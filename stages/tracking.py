@@ -11,11 +11,17 @@ from typing import Iterator
 from stages.fsutil import read_json
 
 RUN_FILE = Path("models/mlflow_run.json")
-DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def default_uri() -> str:
+    """sqlite:///<main workspace>/mlflow.db: one store for the workspace and DVC's temporary ones."""
+    from stages.paths import main_root
+
+    return f"sqlite:///{(main_root() / 'mlflow.db').as_posix()}"
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
 
 
 def _mlflow():

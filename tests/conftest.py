@@ -89,3 +89,14 @@ def copy_repo(dest: Path) -> Path:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     return dest
+
+
+def section(dotted: str, **changes):
+    """A validated params section from the repo's params.yaml (the one source of defaults) with ``changes``,
+    e.g. section("train.augment", probability=1.0)."""
+    from stages.config import load_params
+
+    obj = load_params(REPO / "params.yaml")
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return type(obj).model_validate({**obj.model_dump(), **changes})

@@ -1,6 +1,6 @@
 import pytest
 
-from stages.config import Params, load_params, non_default_params
+from stages.config import changed_params, load_params
 from stages.errors import UserError
 
 from conftest import REPO
@@ -40,6 +40,36 @@ def test_missing_file_message(tmp_path):
         load_params(tmp_path / "nope.yaml")
 
 
-def test_non_default_params():
-    p = Params.model_validate({"train": {"max_epochs": 3}})
-    assert non_default_params(p) == {"train.max_epochs": 3}
+def test_changed_params_are_against_the_committed_file():
+    import yaml
+
+    ref = yaml.safe_load((REPO / "params.yaml").read_text())
+    p = load_params(REPO / "params.yaml")
+    assert changed_params(p, ref) == {}
+    p3 = p.model_copy(update={"train": p.train.model_copy(update={"max_epochs": 3})})
+    assert changed_params(p3, ref) == {"train.max_epochs": 3}
+
+
+def test_a_missing_key_is_named(project, tmp_path):
+    import yaml
+
+    doc = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    del doc["train"]["patience"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match=r"train\.patience: Field required"):
+        load_params()
+
+
+def test_the_schema_carries_no_second_set_of_defaults():
+    """params.yaml is the one source of defaults: no field of the schema has a default of its own."""
+    from pydantic import BaseModel
+
+    from stages import config
+
+    def walk(model: type[BaseModel], prefix: str):
+        for name, field in model.model_fields.items():
+            assert field.is_required(), f"{prefix}{name} has a default in stages/config.py; put it in params.yaml"
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+    walk(config.Params, "")

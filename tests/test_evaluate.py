@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from stages.config import EvaluateParams
+from conftest import section
 from stages.metrics import at_threshold, bootstrap_rates, choose_threshold, operating_points, review_band, sweep
 
 Y = np.array([0] * 6 + [1] * 4)
@@ -9,16 +9,16 @@ P = np.array([0.01, 0.05, 0.1, 0.2, 0.3, 0.62, 0.4, 0.6, 0.8, 0.95])
 
 
 def test_min_recall_picks_highest_threshold_meeting_target():
-    t = choose_threshold(Y, P, EvaluateParams(policy="min_recall", min_recall=0.75))
+    t = choose_threshold(Y, P, section("evaluate", policy="min_recall", min_recall=0.75))
     assert t == pytest.approx(0.6)  # 3 of 4 defects score >= 0.6; 0.8 keeps only 2
     assert at_threshold(Y, P, t)["recall"] >= 0.75
-    t_full = choose_threshold(Y, P, EvaluateParams(policy="min_recall", min_recall=1.0))
+    t_full = choose_threshold(Y, P, section("evaluate", policy="min_recall", min_recall=1.0))
     assert t_full == pytest.approx(0.4)
 
 
 def test_max_f1_and_fixed():
-    assert choose_threshold(Y, P, EvaluateParams(policy="max_f1")) == pytest.approx(0.4)
-    assert choose_threshold(Y, P, EvaluateParams(policy="fixed", fixed_threshold=0.3)) == 0.3
+    assert choose_threshold(Y, P, section("evaluate", policy="max_f1")) == pytest.approx(0.4)
+    assert choose_threshold(Y, P, section("evaluate", policy="fixed", fixed_threshold=0.3)) == 0.3
 
 
 def test_metrics_at_threshold_match_confusion():
@@ -88,8 +88,10 @@ def test_robust_threshold_is_the_lowest_over_the_gated_perturbations():
         img = np.full((64, 64), 180, np.uint8)
         img[24:40, 24:40] = rng.integers(60, 120) if label else rng.integers(150, 175)
         photos.append(img)
-    e = EvaluateParams(policy="min_recall", min_recall=1.0, robust_threshold=True, robustness={
-        "perturbations": {"bright": {"kind": "gain", "value": 1.3}, "dark": {"kind": "gain", "value": 0.8},
+    e = section("evaluate", policy="min_recall", min_recall=1.0, robust_threshold=True, robustness={
+        "seed": 0, "targets": {"min_recall": 0.99, "max_false_reject_rate": 0.02},
+        "perturbations": {"bright": {"kind": "gain", "value": 1.3, "gated": True},
+                          "dark": {"kind": "gain", "value": 0.8, "gated": True},
                           "ignored": {"kind": "gain", "value": 2.0, "gated": False}}})
     ref = {"features": {}}
     per = robust_threshold(_DarkSpotModel(), photos, y, e, 32, ref)

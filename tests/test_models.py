@@ -5,6 +5,8 @@ keras = pytest.importorskip("keras")
 
 from stages.models import build  # noqa: E402
 
+from conftest import section  # noqa: E402
+
 
 @pytest.mark.parametrize("arch", ["compact", "seed"])
 def test_rescaling_first_and_probability_out(arch):
@@ -26,12 +28,11 @@ def test_seed_matches_the_article_and_compact_is_far_smaller():
 def test_train_input_path_augments_only_training_batches():
     from types import SimpleNamespace
 
-    from stages.config import TrainParams
     from stages.train import class_weights, make_datasets
 
     rng = np.random.default_rng(0)
     data = SimpleNamespace(images=rng.integers(0, 256, (10, 32, 32), dtype=np.uint8), labels=np.array([1] * 7 + [0] * 3))
-    p = TrainParams(batch_size=4, image_size=32)
+    p = section("train", batch_size=4, image_size=32)
     train_ds, val_ds = make_datasets(data, data, p)
     xv, yv = next(iter(val_ds))
     assert xv.shape == (4, 32, 32, 1) and xv.dtype.name == "float32"
@@ -61,10 +62,9 @@ def test_per_image_standardization_makes_the_model_blind_to_exposure_and_survive
 def test_photometric_and_geometric_augmentation_are_seeded_and_stay_in_range():
     import tensorflow as tf
 
-    from stages.config import AugmentParams
     from stages.train import geometric, photometric
 
-    a = AugmentParams(probability=1.0)
+    a = section("train.augment", probability=1.0)
     x = tf.constant(np.random.default_rng(2).integers(0, 256, (6, 32, 32, 1)).astype(np.float32))
     seed = tf.constant([0, 7], tf.int64)
     one, two = photometric(x, seed, a), photometric(x, seed, a)
@@ -72,22 +72,21 @@ def test_photometric_and_geometric_augmentation_are_seeded_and_stay_in_range():
     assert float(tf.reduce_min(one)) >= 0 and float(tf.reduce_max(one)) <= 255
     assert not np.allclose(one.numpy(), x.numpy())
     assert not np.array_equal(photometric(x, tf.constant([0, 8], tf.int64), a).numpy(), one.numpy())
-    none = AugmentParams(gain=None, gamma=None, contrast=None, blur_sigma=None, noise_sigma=None)
+    none = section("train.augment", gain=None, gamma=None, contrast=None, blur_sigma=None, noise_sigma=None)
     np.testing.assert_array_equal(photometric(x, seed, none).numpy(), x.numpy())
     w = geometric(x, seed, a)
     assert w.shape == x.shape
     np.testing.assert_array_equal(w.numpy(), geometric(x, seed, a).numpy())
-    still = AugmentParams(flip=False, rotate=False, shift=0.0, zoom=0.0)
+    still = section("train.augment", flip=False, rotate=False, shift=0.0, zoom=0.0)
     np.testing.assert_allclose(geometric(x, seed, still).numpy(), x.numpy(), atol=1e-3)  # identity warp
 
 
 def test_perspective_tilt_keeps_the_centre_and_foreshortens_one_side():
     import tensorflow as tf
 
-    from stages.config import AugmentParams
     from stages.train import geometric
 
-    tilt_only = AugmentParams(flip=False, rotate=False, shift=0.0, zoom=0.0, perspective=0.4)
+    tilt_only = section("train.augment", flip=False, rotate=False, shift=0.0, zoom=0.0, perspective=0.4)
     x = np.zeros((8, 65, 65, 1), np.float32)
     x[:, 32, 32] = 255  # a dot in the centre
     x[:, :, [4, 60]] = 100  # two vertical lines near the left and right edges

@@ -1,0 +1,77 @@
+"""The line decision for one part: its route, PASS / REVIEW / REJECT / RETAKE.
+
+This is the one implementation of the rule; web/src/route.js mirrors it for the browser and
+tests/cases/route_cases.json is the table of cases both are checked against.
+
+    RETAKE  the photo cannot be judged: unreadable, no casting / badly framed, camera check
+            outside the training range, or out of distribution for the model (reasons given)
+    PASS    probability below the threshold and below the review band's low edge
+    REJECT  probability at or above the threshold and at or above the band's high edge
+    REVIEW  everything in between (a person looks at the part)
+
+Without a review band (evaluate.review_band: null) the threshold alone decides PASS / REJECT.
+A part is never passed when its probability is at or above the threshold, whatever the band.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+ROUTES = ("PASS", "REVIEW", "REJECT", "RETAKE")
+NOT_PASSED = ("REVIEW", "REJECT", "RETAKE")
+ACTION = {"PASS": "ship the part", "REVIEW": "a person inspects the part",
+          "REJECT": "scrap or rework the part", "RETAKE": "photograph the part again"}
+
+
+def route(probability: Optional[float], threshold: float, band: Optional[Sequence[float]] = None,
+          retake: Iterable[str] = ()) -> tuple[str, str]:
+    """(route, reason) for one part. ``retake``: reasons the photo cannot be judged (empty when it can);
+    ``band``: (low, high) or None; ``probability`` may be None only with a retake reason."""
+    reasons = [r for r in retake if r]
+    if reasons:
+        return "RETAKE", "; ".join(reasons)
+    if probability is None:
+        raise ValueError("a probability is needed when there is no retake reason")
+    low, high = (band[0], band[1]) if band else (threshold, threshold)
+    if probability < threshold and probability < low:
+        return "PASS", f"defect probability below {min(threshold, low):.4f}"
+    if probability >= threshold and probability >= high:
+        return "REJECT", f"defect probability at or above {max(threshold, high):.4f}"
+    return "REVIEW", f"defect probability in the review band [{min(threshold, low):.4f}, {max(threshold, high):.4f})"
+
+
+def camera_reasons(stats: dict, camera: dict) -> list[str]:
+    """Camera-check reasons: each feature of ``stats`` outside its [min, max] in ``camera``
+    (metadata.json route.retake.camera; the training images' range), e.g. 'contrast low (3.10 < 21.40)'."""
+    out = []
+    for name, lim in camera.items():
+        v = stats[name]
+        if v < lim["min"]:
+            out.append(f"{name} low ({v:.2f} < {lim['min']:.2f})")
+        elif v > lim["max"]:
+            out.append(f"{name} high ({v:.2f} > {lim['max']:.2f})")
+    return out
+
+
+def ood_reason(score: float, limit: float) -> str:
+    """'' when the photo looks like the training photos, else the reason."""
+    return "" if score <= limit else f"unlike the training photos (out-of-distribution score {score:.2f} > {limit:.2f})"
+
+
+def retake_reasons(stats: dict, ood_score: float, gate: dict) -> list[str]:
+    """Every reason to RETAKE a readable photo, given its camera statistics, its OOD score and the
+    model's gate (metadata.json ``route.retake``: {camera: {...}, ood: {limit: ...}})."""
+    reasons = []
+    if gate.get("camera"):
+        cam = camera_reasons(stats, gate["camera"])
+        if cam:
+            reasons.append("camera check: " + ", ".join(cam))
+    if gate.get("ood"):
+        reasons.append(ood_reason(ood_score, gate["ood"]["limit"]))
+    return [r for r in reasons if r]
+
+
+def decide(probability: float, stats: dict, ood_score: float, rule: dict) -> tuple[str, str]:
+    """The whole decision from metadata.json's ``route`` block for a readable photo."""
+    band = rule.get("review_band")
+    return route(probability, rule["threshold"], (band["low"], band["high"]) if band else None,
+                 retake_reasons(stats, ood_score, rule.get("retake") or {}))

@@ -1,0 +1,38 @@
+"""The route rule (stages/route.py) against the shared table of cases that web/src/route.js also passes."""
+import json
+
+import pytest
+
+from conftest import REPO
+from stages.route import ROUTES, camera_reasons, decide, ood_reason, route
+
+CASES = json.loads((REPO / "tests/cases/route_cases.json").read_text())["cases"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_shared_route_cases(case):
+    assert decide(case["probability"], case["stats"], case["ood_score"], case["rule"]) == (case["route"], case["reason"])
+
+
+def test_the_table_covers_every_route():
+    assert {c["route"] for c in CASES} == set(ROUTES)
+
+
+def test_never_pass_at_or_above_the_threshold():
+    for t in (0.01, 0.2, 0.5, 0.95):
+        for band in (None, (0.02, 0.9), (0.3, 0.6)):
+            for p in (t, min(1.0, t + 1e-6), 0.999):
+                assert route(p, t, band)[0] != "PASS"
+
+
+def test_retake_wins_and_needs_no_probability():
+    assert route(None, 0.5, None, ["unreadable: not a decodable image"]) == ("RETAKE", "unreadable: not a decodable image")
+    with pytest.raises(ValueError):
+        route(None, 0.5, None, [])
+
+
+def test_reasons_name_the_feature_and_the_limit():
+    cam = {"contrast": {"min": 20.0, "max": 70.0}}
+    assert camera_reasons({"contrast": 3.0}, cam) == ["contrast low (3.00 < 20.00)"]
+    assert camera_reasons({"contrast": 30.0}, cam) == []
+    assert ood_reason(2.0, 5.0) == "" and "out-of-distribution score 6.00 > 5.00" in ood_reason(6.0, 5.0)
