@@ -108,3 +108,15 @@ def operating_points(y: np.ndarray, prob: np.ndarray, thresholds) -> list[dict]:
                      "missed_per_1000_defects": 1000 * m["miss_rate"],
                      "false_rejects_per_1000_ok": 1000 * m["false_reject_rate"]})
     return rows
+
+
+def binomial_ci(k: int, n: int, confidence: float = 0.95) -> dict:
+    """A count over parts as a rate with its exact (Clopper-Pearson) interval: {k, n, rate, low, high}.
+    2 of 563 -> rate 0.00355, 95 % interval 0.00043 - 0.01277."""
+    from scipy.stats import binomtest
+
+    k, n = int(k), int(n)
+    if n == 0:
+        return {"k": 0, "n": 0, "rate": None, "low": None, "high": None, "confidence": confidence}
+    ci = binomtest(k, n).proportion_ci(confidence_level=confidence, method="exact")
+    return {"k": k, "n": n, "rate": k / n, "low": float(ci.low), "high": float(ci.high), "confidence": confidence}

@@ -18,6 +18,9 @@ from typing import Iterable, Optional, Sequence
 
 ROUTES = ("PASS", "REVIEW", "REJECT", "RETAKE")
 NOT_PASSED = ("REVIEW", "REJECT", "RETAKE")
+# One row per file, the same columns and words in the batch CLI (python -m stages.predict) and the page's CSV.
+CSV_COLUMNS = ("file", "route", "reason", "defect_probability", "threshold", "ood_score", "camera_check",
+               "brightness", "contrast", "sharpness", "model_version", "timestamp")
 ACTION = {"PASS": "ship the part", "REVIEW": "a person inspects the part",
           "REJECT": "scrap or rework the part", "RETAKE": "photograph the part again"}
 
@@ -75,3 +78,17 @@ def decide(probability: float, stats: dict, ood_score: float, rule: dict) -> tup
     band = rule.get("review_band")
     return route(probability, rule["threshold"], (band["low"], band["high"]) if band else None,
                  retake_reasons(stats, ood_score, rule.get("retake") or {}))
+
+
+def csv_row(file: str, route_: str, reason: str, probability: Optional[float], threshold: float,
+            ood_score: Optional[float], stats: Optional[dict], camera: Sequence[str], model_version: str,
+            timestamp: str) -> dict:
+    """One CSV row (strings, fixed decimals; empty cells where a value does not exist, e.g. unreadable files)."""
+    def num(v, digits):
+        return "" if v is None else f"{v:.{digits}f}"
+    stats = stats or {}
+    return {"file": file, "route": route_, "reason": reason, "defect_probability": num(probability, 6),
+            "threshold": num(threshold, 6), "ood_score": num(ood_score, 3),
+            "camera_check": "; ".join(camera) if camera else ("" if not stats else "ok"),
+            "brightness": num(stats.get("brightness"), 2), "contrast": num(stats.get("contrast"), 2),
+            "sharpness": num(stats.get("sharpness"), 1), "model_version": model_version, "timestamp": timestamp}

@@ -98,3 +98,15 @@ def test_robust_threshold_is_the_lowest_over_the_gated_perturbations():
     assert set(per) == {"clean", "bright", "dark"}  # ungated perturbations do not set the threshold
     assert per["bright"] < per["clean"] < per["dark"]
     assert min(per.values()) == per["bright"]
+
+
+def test_exact_binomial_interval_known_values():
+    from stages.metrics import binomial_ci
+
+    ci = binomial_ci(2, 563)
+    assert 1000 * ci["low"] == pytest.approx(0.43, abs=0.005) and 1000 * ci["high"] == pytest.approx(12.77, abs=0.005)
+    ci = binomial_ci(3, 432)
+    assert 1000 * ci["low"] == pytest.approx(1.4, abs=0.05) and 1000 * ci["high"] == pytest.approx(20.2, abs=0.05)
+    zero = binomial_ci(0, 100)
+    assert zero["low"] == 0.0 and zero["high"] == pytest.approx(0.0362, abs=1e-4)
+    assert binomial_ci(0, 0)["rate"] is None
