@@ -1,8 +1,9 @@
-"""Shared fixtures: small generated images and a scratch project directory."""
+"""Shared fixtures: small generated images, a scratch project directory, one end-to-end pipeline run."""
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -100,3 +101,43 @@ def section(dotted: str, **changes):
     for part in dotted.split("."):
         obj = getattr(obj, part)
     return type(obj).model_validate({**obj.model_dump(), **changes})
+
+
+HAS_BROWSER = CHROMIUM.exists() or os.environ.get("REQUIRE_BROWSER") == "1"
+
+
+def sh(cmd, cwd, check=True):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+    return res
+
+
+@pytest.fixture(scope="session")
+def e2e_repo(tmp_path_factory):
+    """One `dvc repro` of the whole pipeline on a small synthetic source, in a git copy of the repo; shared by
+    every test module (session scope). Treat it as read-only; copy it to change it."""
+    root = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"].update(source="synthetic", synthetic={"per_class": 70, "size": 96, "seed": 3})
+    params["train"].update(image_size=64, max_epochs=3, patience=2, batch_size=16)
+    params["export"].update(parity_images=16)
+    params["web"].update(parity_images=8, benchmark_repeats=5, benchmark_backends=["wasm", "cpu"])
+    params["evaluate"]["robustness"]["perturbations"] = {
+        "exposure x1.25": {"kind": "gain", "value": 1.25, "gated": True},
+        "blur 1.5px": {"kind": "blur", "value": 1.5, "gated": True},
+        "rotate any": {"kind": "rotate", "value": None, "gated": True},
+        "jpeg q40": {"kind": "jpeg", "value": 40, "gated": False}}
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "e2e"]):
+        sh(cmd, root)
+    if (REPO / "web/node_modules").is_dir():  # the locked npm packages, installed by `make install`
+        (root / "web/node_modules").symlink_to(REPO / "web/node_modules")
+    # the web stage needs Chromium; without it (and without REQUIRE_BROWSER) run every other stage
+    sh(["dvc", "repro"] if HAS_BROWSER else ["dvc", "repro", "report", "export"], root)
+    return root
+
+

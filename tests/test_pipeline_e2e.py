@@ -10,9 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from conftest import CHROMIUM, REPO, copy_repo
+from conftest import HAS_BROWSER, sh
 
 OUTPUTS = [
     "data/raw/SOURCE.json", "data/split/manifest.csv", "reports/data.json", "models/model.keras",
@@ -27,38 +26,9 @@ WEB_OUTPUTS = [
     "models/web/vendor/tfjs-backend-wasm-simd.wasm", "reports/export/parity.json",
     "reports/export/browser_benchmark.json", "reports/export/inspector.png",
 ]
-HAS_BROWSER = CHROMIUM.exists() or os.environ.get("REQUIRE_BROWSER") == "1"
-
-
-def sh(cmd, cwd, check=True):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
-    return res
-
-
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    root = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"].update(source="synthetic", synthetic={"per_class": 70, "size": 96, "seed": 3})
-    params["train"].update(image_size=64, max_epochs=3, patience=2, batch_size=16)
-    params["export"].update(parity_images=16)
-    params["web"].update(parity_images=8, benchmark_repeats=5, benchmark_backends=["wasm", "cpu"])
-    params["evaluate"]["robustness"]["perturbations"] = {
-        "exposure x1.25": {"kind": "gain", "value": 1.25}, "blur 1.5px": {"kind": "blur", "value": 1.5},
-        "rotate any": {"kind": "rotate"}, "jpeg q40": {"kind": "jpeg", "value": 40, "gated": False}}
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "e2e"]):
-        sh(cmd, root)
-    if (REPO / "web/node_modules").is_dir():  # the locked npm packages, installed by `make install`
-        (root / "web/node_modules").symlink_to(REPO / "web/node_modules")
-    # the web stage needs Chromium; without it (and without REQUIRE_BROWSER) run every other stage
-    sh(["dvc", "repro"] if HAS_BROWSER else ["dvc", "repro", "report", "export"], root)
-    return root
+def repo(e2e_repo):
+    return e2e_repo
 
 
 def test_every_declared_output_exists(repo):
