@@ -1,6 +1,7 @@
-"""The page's image preparation (web/src/preprocess.js) against the Python pipeline's, in Node:
-the resize must reproduce OpenCV's INTER_AREA pixel for pixel, the drift statistics must match
-stages/imagestats.py, and the verdict/review routing must follow metadata.json."""
+"""The page's image preparation (web/src/preprocess.js) and route rule (web/src/route.js) against the
+Python pipeline's, in Node: the resize must reproduce OpenCV's INTER_AREA pixel for pixel, the camera
+statistics must match stages/imagestats.py, and routes, reasons and CSV cells must be byte-identical to
+stages/route.py."""
 from __future__ import annotations
 
 import json
@@ -13,14 +14,15 @@ import pytest
 
 from conftest import REPO
 
-from stages.imagestats import drift_flags, features
+from stages.imagestats import features
+from stages.route import CSV_COLUMNS, csv_row
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
 
 
 def run_js(tmp_path, script: str, arrays: dict[str, np.ndarray] | None = None, payload: object = None):
-    """Run an ES module that imports web/src/preprocess.js as `P`; it gets `input` (JSON) and
-    `bins[name]` (Uint8Array) and sets `output`."""
+    """Run an ES module that imports web/src/preprocess.js as `P` and web/src/route.js as `R`; it gets
+    `input` (JSON) and `bins[name]` (Uint8Array) and sets `output`."""
     for name, a in (arrays or {}).items():
         (tmp_path / f"{name}.bin").write_bytes(np.ascontiguousarray(a, np.uint8).tobytes())
     (tmp_path / "input.json").write_text(json.dumps(payload))
@@ -28,6 +30,7 @@ def run_js(tmp_path, script: str, arrays: dict[str, np.ndarray] | None = None, p
     module.write_text(f"""
 import {{ readFileSync, writeFileSync }} from 'node:fs';
 import * as P from '{(REPO / 'web/src/preprocess.js').as_uri()}';
+import * as R from '{(REPO / 'web/src/route.js').as_uri()}';
 const dir = {json.dumps(str(tmp_path))};
 const input = JSON.parse(readFileSync(dir + '/input.json', 'utf8'));
 const bins = Object.fromEntries({json.dumps(list(arrays or {}))}.map((n) => [n, new Uint8Array(readFileSync(dir + '/' + n + '.bin'))]));
@@ -74,31 +77,82 @@ def test_drift_statistics_match_imagestats(tmp_path):
             assert js[k] == pytest.approx(py[k], rel=1e-5, abs=1e-6), k
 
 
-def test_drift_flags_follow_the_reference_like_python(tmp_path):
-    ref = {"features": {"brightness": {"min": 120.0, "max": 160.0}, "contrast": {"min": 50.0, "max": 68.0},
-                        "sharpness": {"min": 300.0, "max": 2000.0}}}
-    cases = [{"brightness": 140, "contrast": 60, "sharpness": 900},
-             {"brightness": 175, "contrast": 70, "sharpness": 900},
-             {"brightness": 100, "contrast": 60, "sharpness": 120}]
-    out = run_js(tmp_path, "output = input.cases.map((s) => P.driftFlags(s, input.ref));", payload={"cases": cases, "ref": ref})
-    assert out == [drift_flags(c, ref) for c in cases]
-    assert out == [[], ["brightness high", "contrast high"], ["brightness low", "sharpness low"]]
-
-
-def test_verdict_uses_the_threshold_and_the_review_band(tmp_path):
-    band = {"low": 0.02, "high": 0.9}
-    probs = [0.0, 0.0199, 0.02, 0.5, 0.628, 0.9, 1.0]
-    out = run_js(tmp_path, """output = {
-  band: input.p.map((p) => P.verdict(p, 0.628, input.band)),
-  none: input.p.map((p) => P.verdict(p, 0.628, null)) };""", payload={"p": probs, "band": band})
-    assert [v["label"] for v in out["band"]] == ["ok"] * 4 + ["defect"] * 3
-    assert [v["route"] for v in out["band"]] == ["pass", "pass", "review", "review", "review", "reject", "reject"]
-    assert [v["route"] for v in out["none"]] == ["pass"] * 4 + ["reject"] * 3
-
-
 def test_rgba_to_gray_is_opencv_rgb2gray(tmp_path):
     rng = np.random.default_rng(1)
     rgb = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
     rgba = np.dstack([rgb, np.full((16, 16), 255, np.uint8)])
     out = run_js(tmp_path, "output = Array.from(P.rgbaToGray(bins.rgba, 16, 16));", {"rgba": rgba})
     np.testing.assert_array_equal(np.array(out, np.uint8).reshape(16, 16), cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+
+
+def test_route_js_passes_the_shared_route_cases():
+    """web/tools/route_cases.mjs: every case of tests/cases/route_cases.json, route and reason byte for byte."""
+    res = subprocess.run(["node", str(REPO / "web/tools/route_cases.mjs")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert ", 0 failed" in res.stdout
+
+
+def test_route_cases_runner_fails_on_a_mismatch(tmp_path):
+    cases = json.loads((REPO / "tests/cases/route_cases.json").read_text())
+    cases["cases"][0]["reason"] += " (changed)"
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    res = subprocess.run(["node", str(REPO / "web/tools/route_cases.mjs"), str(tmp_path / "cases.json")],
+                         capture_output=True, text=True)
+    assert res.returncode == 1 and "MISMATCH" in res.stdout and ", 1 failed" in res.stdout
+
+
+def tricky_numbers() -> list[float]:
+    """Exact binary ties (k/8, k/16 ...) where JS toFixed and Python's format disagree, negative zero,
+    tiny negatives, random values and large ones."""
+    rng = np.random.default_rng(7)
+    ties = [k / 8 for k in range(0, 41)] + [120.125, 0.5, 1.5, 2.5, 254.375, 0.0625, 0.03125, 1 / 1024]
+    return ties + [-0.0, -0.001, -0.125, -2.5, 1e-7, 0.9999995, 999999.5, 1e15 + 0.5] + \
+        list(rng.uniform(0, 300, 300)) + list(rng.uniform(0, 1, 300)) + [float(v) for v in rng.integers(0, 4096, 50) / 4096]
+
+
+def test_number_formatting_is_pythons(tmp_path):
+    xs = tricky_numbers()
+    digits = [0, 1, 2, 3, 4, 6]
+    out = run_js(tmp_path, "output = input.d.map((d) => input.x.map((x) => R.fixed(x, d)));",
+                 payload={"x": xs, "d": digits})
+    for d, got in zip(digits, out):
+        expected = [f"{x:.{d}f}" for x in xs]
+        bad = [(x, g, e) for x, g, e in zip(xs, got, expected) if g != e]
+        assert not bad, (d, bad[:5])
+    neg0 = run_js(tmp_path, "output = [R.fixed(-0, 2), R.fixed(NaN, 2), R.fixed(Infinity, 2), R.fixed(-Infinity, 2)];")
+    assert neg0 == [f"{-0.0:.2f}", "nan", "inf", "-inf"]
+
+
+def test_csv_rows_equal_python_csv_row(tmp_path):
+    """route.js csvRow == stages.route.csv_row for readable, unreadable and camera-flagged parts."""
+    stats = [{"brightness": 120.125, "contrast": 40.0625, "sharpness": 300.25},
+             {"brightness": 231.5, "contrast": 2.0, "sharpness": 0.15}, None, {}]
+    args = [
+        ["cast_def_0_4073.jpeg", "REJECT", "defect probability at or above 0.9000", 0.95, 0.18, 3.0625, stats[0], [],
+         "abc123", "2024-05-01T10:00:00+00:00"],
+        ["blank.png", "RETAKE", "camera check: contrast low (2.00 < 20.00)", 0.0001, 0.18, 80.0, stats[1],
+         ["contrast low (2.00 < 20.00)", "sharpness low (0.15 < 50.00)"], "abc123", "t"],
+        ["notes.jpg", "RETAKE", "unreadable: not a decodable image", None, 0.18, None, stats[2], [], "abc123", "t"],
+        ["x.jpg", "PASS", "defect probability below 0.0200", 0.0000005, 0.5, 0.0005, stats[3], [], "v", "t"],
+    ]
+    out = run_js(tmp_path, "output = input.map((a) => R.csvRow(...a));", payload=args)
+    assert out == [csv_row(*a) for a in args]
+    assert list(out[0]) == list(CSV_COLUMNS)
+    js_columns = run_js(tmp_path, "output = R.CSV_COLUMNS;")
+    assert js_columns == list(CSV_COLUMNS)
+
+
+def test_csv_cells_escape_formulas_and_parse_back(tmp_path):
+    import csv
+    import io
+
+    names = ["=SUM(1+1)*cmd|' -C calc'!A0.jpg", "+1.jpg", "-x.jpg", "@foo.png", "\tTab.png", "\rcr.png",
+             'quote ".jpg', "comma,name.jpg", "plain.jpg", "-0.25", "0.5"]
+    text = run_js(tmp_path, "output = R.csvText(input.map((n) => ({ file: n, route: 'PASS' })));", payload=names)
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows[0] == list(CSV_COLUMNS)
+    files = [r[0] for r in rows[1:]]
+    for name, cell in zip(names, files):
+        risky = name[0] in "=+-@\t\r" and name not in ("-0.25",)
+        assert cell == ("'" + name if risky else name), (name, cell)
+    assert text.endswith("\r\n") and all(r[1] == "PASS" for r in rows[1:])
