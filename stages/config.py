@@ -183,11 +183,25 @@ class ExportParams(_Strict):
     quantize: Literal["none", "float16"]  # TF.js weight quantisation
 
 
+class ReportTargets(_Strict):
+    """The line's acceptance targets, each judged on the upper bound of its exact binomial interval."""
+    max_missed_rate: float = Field(..., ge=0.0, le=1.0)        # defects routed PASS / defects (clean test)
+    max_false_reject_rate: float = Field(..., ge=0.0, le=1.0)  # good parts routed REJECT / good parts (clean test)
+    max_review_share: float = Field(..., ge=0.0, le=1.0)       # REVIEW share of all parts at the line's defect rate
+    max_retake_share: float = Field(..., ge=0.0, le=1.0)       # RETAKE share of the clean test split
+    robustness: bool                                            # missed / false-reject targets under each gated perturbation
+
+
 class ReportParams(_Strict):
     max_misclassified: int = Field(..., ge=0)   # misclassified test images shown (worst first)
     uncertain_cases: int = Field(..., ge=0)      # correct but closest to the threshold
     reference_defects: int = Field(..., ge=0)    # confidently found defects, for comparison
     thumbnail: int = Field(..., ge=32, le=600) # pixels per shown image
+    cases_open: int = Field(..., ge=0)           # bad-case cards shown open, the rest collapsed
+    line_defect_rate: float = Field(..., gt=0.0, lt=1.0)  # share of defective parts on the line
+    parts_per_shift: int = Field(..., ge=1)      # parts per shift, for the per-shift costs
+    trend_runs: int = Field(..., ge=1)           # last runs of the MLflow experiment in the trend
+    targets: ReportTargets
 
 
 class WebParams(_Strict):
