@@ -1,7 +1,8 @@
-"""Stage 5, export: SavedModel (serving_default: image float32 [N,H,W,1] raw 0-255 -> defect
-probability [N,1]), a TF.js graph model converted from it, and models/metadata.json.
+"""Stage 5, export: SavedModel (serving_default: image float32 [N,H,W,1] raw 0-255 -> defect_probability
+[N,1] and ood_score [N,1]), a TF.js graph model converted from it, models/metadata.json (with the route
+block every consumer decides with) and reports/headline.json (the DVC metrics: a dozen headline numbers).
 
-Asserts that the SavedModel matches Keras on test images within export.parity_tolerance.
+Asserts that the SavedModel matches Keras on test images within export.parity_tolerance (both outputs).
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from stages.images import RESIZE_METHOD
 SAVED_MODEL = Path("models/saved_model")
 TFJS = Path("models/tfjs")
 METADATA = Path("models/metadata.json")
+HEADLINE = Path("reports/headline.json")
+OUTPUTS = ("defect_probability", "ood_score")
 SIGNATURE = "serving_default"
 INPUT_NAME = "image"
 
@@ -32,14 +35,31 @@ def export_saved_model(model, size: int, path: Path) -> None:
                  input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32, name=INPUT_NAME)])
 
 
-def saved_model_predict(path: Path, images: np.ndarray) -> tuple[str, np.ndarray]:
-    """Run the exported serving signature; returns (output name, probabilities [N, 1])."""
+def saved_model_outputs(path: Path, images: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
+    """Run the exported serving signature on uint8 [N, H, W]; returns {output name: [N] float64}."""
     import tensorflow as tf
 
     fn = tf.saved_model.load(str(path)).signatures[SIGNATURE]
-    out = fn(**{INPUT_NAME: tf.constant(images[..., None].astype(np.float32))})
-    (name, value), = out.items()
-    return name, value.numpy()
+    parts: dict[str, list] = {}
+    for i in range(0, len(images), batch):
+        out = fn(**{INPUT_NAME: tf.constant(images[i:i + batch, ..., None].astype(np.float32))})
+        for k, v in out.items():
+            parts.setdefault(k, []).append(v.numpy()[:, 0].astype(np.float64))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def saved_model_predict(path: Path, images: np.ndarray) -> tuple[str, np.ndarray]:
+    """The defect probability output of the exported signature: (output name, probabilities [N, 1])."""
+    return "defect_probability", saved_model_outputs(path, images)["defect_probability"][:, None]
+
+
+def graph_output_names(path: Path) -> dict[str, str]:
+    """Signature output -> graph tensor name (what the TF.js graph model calls it, e.g. Identity_1:0)."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(path)).signatures[SIGNATURE]
+    keys = tf.nest.flatten({k: k for k in fn.structured_outputs})
+    return {k: t.name for k, t in zip(keys, fn.outputs)}
 
 
 def convert_to_tfjs(saved_model: Path, dest: Path, quantize: str = "none") -> None:
@@ -70,38 +90,48 @@ def main() -> None:
     x, t = params.export, params.train
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from stages.dataset import dataset_sha256, load_split
-    from stages.evaluate import DRIFT_REFERENCE, METRICS, predict
+    from stages.evaluate import DRIFT_REFERENCE, METRICS
     from stages.models import load_model
+    from stages.ood import load_gate, predict_both, serving_model
+    from stages.route import CSV_COLUMNS
     from stages.tracking import RUN_FILE, git_commit, resume_run
     from stages.train import MODEL
 
-    model = load_model(MODEL)
+    for needed, stage in ((MODEL, "train"), (METRICS, "evaluate")):
+        if not Path(needed).exists():
+            raise UserError(f"{needed} is missing; run the {stage} stage first (dvc repro {stage})")
+    cnn = load_model(MODEL)
+    serving = serving_model(cnn, load_gate())
     test = load_split("test", t.image_size, params.data.positive_class, limit=x.parity_images)
     metrics = read_json(METRICS)
-    with staged_outputs(SAVED_MODEL, TFJS, METADATA) as out:
-        print("export: writing SavedModel")
-        export_saved_model(model, t.image_size, out.path(SAVED_MODEL))
-        keras_p = predict(model, test.images)
-        output_name, saved_p = saved_model_predict(out.path(SAVED_MODEL), test.images)
-        saved_p = saved_p[:, 0]
-        diff = float(np.max(np.abs(keras_p - saved_p)))
-        if diff > x.parity_tolerance:
-            raise UserError(f"SavedModel and Keras disagree by {diff:.2e} (> export.parity_tolerance "
-                            f"{x.parity_tolerance:g}); the export is wrong, do not deploy it")
+    with staged_outputs(SAVED_MODEL, TFJS, METADATA, HEADLINE) as out:
+        print("export: writing SavedModel (defect_probability and ood_score)")
+        export_saved_model(serving, t.image_size, out.path(SAVED_MODEL))
+        keras_p, keras_o = predict_both(serving, test.images)
+        saved = saved_model_outputs(out.path(SAVED_MODEL), test.images)
+        diff = float(np.max(np.abs(keras_p - saved["defect_probability"])))
+        ood_diff = float(np.max(np.abs(keras_o - saved["ood_score"]) / np.maximum(1.0, np.abs(keras_o))))
+        if diff > x.parity_tolerance or ood_diff > x.parity_tolerance:
+            raise UserError(f"SavedModel and Keras disagree by {diff:.2e} (probability) / {ood_diff:.2e} (OOD score, "
+                            f"relative) > export.parity_tolerance {x.parity_tolerance:g}; the export is wrong, do not "
+                            f"deploy it")
+        names = graph_output_names(out.path(SAVED_MODEL))
         print("export: converting to TF.js graph model")
         convert_to_tfjs(out.path(SAVED_MODEL), out.path(TFJS), x.quantize)
         pos, neg = params.data.positive_class, params.data.negative_class
         run = read_json(RUN_FILE)
+        route = {k: v for k, v in metrics["route"].items() if k != "test"}
         metadata = {
             "version": model_version(out.path(TFJS)),
-            "model": {"arch": t.arch, "parameters": int(model.count_params())},
+            "model": {"arch": t.arch, "parameters": int(cnn.count_params())},
             "classes": [neg, pos], "positive_class": pos,
-            "output": {"name": output_name, "shape": [None, 1],
-                       "meaning": f"probability of {pos!r}; verdict {pos!r} when probability >= threshold"},
+            "outputs": names,
+            "output": {"name": "defect_probability", "shape": [None, 1],
+                       "meaning": f"probability of {pos!r}; the route (below) decides"},
+            "route": route,
+            "csv_columns": list(CSV_COLUMNS),
             "threshold": metrics["threshold"], "policy": metrics["policy"], "policy_target": metrics["policy_target"],
-            "review_band": ({"low": metrics["review_band"]["low"], "high": metrics["review_band"]["high"],
-                             "meaning": "auto-pass below low, manual review from low to high, auto-reject from high"}
-                            if metrics.get("review_band") else None),
+            "review_band": route["review_band"],
             "drift": {**read_json(DRIFT_REFERENCE),
                       "rule": "flag an image whose brightness, contrast or sharpness (stages/imagestats.py, computed "
                               "on the resized model input) lies outside [min, max]"},
@@ -111,19 +141,38 @@ def main() -> None:
                       "grayscale": "decode as 8-bit grayscale (source images are 3-channel with equal planes)"},
             "test_metrics": {k: metrics["test"][k] for k in
                              ("n", "tp", "fp", "tn", "fn", "accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")},
+            "test_routes": {k: metrics["route"]["test"][k] for k in
+                            ("n", "missed", "false_rejects", "review", "retake", "review_share", "retake_share")},
             "dataset_sha256": dataset_sha256(), "git_commit": git_commit(), "mlflow_run_id": run["run_id"],
-            "parity": {"images": len(test.labels), "max_abs_diff_saved_model_vs_keras": diff},
+            "parity": {"images": len(test.labels), "max_abs_diff_saved_model_vs_keras": diff,
+                       "max_rel_diff_ood_score": ood_diff},
             "size_bytes": {"saved_model": dir_size(out.path(SAVED_MODEL)), "tfjs": dir_size(out.path(TFJS))},
             "tfjs_quantization": x.quantize,
         }
         write_json(out.path(METADATA), metadata)
+        write_json(out.path(HEADLINE), headline(metrics, run, metadata))
     with resume_run() as mlflow:
         mlflow.log_metrics({"export_max_abs_diff": diff, "tfjs_bytes": metadata["size_bytes"]["tfjs"]})
         mlflow.log_artifact(str(METADATA), "model")
+        mlflow.log_artifact(str(HEADLINE), "reports")
         mlflow.log_artifacts(str(SAVED_MODEL), "model/saved_model")
         mlflow.log_artifacts(str(TFJS), "model/tfjs")
-    print(f"export: SavedModel vs Keras max |diff| {diff:.2e} on {len(test.labels)} images; TF.js model "
-          f"{metadata['size_bytes']['tfjs']:,} bytes")
+    print(f"export: SavedModel vs Keras max |diff| {diff:.2e} (probability), {ood_diff:.2e} (OOD score, relative) on "
+          f"{len(test.labels)} images; TF.js model {metadata['size_bytes']['tfjs']:,} bytes")
+
+
+def headline(metrics: dict, run: dict, metadata: dict) -> dict:
+    """The DVC metrics file: the numbers `dvc exp show` / `dvc metrics diff` compare (nothing that varies from run
+    to run on the same inputs but the training time, which the issue asks for)."""
+    rt = metrics["route"]["test"]
+    return {"recall": metrics["test"]["recall"], "precision": metrics["test"]["precision"],
+            "false_reject_rate": metrics["test"]["false_reject_rate"], "roc_auc": metrics["test"]["roc_auc"],
+            "threshold": metrics["threshold"],
+            "route_missed": rt["missed"], "route_false_rejects": rt["false_rejects"],
+            "review_share": rt["review_share"], "retake_share": rt["retake_share"],
+            "ood_battery_passed": metrics["ood"]["battery_passed"],
+            "train_seconds": round(float(run.get("train_seconds", 0.0)), 1),
+            "parameters": metadata["model"]["parameters"], "tfjs_bytes": metadata["size_bytes"]["tfjs"]}
 
 
 if __name__ == "__main__":

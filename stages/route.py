@@ -92,3 +92,29 @@ def csv_row(file: str, route_: str, reason: str, probability: Optional[float], t
             "camera_check": "; ".join(camera) if camera else ("" if not stats else "ok"),
             "brightness": num(stats.get("brightness"), 2), "contrast": num(stats.get("contrast"), 2),
             "sharpness": num(stats.get("sharpness"), 1), "model_version": model_version, "timestamp": timestamp}
+
+
+def make_rule(threshold: float, band: Optional[Sequence[float]], camera: Optional[dict], ood_limit: Optional[float],
+              ood_method: str = "") -> dict:
+    """The ``route`` block of metadata.json / metrics.json: everything a consumer needs to decide."""
+    rule = {"words": list(ROUTES), "threshold": float(threshold),
+            "review_band": {"low": float(band[0]), "high": float(band[1])} if band else None,
+            "retake": {"camera": camera or None,
+                       "ood": None if ood_limit is None else {"limit": float(ood_limit), "output": "ood_score",
+                                                               "method": ood_method}}}
+    rule["rule"] = describe(rule)
+    return rule
+
+
+def describe(rule: dict) -> str:
+    """The deployed rule in one plain sentence (the report's decision block, the page's About box)."""
+    t, band, gate = rule["threshold"], rule.get("review_band"), rule.get("retake") or {}
+    checks = ["is unreadable"] + [c for c, on in (
+        ("fails the camera check (brightness, contrast or sharpness outside the training range)", gate.get("camera")),
+        ("scores above the out-of-distribution limit", gate.get("ood"))) if on]
+    retake = f"RETAKE when the photo {', '.join(checks[:-1]) + ' or ' if len(checks) > 1 else ''}{checks[-1]}; otherwise "
+    if band:
+        lo, hi = min(t, band["low"]), max(t, band["high"])
+        return (f"{retake}PASS when the defect probability is below {lo:.4f}, REJECT at or above {hi:.4f}, "
+                f"REVIEW in between.")
+    return f"{retake}PASS when the defect probability is below {t:.4f}, REJECT at or above it (no review band)."
