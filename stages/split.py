@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stages.config import SplitParams, load_params
-from stages.dedup import group_ids, near_duplicate_pairs, thumbnails
+from stages.dedup import THUMB, group_ids, near_duplicate_pairs, thumbnails
 from stages.download import RAW, TEST_SUBFOLDER
 from stages.errors import UserError, cli
 from stages.fsutil import read_json, sha256_bytes, staged_outputs, write_csv, write_json
@@ -28,9 +28,10 @@ DATA_REPORT = Path("reports/data.json")
 SPLITS = ("train", "val", "test")
 
 
-def scan(raw: Path) -> tuple[list[dict], list[np.ndarray], list[dict]]:
-    """Decode every file under raw/<class>/ once. Returns (records, images, quarantined);
-    each record carries the image's global statistics (stages.imagestats)."""
+def scan(raw: Path) -> tuple[list[dict], np.ndarray, list[dict]]:
+    """Decode every file under raw/<class>/ once. Returns (records, thumbnails, quarantined): each record
+    carries the image's global statistics (stages.imagestats); thumbnails are the near-duplicate search's
+    32x32 float32 thumbnails (stages.dedup), so memory holds ~4 KiB per image, not the decoded photos."""
     source = read_json(raw / "SOURCE.json")
     classes = sorted(source["counts"])
     files = [(cls, f) for cls in classes if (raw / cls).is_dir() for f in iter_image_files(raw / cls)]
@@ -43,23 +44,27 @@ def scan(raw: Path) -> tuple[list[dict], list[np.ndarray], list[dict]]:
         if f.suffix.lower() not in IMAGE_EXTENSIONS:
             return cls, f, None, f"not an image file extension ({f.suffix or 'none'})", None
         img, reason = decode_gray(data)
-        return cls, f, img, reason, (features(img) if img is not None else None)
+        if img is None:
+            return cls, f, None, reason, None
+        digest = sha256_bytes(np.ascontiguousarray(img).tobytes() + str(img.shape).encode())
+        return cls, f, (digest, thumbnails([img])[0]), reason, features(img)
 
-    records, images, quarantined = [], [], []
+    records, thumbs, quarantined = [], [], []
     with ThreadPoolExecutor(4) as pool:
-        for cls, f, img, reason, stats in tqdm(pool.map(decode, files), total=len(files), desc="decode", unit="img", mininterval=2):
+        for cls, f, decoded, reason, stats in tqdm(pool.map(decode, files), total=len(files), desc="decode", unit="img",
+                                                   mininterval=2):
             rel = f.relative_to(raw).as_posix()
-            if img is None:
+            if decoded is None:
                 quarantined.append({"path": rel, "label": cls, "reason": reason})
                 continue
-            digest = sha256_bytes(np.ascontiguousarray(img).tobytes() + str(img.shape).encode())
+            digest, thumb = decoded
             records.append({"path": rel, "label": cls, "sha256": digest,
                             "source_test": f.relative_to(raw).parts[1:2] == (TEST_SUBFOLDER,), "stats": stats})
-            images.append(img)
-    return records, images, quarantined
+            thumbs.append(thumb)
+    return records, (np.stack(thumbs) if thumbs else np.empty((0, THUMB, THUMB), np.float32)), quarantined
 
 
-def assign_groups(records: list[dict], images: list[np.ndarray], p: SplitParams) -> dict:
+def assign_groups(records: list[dict], thumbs: np.ndarray, p: SplitParams) -> dict:
     """Set record['group']; return duplicate statistics."""
     n = len(records)
     by_hash: dict[str, list[int]] = defaultdict(list)
@@ -72,7 +77,7 @@ def assign_groups(records: list[dict], images: list[np.ndarray], p: SplitParams)
     exact_groups = sum(1 for m in by_hash.values() if len(m) > 1)
     if p.near_duplicates.method == "thumb_d4":
         print(f"split: near-duplicate search over {n} images (thumb_d4, max_distance {p.near_duplicates.max_distance})")
-        r2, c2 = near_duplicate_pairs(thumbnails(images), p.near_duplicates.max_distance)
+        r2, c2 = near_duplicate_pairs(thumbs, p.near_duplicates.max_distance)
         rows += r2.tolist()
         cols += c2.tolist()
     labels = group_ids(n, np.asarray(rows, int), np.asarray(cols, int))
@@ -138,7 +143,7 @@ def main() -> None:
     p = params.split
     if not (RAW / "SOURCE.json").exists():
         raise UserError(f"{RAW}/SOURCE.json is missing; run the download stage first (dvc repro download)")
-    records, images, quarantined = scan(RAW)
+    records, thumbs, quarantined = scan(RAW)
     total = len(records) + len(quarantined)
     for q in quarantined:
         print(f"split: quarantined {q['path']}: {q['reason']}")
@@ -147,7 +152,7 @@ def main() -> None:
             f"{len(quarantined)} of {total} files are unreadable (limit split.max_quarantined_fraction="
             f"{p.max_quarantined_fraction}); fix or remove them (first: {quarantined[0]['path']}: {quarantined[0]['reason']})"
         )
-    dup = assign_groups(records, images, p)
+    dup = assign_groups(records, thumbs, p)
     assign_splits(records, p)
     labels = sorted({r["label"] for r in records})
     counts = {s: {c: sum(1 for r in records if r["split"] == s and r["label"] == c) for c in labels} for s in SPLITS}
