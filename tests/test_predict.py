@@ -1,0 +1,134 @@
+"""The OOD score (stages/ood.py), the OOD battery images and the batch CLI (stages/predict.py) on a tiny
+exported two-output model built here (no pipeline run)."""
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import subprocess
+import sys
+import zipfile
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import REPO, write_part
+
+keras = pytest.importorskip("keras")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """models/-like folder: a two-output SavedModel (untrained compact CNN + a fitted OOD gate) and metadata.json."""
+    from stages.export import export_saved_model, graph_output_names
+    from stages.models import build
+    from stages.ood import feature_extractor, fit, serving_model
+    from stages.route import CSV_COLUMNS, make_rule
+
+    keras.utils.set_random_seed(0)
+    root = tmp_path_factory.mktemp("model")
+    parts = np.stack([cv2.resize(write_part(root / f"p{i}.png", seed=i, size=96), (32, 32), interpolation=cv2.INTER_AREA)
+                      for i in range(40)])
+    cnn = build("compact", 32, "per_image")
+    gate = fit(feature_extractor(cnn).predict(parts[..., None].astype(np.float32), verbose=0))
+    gate["limit"] = 1e9  # no photo is out of distribution for this test model, unless a test lowers it
+    export_saved_model(serving_model(cnn, gate), 32, root / "saved_model")
+    camera = {"brightness": {"min": 20.0, "max": 200.0}, "contrast": {"min": 10.0, "max": 90.0},
+              "sharpness": {"min": 0.0, "max": 1e6}}
+    meta = {"version": "testversion1", "input": {"height": 32, "width": 32}, "outputs": graph_output_names(root / "saved_model"),
+            "route": make_rule(0.5, (0.2, 0.8), camera, gate["limit"]), "csv_columns": list(CSV_COLUMNS)}
+    (root / "metadata.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_mahalanobis_layer_equals_numpy_and_ranks_outliers():
+    from stages.ood import MahalanobisScore, distances, fit
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(0, 1, (500, 6)) @ np.diag([1, 2, 3, 0.5, 1, 1])
+    gate = fit(train)
+    near, far = rng.normal(0, 1, (20, 6)), rng.normal(0, 1, (20, 6)) + 8
+    d_near, d_far = distances(near, gate), distances(far, gate)
+    assert d_far.min() > d_near.max()
+    layer = MahalanobisScore(gate["mean"], gate["precision"])
+    np.testing.assert_allclose(np.asarray(layer(far.astype(np.float32)))[:, 0], d_far, rtol=1e-4)
+
+
+def test_ood_battery_images_are_valid_and_deterministic():
+    from stages.perturb import OOD_KINDS, ood_image
+
+    photo = write_part(__import__("pathlib").Path("/tmp") / "ood_src.png", seed=1, size=96)
+    for kind in OOD_KINDS:
+        a = ood_image(kind, photo, np.random.default_rng(1))
+        b = ood_image(kind, photo, np.random.default_rng(1))
+        assert a.shape == photo.shape and a.dtype == np.uint8 and np.array_equal(a, b), kind
+    assert ood_image("blank grey 128", photo, np.random.default_rng(0)).std() < 5
+    with pytest.raises(ValueError):
+        ood_image("nonsense", photo, np.random.default_rng(0))
+
+
+def _run(args, cwd):
+    return subprocess.run([sys.executable, "-m", "stages.predict", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True)
+
+
+def test_cli_writes_one_row_per_file_unreadable_ones_as_retake(model_dir, tmp_path):
+    from stages.route import CSV_COLUMNS
+
+    folder = tmp_path / "line"
+    for i in range(5):
+        write_part(folder / f"part{i}.jpg", seed=100 + i, size=96)
+    (folder / "notes.txt").write_text("not an image, not listed from a folder")
+    bad = tmp_path / "renamed.jpg"
+    bad.write_text("a text file renamed .jpg")
+    with zipfile.ZipFile(tmp_path / "batch.zip", "w") as zf:
+        zf.write(folder / "part0.jpg", "ok/part0.jpg")
+        zf.writestr("defect/empty.png", b"")
+    grey = tmp_path / "grey.png"
+    cv2.imwrite(str(grey), np.full((96, 96), 128, np.uint8))
+    res = _run([folder, bad, tmp_path / "batch.zip", grey, "--model", model_dir, "--out", tmp_path / "v.csv"], REPO)
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader((tmp_path / "v.csv").open()))
+    assert list(rows[0]) == list(CSV_COLUMNS)
+    by = {r["file"].split("/")[-1]: r for r in rows}
+    assert len(rows) == 5 + 1 + 2 + 1 and "notes.txt" not in by
+    assert by["renamed.jpg"]["route"] == "RETAKE" and by["renamed.jpg"]["reason"].startswith("unreadable:")
+    assert by["empty.png"]["route"] == "RETAKE" and "empty file" in by["empty.png"]["reason"]
+    assert by["grey.png"]["route"] == "RETAKE" and "contrast low" in by["grey.png"]["camera_check"]
+    assert all(r["model_version"] == "testversion1" and r["route"] in ("PASS", "REVIEW", "REJECT", "RETAKE") for r in rows)
+    assert "RETAKE 3" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_rows_follow_the_route_rule(model_dir, tmp_path):
+    from stages.predict import expand, load_predictor, predict_items
+    from stages.route import decide
+
+    for i in range(6):
+        write_part(tmp_path / f"p{i}.png", seed=200 + i, size=64)
+    pred = load_predictor(str(model_dir))
+    rows = list(predict_items(expand([str(tmp_path / "*.png")]), pred, batch=4))
+    assert [r["file"] for r in rows] == sorted(str(p) for p in tmp_path.glob("*.png"))
+    for r in rows:
+        stats = {k: float(r[k]) for k in ("brightness", "contrast", "sharpness")}
+        route, reason = decide(float(r["defect_probability"]), stats, float(r["ood_score"]), pred.metadata["route"])
+        assert r["route"] == route
+
+
+def test_predict_streams(model_dir, tmp_path):
+    """Rows come out while the input is still being produced: an endless input gives its first rows."""
+    from stages.predict import load_predictor, predict_items
+
+    data = cv2.imencode(".png", write_part(tmp_path / "x.png", seed=3, size=64))[1].tobytes()
+    endless = ((f"frame{i}.png", lambda: data) for i in itertools.count())
+    first = list(itertools.islice(predict_items(endless, load_predictor(str(model_dir)), batch=8), 20))
+    assert [r["file"] for r in first] == [f"frame{i}.png" for i in range(20)]
+
+
+def test_cli_errors_are_one_line(model_dir, tmp_path):
+    res = _run([tmp_path / "nothing*.jpg", "--model", model_dir], REPO)
+    assert res.returncode == 2 and "matches no file" in res.stderr and "Traceback" not in res.stderr
+    write_part(tmp_path / "a.png", seed=1, size=64)
+    res = _run([tmp_path / "a.png", "--model", tmp_path], REPO)
+    assert res.returncode == 2 and "is not a model folder" in res.stderr and "Traceback" not in res.stderr
