@@ -42,6 +42,7 @@ class DataParams(_Strict):
     kaggle: KaggleParams
     local: LocalParams
     synthetic: SyntheticParams
+    extra: list[str]  # further sources (folders or zips, one sub-folder per class) merged with ``source``
     classes: dict[str, list[str]]
     positive_class: str
 
@@ -212,6 +213,18 @@ class WebParams(_Strict):
     benchmark_repeats: int = Field(..., ge=5)      # timed single-image predictions per backend
 
 
+class RegistryParams(_Strict):
+    model_name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")  # MLflow registered model
+
+
+class PromoteParams(_Strict):
+    max_extra_missed: int = Field(..., ge=0)                # challenger may miss this many more defects (PASS)
+    false_reject_margin: float = Field(..., ge=0.0, le=1.0)  # challenger false-reject rate <= champion's + this
+    max_retake_share: float = Field(..., ge=0.0, le=1.0)     # challenger RETAKE share of the compared images
+    min_images: int = Field(..., ge=1)                       # fewer held-out images: no promotion
+    golden: Optional[str]                                    # folder of fixed images, one sub-folder per class
+
+
 class Params(_Strict):
     data: DataParams
     split: SplitParams
@@ -220,6 +233,8 @@ class Params(_Strict):
     export: ExportParams
     report: ReportParams
     web: WebParams
+    registry: RegistryParams
+    promote: PromoteParams
 
 
 def _format(err: ValidationError, source: Path) -> str:
