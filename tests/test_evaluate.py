@@ -93,8 +93,7 @@ def test_robust_threshold_is_the_lowest_over_the_gated_perturbations():
         "perturbations": {"bright": {"kind": "gain", "value": 1.3, "gated": True},
                           "dark": {"kind": "gain", "value": 0.8, "gated": True},
                           "ignored": {"kind": "gain", "value": 2.0, "gated": False}}})
-    ref = {"features": {}}
-    per = robust_threshold(_DarkSpotModel(), photos, y, e, 32, ref)
+    per = robust_threshold(_DarkSpotModel(), photos, y, e, 32)
     assert set(per) == {"clean", "bright", "dark"}  # ungated perturbations do not set the threshold
     assert per["bright"] < per["clean"] < per["dark"]
     assert min(per.values()) == per["bright"]

@@ -52,6 +52,17 @@ def test_metrics_have_their_keys(repo):
     assert ci["low"] <= ci["value"] <= ci["high"]
     band = m["review_band"]
     assert band["auto_pass"] + band["review"] + band["auto_reject"] == m["test"]["n"]
+    rt = m["route"]["test"]  # the line's routes on the test split
+    assert sum(sum(c.values()) for c in rt["counts"].values()) == rt["n"] == m["test"]["n"]
+    assert rt["missed"] == rt["counts"]["defect"]["PASS"] and rt["false_rejects"] == rt["counts"]["ok"]["REJECT"]
+    assert rt["intervals"]["missed"]["low"] <= rt["intervals"]["missed"]["rate"] <= rt["intervals"]["missed"]["high"]
+    ood = m["ood"]  # every out-of-distribution image is RETAKE or REVIEW, never PASS
+    assert ood["battery_passed"] == 0 and ood["battery_images"] == 4 * len(ood["battery"]) == 48
+    rows = (repo / "reports/eval/ood.csv").read_text().splitlines()
+    assert len(rows) == 49 and rows[0].startswith("kind,index,route,reason")
+    assert ",PASS," not in "\n".join(rows)
+    headline = json.loads((repo / "reports/headline.json").read_text())
+    assert len(headline) <= 15 and headline["retake_share"] == rt["retake_share"]
     data = json.loads((repo / "reports/data.json").read_text())
     assert {"feature_auc", "combined_test_auc", "flagged"} <= set(data["confound"])
 
@@ -66,6 +77,22 @@ def test_metadata_describes_the_deployed_model(repo):
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert (meta["review_band"]["low"], meta["review_band"]["high"]) == (metrics["review_band"]["low"], metrics["review_band"]["high"])
     assert set(meta["drift"]["features"]) == {"brightness", "contrast", "sharpness"}
+    route = meta["route"]
+    assert route["words"] == ["PASS", "REVIEW", "REJECT", "RETAKE"] and route["threshold"] == metrics["threshold"]
+    assert route["retake"]["ood"]["limit"] == metrics["ood"]["limit"] and route["rule"].startswith("RETAKE when")
+    assert set(meta["outputs"]) == {"defect_probability", "ood_score"}
+    from stages.export import saved_model_outputs
+    from stages.images import read_gray, resize
+    from stages.route import decide
+    from stages.imagestats import features
+
+    from stages.fsutil import read_csv
+
+    rows = [r for r in read_csv(repo / "reports/eval/predictions.csv") if r["split"] == "test"][:6]
+    small = np.stack([resize(read_gray(repo / r["path"]), 64) for r in rows])
+    out = saved_model_outputs(repo / "models/saved_model", small)
+    for r, p, o, img in zip(rows, out["defect_probability"], out["ood_score"], small):
+        assert decide(p, features(img), o, route)[0] == r["route"]  # the exported model routes like evaluate did
 
 
 def test_mlflow_run_holds_params_metrics_artifacts(repo):
