@@ -4,6 +4,7 @@ PYTHON ?= python3
 ACTIVATE = . $(VENV)/bin/activate &&
 MIRROR ?= ../shared/datasets/casting-product-train.zip
 PORT ?= 8000
+HOST ?= 127.0.0.1
 
 .PHONY: install run test results bench serve clean
 
@@ -29,9 +30,10 @@ results: install      ## the README "Results" run: the local Kaggle mirror, per-
 
 bench: install        ## the benchmark: whole pipeline on $(MIRROR), then SavedModel speed -> reports/benchmark.{json,md}
 	$(ACTIVATE) python tools/bench.py --data $(MIRROR)
+	$(ACTIVATE) python tools/bench_predict.py --model models   # batch CLI: images/s and peak memory at 2,000 / 20,000 files
 
-serve: install        ## serve the browser bundle models/web on http://127.0.0.1:$(PORT)/ (after `make run`)
-	$(ACTIVATE) python -m stages.browser models/web --port $(PORT)
+serve: install        ## serve the browser bundle models/web on http://$(HOST):$(PORT)/ (after `make run`; HOST=0.0.0.0 for the network, with a warning)
+	$(ACTIVATE) python -m stages.browser models/web --port $(PORT) --host $(HOST)
 
 clean:
 	rm -rf data/raw data/split models/* reports/* mlflow.db mlruns
