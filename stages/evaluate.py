@@ -248,7 +248,10 @@ def main() -> None:
         "test_score_median": float(np.median(clean["ood"])),
         "test_over_limit": int((clean["ood"] > gate["limit"]).sum()),
         "battery": {k: {"n": sum(1 for r in ood_rows if r["kind"] == k),
-                        **{w: sum(1 for r in ood_rows if r["kind"] == k and r["route"] == w) for w in rule["words"]}}
+                        **{w: sum(1 for r in ood_rows if r["kind"] == k and r["route"] == w) for w in rule["words"]},
+                        # which gate caught them (both may): the measurement behind the method choice
+                        "camera_flagged": sum(1 for r in ood_rows if r["kind"] == k and "camera check" in r["reason"]),
+                        "ood_flagged": sum(1 for r in ood_rows if r["kind"] == k and "out-of-distribution" in r["reason"])}
                     for k in kinds},
         "battery_passed": sum(1 for r in ood_rows if r["route"] == "PASS"),
         "battery_images": len(ood_rows)}
