@@ -1,9 +1,29 @@
-"""User-facing errors: one line that says what went wrong and what to do."""
+"""User-facing errors and the stage entry point: one line that says what went wrong and what to do.
+
+``cli(main)`` wraps every stage's ``main`` (``python -m stages.<name>``):
+
+* SIGINT and SIGTERM stop the stage at any moment with exit status 130 / 143 and nothing published.
+  The handlers are installed before TensorFlow is imported (stages import it inside ``main``). A handler
+  records the signal and raises KeyboardInterrupt; if that exception is swallowed (an interrupt that lands
+  in a garbage-collector callback, e.g. jax's ``_xla_gc_callback``, is only printed as "Exception ignored"),
+  it is raised again, ``StagedOutputs.commit`` refuses to publish once a signal was seen, and a stage still
+  running ``GRACE_SECONDS`` after the signal (stuck in native code) is ended without publishing.
+* A stage whose parent (``dvc``) dies stops too: PR_SET_PDEATHSIG on Linux plus a parent-PID watchdog.
+* Before ``main`` runs, ``stages.preflight`` checks what can be checked in a second: all of params.yaml,
+  the tracking store, missing inputs, writable outputs, and the web stage's tools when it will run.
+* A ``UserError``, a read-only or full disk print one line (exit 2); under ``dvc repro`` the line says how
+  to get the previous outputs back (DVC removes a stage's outputs before running it).
+"""
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import signal
 import sys
+import threading
+import time
+from pathlib import Path
 from typing import Callable
 
 
@@ -14,26 +34,252 @@ class UserError(Exception):
     """
 
 
+GRACE_SECONDS = 15.0  # after a signal, a stage stuck in native code is ended this much later
+EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
+DISK_ERRORS = {errno.EROFS: "read-only file system", errno.ENOSPC: "no space left on device",
+               errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}
+
+_signal: int | None = None           # the first SIGINT/SIGTERM received
+_published = False                   # a StagedOutputs.commit finished (an interrupt after it cannot undo it)
+publish_lock = threading.Lock()      # held while outputs are renamed into place; the forced exit waits for it
+
+
+# ---- interrupts ------------------------------------------------------------------------------------------
+
+def interrupted() -> int | None:
+    """The signal number that asked the stage to stop, or None."""
+    return _signal
+
+
+def check_interrupted() -> None:
+    """Raise KeyboardInterrupt if a stop signal arrived (a safe point; cheap)."""
+    if _signal is not None:
+        raise KeyboardInterrupt
+
+
+def mark_published() -> None:
+    global _published
+    _published = True
+
+
+def _handler(signum, frame):
+    global _signal
+    if _signal is None:
+        _signal = signum
+        threading.Thread(target=_force_exit_later, name="stop-deadline", daemon=True).start()
+    raise KeyboardInterrupt
+
+
+def _force_exit_later() -> None:
+    time.sleep(GRACE_SECONDS)
+    with publish_lock:  # never cut a publication in half
+        _write_stderr(f"interrupted: still running {GRACE_SECONDS:.0f} s after {signal.Signals(_signal).name}; "
+                      f"stopping now. {_nothing_published()}")
+        os._exit(EXIT_STATUS.get(_signal, 130))
+
+
+def _unraisable(args) -> None:
+    """An interrupt raised inside a gc callback or __del__ is swallowed by Python: deliver it again."""
+    if _signal is not None and args.exc_type is not None and issubclass(args.exc_type, KeyboardInterrupt):
+        import _thread
+
+        # from another thread, a moment later: run inside this hook, the handler's exception would be
+        # swallowed again
+        threading.Timer(0.05, _thread.interrupt_main, (_signal,)).start()
+        return
+    sys.__unraisablehook__(args)
+
+
+def install_signal_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+    signal.signal(signal.SIGINT, _handler)
+    signal.signal(signal.SIGTERM, _handler)
+    sys.unraisablehook = _unraisable
+
+
+SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "fish"}
+
+
+def _proc_start(pid: int) -> str | None:
+    """The start time of ``pid`` (to tell a dead parent from a recycled pid), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+            return "?"
+        except ProcessLookupError:
+            return None
+        except OSError:
+            return "?"
+
+
+def _proc_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _proc_parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def watch_parent(period: float = 1.0) -> None:
+    """Stop (SIGTERM to ourselves) when the process that started us dies, e.g. `dvc` killed by a CI runner.
+    The watched process is the parent, or the shell's parent when a shell started us."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    ppid = os.getppid()
+    if ppid <= 1:
+        return
+    watched = [(ppid, _proc_start(ppid))]
+    if _proc_name(ppid) in SHELLS:
+        grand = _proc_parent(ppid)
+        if grand and grand > 1:
+            watched.append((grand, _proc_start(grand)))
+
+    def watch() -> None:
+        while True:
+            time.sleep(period)
+            gone = os.getppid() != ppid or any(start is not None and _proc_start(pid) != start for pid, start in watched)
+            if gone:
+                if _signal is None:
+                    _write_stderr("stopping: the process that started this stage (e.g. dvc) has exited")
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+# ---- messages ------------------------------------------------------------------------------------------
+
+def stage_name() -> str | None:
+    """The dvc.yaml stage this process runs: $DVC_STAGE under DVC, else from `python -m stages.<name>`."""
+    name = os.environ.get("DVC_STAGE")
+    if name:
+        return name.rsplit(":", 1)[-1]
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    mod = getattr(spec, "name", "") or ""
+    return mod.split(".", 1)[1] if mod.startswith("stages.") else None
+
+
+def _under_dvc_with_previous_outputs() -> str | None:
+    """The stage name when DVC ran us and removed outputs it can restore (a committed dvc.lock entry)."""
+    stage = os.environ.get("DVC_STAGE")
+    if not stage:
+        return None
+    try:
+        from stages.paths import in_temp_workspace
+
+        if in_temp_workspace():  # `dvc exp run --temp` / queue: a throw-away copy, nothing to restore
+            return None
+        import yaml
+
+        lock = yaml.safe_load(Path(os.environ.get("DVC_ROOT", "."), "dvc.lock").read_text()) or {}
+        return stage if (lock.get("stages") or {}).get(stage.rsplit(":", 1)[-1], {}).get("outs") else None
+    except Exception:  # no lock file or unreadable: say nothing rather than something wrong
+        return None
+
+
+def way_back() -> str:
+    stage = _under_dvc_with_previous_outputs()
+    if stage:
+        return (f"DVC removed the previous outputs of stage '{stage}' before running it: `dvc checkout {stage}` "
+                "restores them")
+    return ""
+
+
+def _nothing_published() -> str:
+    back = way_back()
+    return "nothing was published; " + (back if back else "the previous outputs are unchanged")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _write_stderr(line: str) -> None:
+    try:
+        sys.stderr.write(_one_line(line) + "\n")
+        sys.stderr.flush()
+    except Exception:
+        os.write(2, (_one_line(line) + "\n").encode("utf-8", "backslashreplace"))
+
+
+def disk_error_message(exc: OSError, action: str = "write") -> str | None:
+    """One line for a read-only / full disk / permission error, naming the path; None for other errors."""
+    if exc.errno not in DISK_ERRORS:
+        return None
+    where = exc.filename or os.getcwd()
+    fix = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+           errno.EROFS: "run from a writable checkout"}.get(exc.errno, "check the permissions")
+    return f"cannot {action} {where}: {DISK_ERRORS[exc.errno]}; {fix} and run the stage again"
+
+
+# ---- the entry point -----------------------------------------------------------------------------------
+
+def _stop_exit() -> SystemExit:
+    sig = _signal or signal.SIGINT
+    if _published:
+        _write_stderr(f"interrupted ({signal.Signals(sig).name}) while the outputs were published: they are complete, "
+                      f"but DVC did not record them; `dvc commit {stage_name() or '<stage>'}` records them")
+    else:
+        _write_stderr(f"interrupted ({signal.Signals(sig).name}): {_nothing_published()}")
+    return SystemExit(EXIT_STATUS.get(sig, 130))
+
+
+def _fail(message: str) -> SystemExit:
+    back = way_back()
+    _write_stderr(f"error: {message}" + (f" ({back})" if back else ""))
+    return SystemExit(2)
+
+
 def cli(main: Callable[[], None]) -> Callable[[], None]:
-    """Wrap a stage's ``main`` so user errors print one line and exit with status 2."""
+    """Wrap a stage's ``main``: signals, parent watch, preflight checks, one-line errors (exit 2)."""
 
     @functools.wraps(main)
     def wrapper() -> None:
-        # progress lines must reach `dvc repro`'s log as they happen, not when a pipe buffer fills
-        sys.stdout.reconfigure(line_buffering=True)
-        # `kill` / a CI timeout: unwind like Ctrl-C so staged outputs are discarded
-        signal.signal(signal.SIGTERM, _interrupt)
+        # progress lines must reach `dvc repro`'s log as they happen; odd file names must not crash a print
+        sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
+        sys.stderr.reconfigure(errors="backslashreplace")
+        install_signal_handlers()
+        watch_parent()
         try:
+            from stages.preflight import preflight
+
+            preflight(stage_name())
             main()
+            if _signal is not None:  # the interrupt was swallowed somewhere; commit refused to publish
+                raise KeyboardInterrupt
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(2) from None
+            if _signal is not None:
+                raise _stop_exit() from None
+            raise _fail(str(exc)) from None
         except KeyboardInterrupt:
-            print("interrupted: no partial outputs were written", file=sys.stderr)
-            raise SystemExit(130) from None
+            code = _stop_exit().code
+            # outputs are discarded and the message is out: skip the interpreter's slow teardown (TensorFlow's
+            # threads and atexit hooks take seconds) so a stop is prompt
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            os._exit(code)
+        except OSError as exc:
+            message = disk_error_message(exc)
+            if message is None:
+                raise
+            raise _fail(message) from None
 
     return wrapper
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt

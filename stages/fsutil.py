@@ -2,6 +2,8 @@
 
 A stage writes every output into a staging area and publishes them all at the
 end with renames, so an error or Ctrl-C midway leaves no half-written output.
+Once a stop signal arrived (stages.errors), nothing is published any more, and a
+signal arriving during the renames waits until they are done.
 """
 from __future__ import annotations
 
@@ -11,9 +13,13 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import threading
 import uuid
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
+
+from stages.errors import UserError, check_interrupted, disk_error_message, mark_published, publish_lock
 
 
 class StagedOutputs:
@@ -33,16 +39,35 @@ class StagedOutputs:
         out = Path(output)
         if out not in self._tmp:
             raise KeyError(f"{out} is not a declared output of this stage")
-        self._tmp[out].parent.mkdir(parents=True, exist_ok=True)
+        check_interrupted()
+        try:
+            self._tmp[out].parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            message = disk_error_message(exc, "create the folder")
+            if message is None:
+                raise
+            raise UserError(message) from None
         return self._tmp[out]
 
     def commit(self) -> None:
+        check_interrupted()  # a stop signal, even one swallowed on its way, means: publish nothing
         missing = [str(o) for o, t in self._tmp.items() if not t.exists()]
         if missing:
             raise RuntimeError(f"stage did not write its outputs: {missing}")
-        for out, tmp in self._tmp.items():
-            remove(out)
-            os.replace(tmp, out)
+        main = threading.current_thread() is threading.main_thread()
+        stops = {signal.SIGINT, signal.SIGTERM}
+        if main:  # a signal during the renames is handled after them: all outputs or none
+            signal.pthread_sigmask(signal.SIG_BLOCK, stops)
+        try:
+            with publish_lock:
+                check_interrupted()
+                for out, tmp in self._tmp.items():
+                    remove(out)
+                    os.replace(tmp, out)
+                mark_published()
+        finally:
+            if main:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
 
     def discard(self) -> None:
         for tmp in self._tmp.values():

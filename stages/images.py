@@ -6,6 +6,9 @@ model's square input, feed raw 0-255 values (the model rescales inside).
 """
 from __future__ import annotations
 
+import io
+import re
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -14,18 +17,54 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from stages.errors import UserError
+from stages.errors import UserError, check_interrupted
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 RESIZE_METHOD = "opencv INTER_AREA (pixel-area averaging), square, no crop or padding"
 MIN_SIDE = 32
 
 
-def decode_gray(data: bytes) -> tuple[np.ndarray | None, str]:
-    """Decode image bytes to a 2-D uint8 grayscale array; on failure return (None, reason)."""
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from the image header only (Pillow parses the first bytes; no pixels are
+    decoded), or None when Pillow does not know the format."""
+    from PIL import Image, UnidentifiedImageError
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)  # we apply our own limit
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return int(im.size[0]), int(im.size[1])
+    except Image.DecompressionBombError as exc:  # above twice Pillow's limit: size in the message
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        return (int(m.group(1)), 1) if m else (1 << 31, 1)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, IndexError, TypeError, EOFError):
+        return None
+
+
+def too_large(data: bytes, max_pixels: int) -> str:
+    """The quarantine reason when the header says the image has more than ``max_pixels`` pixels, else ''."""
+    size = header_size(data)
+    if size is None or size[0] * size[1] <= max_pixels:
+        return ""
+    shown = f"{size[0]}x{size[1]} px" if size[1] > 1 else f"{size[0]:,} px"
+    return (f"too large ({shown} = {size[0] * size[1] / 1e6:.0f} MP, limit data.max_image_pixels "
+            f"{max_pixels / 1e6:g} MP; read from the header, not decoded)")
+
+
+def decode_gray(data: bytes, max_pixels: int | None = None) -> tuple[np.ndarray | None, str]:
+    """Decode image bytes to a 2-D uint8 grayscale array; on failure return (None, reason).
+    With ``max_pixels`` (data.max_image_pixels), larger images are refused from their header alone."""
     if not data:
         return None, "empty file"
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if max_pixels is not None:
+        reason = too_large(data, max_pixels)
+        if reason:
+            return None, reason
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    except cv2.error as exc:  # e.g. above OpenCV's own pixel limit (CV_IO_MAX_IMAGE_PIXELS)
+        if "CV_IO_MAX_IMAGE" in str(exc):
+            return None, "too large to decode (above OpenCV's CV_IO_MAX_IMAGE_PIXELS)"
+        return None, "not a decodable image (OpenCV error)"
     if img is None:
         return None, "not a decodable image"
     if img.dtype != np.uint8:  # 16-bit PNG/TIFF
@@ -64,6 +103,7 @@ def load_images(paths: Sequence[Path | str], size: int, desc: str = "decode", wo
     out = np.empty((len(paths), size, size), np.uint8)
 
     def one(i: int) -> None:
+        check_interrupted()  # after Ctrl-C the queued decodes end at once instead of running to the end
         out[i] = resize(read_gray(paths[i]), size)
 
     with ThreadPoolExecutor(workers) as pool:
@@ -73,8 +113,29 @@ def load_images(paths: Sequence[Path | str], size: int, desc: str = "decode", wo
 
 def read_many(paths: Sequence[Path | str], workers: int = 4) -> list[np.ndarray]:
     """Decode many files at full resolution, in parallel, keeping their order."""
+    def one(path: Path | str) -> np.ndarray:
+        check_interrupted()
+        return read_gray(path)
+
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(read_gray, paths))
+        return list(pool.map(one, paths))
+
+
+def undecodable_name(path: Path | str) -> str:
+    """The quarantine reason when a file name is not valid UTF-8 (it cannot go into a CSV, JSON or a log
+    line as it is), else ''. The name is shown with the odd bytes escaped."""
+    try:
+        str(path).encode("utf-8")
+        return ""
+    except UnicodeEncodeError:
+        return f"file name is not valid UTF-8 ({printable_name(path)}); rename it"
+
+
+def printable_name(path: Path | str) -> str:
+    """A path as text, with bytes that are not UTF-8 escaped (\\xe9)."""
+    import os
+
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
 
 
 def iter_image_files(folder: Path) -> Iterable[Path]:

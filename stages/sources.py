@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,8 +45,11 @@ def kaggle_download(dataset: str, version: int) -> Path:
         ) from None
 
 
-def extract_zip(zip_path: Path, dest: Path, expected_sha256: str | None) -> str:
-    """Check the zip's sha256 (with progress), extract it to ``dest`` and return the sha256."""
+def extract_zip(zip_path: Path, dest: Path, expected_sha256: str | None, quarantined: list | None = None) -> str:
+    """Check the zip's sha256 (with progress), extract it to ``dest`` and return the sha256.
+
+    A member that cannot be extracted (corrupt data, bad CRC, encrypted, unknown compression) is appended
+    to ``quarantined`` as {"path", "reason"} and skipped; without that list it stops the stage with one line."""
     size = zip_path.stat().st_size
     with tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {zip_path.name}", mininterval=1) as bar:
         digest = sha256_file(zip_path, progress=bar)
@@ -55,15 +59,27 @@ def extract_zip(zip_path: Path, dest: Path, expected_sha256: str | None) -> str:
             "re-download the archive or update data.local.sha256"
         )
     try:
-        with zipfile.ZipFile(zip_path) as zf:
-            members = [m for m in zf.infolist() if not m.is_dir()]
-            for m in tqdm(members, desc=f"extract {zip_path.name}", unit="file", mininterval=1):
-                target = (dest / m.filename).resolve()
-                if not target.is_relative_to(dest.resolve()):
-                    raise UserError(f"{zip_path}: member {m.filename!r} escapes the archive; refusing to extract")
-                zf.extract(m, dest)
+        zf = zipfile.ZipFile(zip_path)
     except zipfile.BadZipFile:
         raise UserError(f"{zip_path} is not a valid zip archive; re-download it or point data.local.path at a folder") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{zip_path}: member names marked as UTF-8 are not valid UTF-8 (a broken zip tool); re-create "
+                        "the archive, or extract it and point data.local.path at the folder") from None
+    with zf:
+        members = [m for m in zf.infolist() if not m.is_dir()]
+        for m in tqdm(members, desc=f"extract {zip_path.name}", unit="file", mininterval=1):
+            target = (dest / m.filename).resolve()
+            if not target.is_relative_to(dest.resolve()):
+                raise UserError(f"{zip_path}: member {m.filename!r} escapes the archive; refusing to extract")
+            try:
+                zf.extract(m, dest)
+            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as exc:
+                if target.exists():
+                    target.unlink()
+                reason = f"corrupt archive member ({type(exc).__name__}: {' '.join(str(exc).split())[:100]})"
+                if quarantined is None:
+                    raise UserError(f"{zip_path}: {m.filename}: {reason}; re-download the archive") from None
+                quarantined.append({"path": m.filename, "reason": reason})
     return digest
 
 
