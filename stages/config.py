@@ -45,6 +45,7 @@ class DataParams(_Strict):
     extra: list[str]  # further sources (folders or zips, one sub-folder per class) merged with ``source``
     classes: dict[str, list[str]]
     positive_class: str
+    max_image_pixels: int = Field(..., ge=1024)  # larger images are quarantined from their header (no decode)
 
     @model_validator(mode="after")
     def _check_classes(self) -> "DataParams":
@@ -69,6 +70,9 @@ class NearDupParams(_Strict):
     max_distance: float = Field(..., ge=0.0, le=2.0)
 
 
+MAX_HELD_OUT = 0.5  # val + test may take at most half of the images: training keeps the rest
+
+
 class SplitParams(_Strict):
     seed: int
     val_fraction: float = Field(..., gt=0.0, lt=0.5)
@@ -77,6 +81,16 @@ class SplitParams(_Strict):
     max_quarantined_fraction: float = Field(..., ge=0.0, le=1.0)
     near_duplicates: NearDupParams
     confound_warn_auc: float = Field(..., gt=0.5, le=1.0)
+    min_images_per_class: int = Field(..., ge=1)  # each of train/val/test needs this many images of each class
+
+    @model_validator(mode="after")
+    def _enough_for_training(self) -> "SplitParams":
+        held_out = self.val_fraction + (0.0 if self.use_source_test else self.test_fraction)
+        if held_out > MAX_HELD_OUT:
+            raise ValueError(
+                f"val_fraction + test_fraction = {held_out:g} leaves only {1 - held_out:.0%} of the images for "
+                f"training; keep the sum <= {MAX_HELD_OUT:g}")
+        return self
 
 
 class AugmentParams(_Strict):

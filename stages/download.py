@@ -15,7 +15,7 @@ from tqdm import tqdm
 from stages.config import DataParams, load_params
 from stages.errors import UserError, cli
 from stages.fsutil import sha256_file, staged_outputs, write_json
-from stages.images import encode_jpeg, iter_image_files
+from stages.images import encode_jpeg, iter_image_files, printable_name, undecodable_name
 from stages.sources import extract_zip, find_class_folders, kaggle_download
 from stages.synthetic import generate
 
@@ -23,15 +23,20 @@ RAW = Path("data/raw")
 TEST_SUBFOLDER = "source-test"
 
 
-def copy_tree(data: DataParams, source_root: Path, out: Path) -> dict:
-    """Copy the class folders found under ``source_root`` into ``out``; return what was copied."""
+def copy_tree(data: DataParams, source_root: Path, out: Path, quarantined: list | None = None) -> dict:
+    """Copy the class folders found under ``source_root`` into ``out``; return what was copied. Files whose
+    names are not valid UTF-8 are not copied but appended to ``quarantined`` (split reports them)."""
     folders = find_class_folders(source_root, data)
     jobs: list[tuple[Path, Path]] = []
+    quarantined = [] if quarantined is None else quarantined
     for role, mapping in (("train", folders.train), ("test", folders.test)):
         for cls, dirs in mapping.items():
             for d in dirs:
                 for f in iter_image_files(d):
                     rel = Path(cls) / (TEST_SUBFOLDER if role == "test" else "") / f.relative_to(d)
+                    if undecodable_name(rel):
+                        quarantined.append({"path": printable_name(rel), "label": cls, "reason": undecodable_name(rel)})
+                        continue
                     jobs.append((f, rel))
     seen: set[Path] = set()
     for _, rel in jobs:
@@ -66,6 +71,7 @@ def main() -> None:
         out = staged.path(RAW)
         out.mkdir()
         info: dict = {"source": data.source}
+        quarantined: list[dict] = []  # corrupt archive members, file names that are not UTF-8
         if data.source == "kaggle":
             root = kaggle_download(data.kaggle.dataset, data.kaggle.version)
             info.update(dataset=data.kaggle.dataset, version=data.kaggle.version, path=str(root))
@@ -79,7 +85,7 @@ def main() -> None:
                 if path.suffix.lower() != ".zip":
                     raise UserError(f"data.local.path {path} is a file but not a .zip; give a .zip or a folder")
                 root = Path(tmp) / "extracted"
-                archive_sha = extract_zip(path, root, data.local.sha256)
+                archive_sha = extract_zip(path, root, data.local.sha256, quarantined)
             else:
                 if data.local.sha256:
                     raise UserError("data.local.sha256 is set but data.local.path is a folder; clear the sha256 or give the zip")
@@ -89,7 +95,12 @@ def main() -> None:
             write_synthetic(data, root)
             info.update(per_class=data.synthetic.per_class, size=data.synthetic.size, seed=data.synthetic.seed)
             archive_sha = None
-        copied = copy_tree(data, root, out)
+        copied = copy_tree(data, root, out, quarantined)
+        lookup = {a.lower(): c for c, aliases in data.classes.items() for a in [c, *aliases]}
+        for q in quarantined:
+            q.setdefault("label", next((lookup[p.lower()] for p in Path(q["path"]).parts if p.lower() in lookup), ""))
+            print(f"download: quarantined {q['path']}: {q['reason']}")
+        info["quarantined"] = quarantined
         info["archive_sha256"] = archive_sha
         info["dataset_sha256"] = archive_sha or copied["files_sha256"]
         info.update(copied)

@@ -18,9 +18,9 @@ from tqdm import tqdm
 from stages.config import SplitParams, load_params
 from stages.dedup import THUMB, group_ids, near_duplicate_pairs, thumbnails
 from stages.download import RAW, TEST_SUBFOLDER
-from stages.errors import UserError, cli
+from stages.errors import UserError, check_interrupted, cli
 from stages.fsutil import read_json, sha256_bytes, staged_outputs, write_csv, write_json
-from stages.images import IMAGE_EXTENSIONS, decode_gray, iter_image_files
+from stages.images import IMAGE_EXTENSIONS, decode_gray, iter_image_files, printable_name, undecodable_name
 from stages.imagestats import FEATURES, confound_check, features
 
 MANIFEST = Path("data/split/manifest.csv")
@@ -28,7 +28,7 @@ DATA_REPORT = Path("reports/data.json")
 SPLITS = ("train", "val", "test")
 
 
-def scan(raw: Path) -> tuple[list[dict], np.ndarray, list[dict]]:
+def scan(raw: Path, max_pixels: int | None = None) -> tuple[list[dict], np.ndarray, list[dict]]:
     """Decode every file under raw/<class>/ once. Returns (records, thumbnails, quarantined): each record
     carries the image's global statistics (stages.imagestats); thumbnails are the near-duplicate search's
     32x32 float32 thumbnails (stages.dedup), so memory holds ~4 KiB per image, not the decoded photos."""
@@ -39,21 +39,24 @@ def scan(raw: Path) -> tuple[list[dict], np.ndarray, list[dict]]:
         raise UserError(f"no images in {raw}; run the download stage first (dvc repro download)")
 
     def decode(item):
+        check_interrupted()  # Ctrl-C: the queued decodes end at once
         cls, f = item
-        data = f.read_bytes()
+        if undecodable_name(f):
+            return cls, f, None, undecodable_name(f.relative_to(raw)), None
         if f.suffix.lower() not in IMAGE_EXTENSIONS:
             return cls, f, None, f"not an image file extension ({f.suffix or 'none'})", None
-        img, reason = decode_gray(data)
+        img, reason = decode_gray(f.read_bytes(), max_pixels)  # above max_pixels: refused from the header
         if img is None:
             return cls, f, None, reason, None
         digest = sha256_bytes(np.ascontiguousarray(img).tobytes() + str(img.shape).encode())
         return cls, f, (digest, thumbnails([img])[0]), reason, features(img)
 
-    records, thumbs, quarantined = [], [], []
+    records, thumbs = [], []
+    quarantined = list(source.get("quarantined", []))  # archive members the download stage could not extract
     with ThreadPoolExecutor(4) as pool:
         for cls, f, decoded, reason, stats in tqdm(pool.map(decode, files), total=len(files), desc="decode", unit="img",
                                                    mininterval=2):
-            rel = f.relative_to(raw).as_posix()
+            rel = printable_name(f.relative_to(raw).as_posix())
             if decoded is None:
                 quarantined.append({"path": rel, "label": cls, "reason": reason})
                 continue
@@ -143,7 +146,7 @@ def main() -> None:
     p = params.split
     if not (RAW / "SOURCE.json").exists():
         raise UserError(f"{RAW}/SOURCE.json is missing; run the download stage first (dvc repro download)")
-    records, thumbs, quarantined = scan(RAW)
+    records, thumbs, quarantined = scan(RAW, params.data.max_image_pixels)
     total = len(records) + len(quarantined)
     for q in quarantined:
         print(f"split: quarantined {q['path']}: {q['reason']}")
@@ -158,8 +161,10 @@ def main() -> None:
     counts = {s: {c: sum(1 for r in records if r["split"] == s and r["label"] == c) for c in labels} for s in SPLITS}
     for s in SPLITS:
         for c in labels:
-            if counts[s][c] == 0:
-                raise UserError(f"split {s} has no {c!r} images ({len(records)} usable images); add images or change split fractions")
+            if counts[s][c] < p.min_images_per_class:
+                raise UserError(f"split {s} has {counts[s][c]} {c!r} images, fewer than split.min_images_per_class="
+                                f"{p.min_images_per_class} ({len(records)} usable images); add images, or change "
+                                "the split fractions or split.min_images_per_class")
     conf = confound(records, params.data.positive_class, p.confound_warn_auc)
     report = {"images": len(records), "counts": counts, "duplicates": dup, "confound": conf,
               "quarantined": quarantined, "quarantined_count": len(quarantined),
