@@ -222,6 +222,7 @@ class ReportParams(_Strict):
 class WebParams(_Strict):
     parity_images: int = Field(..., ge=2)          # test images run through TF.js in Node and Chromium
     parity_tolerance: float = Field(..., gt=0.0) # max |TF.js - SavedModel| defect probability
+    ood_parity_tolerance: float = Field(..., gt=0.0)  # max relative |TF.js - SavedModel| OOD score
     chromium: str  # browser for the parity check and the benchmark
     benchmark_backends: list[Literal["wasm", "webgl", "cpu"]]
     benchmark_repeats: int = Field(..., ge=5)      # timed single-image predictions per backend

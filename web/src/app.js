@@ -1,20 +1,41 @@
-// The inspector page: load the TF.js graph model and metadata.json, classify dropped, chosen or
-// camera images exactly like the Python pipeline, and list the verdicts with a CSV download.
-// window.inspector exposes the same functions to the parity check and the browser benchmark.
-import { centreSquare, driftFlags, features, resizeArea, rgbaToGray, verdict } from './preprocess.js';
+// The inspector page: load the TF.js graph model and metadata.json, route every dropped, chosen or
+// camera photo (PASS / REVIEW / REJECT / RETAKE, the rule of stages/route.py mirrored in route.js),
+// keep the results on this device until Clear, and download them as CSV (the batch CLI's columns) or
+// the operator's corrections as a zip for retraining. window.inspector exposes the same functions to
+// the parity check, the browser benchmark and the tests.
+import { centreSquare, features, resizeArea, rgbaToGray } from './preprocess.js';
+import { ACTION, CSV_COLUMNS, NOT_PASSED, ROUTES, cameraReasons, csvRow, csvText, decide, fixed } from './route.js';
+import { outputNodes, runModel } from './outputs.js';
+import { zipStore } from './zip.js';
 
 const tf = window.tf;
 const $ = (id) => document.getElementById(id);
 const BACKENDS = ['wasm', 'webgl', 'cpu']; // fastest first on a PC without a GPU: WebAssembly + SIMD
-const rows = [];
+const STORE = 'casting-inspector/results';
+const WHO = 'casting-inspector/who';
+const THUMB = 64; // stored thumbnail side, px
+
 let model;
 let meta;
+let rule;   // metadata.json "route": threshold, review band, retake gate
+let nodes;  // graph output node names
+let rows = [];
+let nextId = 1;
+let generation = 0; // bumped by Clear: a running batch stops adding rows
+let queue = Promise.resolve();
+const photos = new Map(); // row id -> original bytes (Blob) for the corrections zip, this session
+const tableRows = new Map(); // row id -> <tr>
 
 function setStatus(text, state = 'ready') {
   $('status').textContent = text;
   $('status').dataset.state = state;
 }
 
+// Let the page paint and take input between photos (a batch of 1,000 must not freeze it).
+const yieldToUI = () => (globalThis.scheduler && typeof scheduler.yield === 'function'
+  ? scheduler.yield() : new Promise((resolve) => { setTimeout(resolve, 0); }));
+
+// ----- model ---------------------------------------------------------------------------------
 async function pickBackend() {
   const wanted = new URLSearchParams(location.search).get('backend');
   tf.wasm.setWasmPaths(new URL('vendor/', location.href).href);
@@ -38,18 +59,36 @@ async function backendDetail(name) {
   return `wasm (SIMD ${simd ? 'on' : 'off'}, threads ${threads ? 'on' : 'off'})`;
 }
 
-/** Raw 0-255 pixels of n images [n, size, size] (flat) -> defect probabilities. */
+/** The route block of metadata.json; bundles from before the route existed get the equivalent rule. */
+function routeRule(m) {
+  if (m.route) return m.route;
+  const camera = m.drift && m.drift.features
+    ? Object.fromEntries(Object.entries(m.drift.features).map(([k, r]) => [k, { min: r.min, max: r.max }])) : null;
+  return { words: ROUTES, threshold: m.threshold, review_band: m.review_band || null, retake: { camera, ood: null } };
+}
+
+/** Raw 0-255 pixels of n images (flat, n x size x size) -> {defect_probability: [n], ood_score: [n] | null}. */
 function predictPixels(pixels, n) {
   const size = meta.input.height;
   return tf.tidy(() => {
     const x = tf.tensor4d(Float32Array.from(pixels), [n, size, size, 1]);
-    return Array.from(model.predict(x).dataSync());
+    const out = runModel(model, x, nodes);
+    return {
+      defect_probability: Array.from(out.defect_probability),
+      ood_score: out.ood_score ? Array.from(out.ood_score) : null,
+    };
   });
 }
 
+// ----- one photo -------------------------------------------------------------------------------
 /** Image bytes (a File or Blob) -> gray pixels at full resolution, without colour management. */
 async function decodeGray(blob) {
-  const bitmap = await createImageBitmap(blob, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(blob, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
+  } catch (err) {
+    throw Object.assign(new Error('not a decodable image'), { unreadable: true });
+  }
   const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
   const ctx = canvas.getContext('2d', { willReadFrequently: true });
   ctx.drawImage(bitmap, 0, 0);
@@ -58,122 +97,380 @@ async function decodeGray(blob) {
   return { gray: rgbaToGray(data, canvas.width, canvas.height), width: canvas.width, height: canvas.height };
 }
 
-/** Full-resolution gray image -> everything the page shows about it. */
+/** Full-resolution gray image -> the route and everything it was decided from. */
 function inspectGray({ gray, width, height }) {
-  const t0 = performance.now();
   const size = meta.input.height;
+  if (width < size || height < size) {
+    throw Object.assign(new Error(`image ${width}x${height} is smaller than the model input ${size}x${size}`),
+      { unreadable: true });
+  }
   const input = resizeArea(gray, width, height, size);
   const stats = features(input, size);
-  const [probability] = predictPixels(input, 1);
-  const v = verdict(probability, meta.threshold, meta.review_band, meta.classes);
-  return { probability, ...v, stats, drift: driftFlags(stats, meta.drift), ms: performance.now() - t0, input };
+  const out = predictPixels(input, 1);
+  const probability = out.defect_probability[0];
+  const ood = out.ood_score ? out.ood_score[0] : null;
+  const [route, reason] = decide(probability, stats, ood, rule);
+  const camera = rule.retake && rule.retake.camera ? cameraReasons(stats, rule.retake.camera) : [];
+  return { route, reason, probability, ood_score: ood, stats, camera, input };
+}
+
+function unreadable(err) {
+  const why = err && err.unreadable ? err.message : 'not a decodable image';
+  return { route: 'RETAKE', reason: `unreadable: ${why}`, probability: null, ood_score: null, stats: null, camera: [],
+    input: null };
 }
 
 async function inspectBlob(blob) {
   const t0 = performance.now();
-  const r = inspectGray(await decodeGray(blob));
+  let r;
+  try {
+    r = inspectGray(await decodeGray(blob));
+  } catch (err) {
+    if (!err || !err.unreadable) console.error(err);
+    r = unreadable(err);
+  }
   return { ...r, ms: performance.now() - t0 };
 }
 
-function thumbnailUrl(input) {
+function thumbnail(input) {
+  if (!input) return null;
   const size = meta.input.height;
-  const canvas = document.createElement('canvas');
-  canvas.width = canvas.height = size;
-  const ctx = canvas.getContext('2d');
-  const img = ctx.createImageData(size, size);
-  for (let i = 0; i < input.length; i += 1) img.data.set([input[i], input[i], input[i], 255], i * 4);
-  ctx.putImageData(img, 0, 0);
-  return canvas.toDataURL('image/png');
-}
-
-const ROUTE_TEXT = { pass: 'auto-pass', review: 'manual review', reject: 'auto-reject' };
-
-function addRow(name, r, url) {
-  const row = { index: rows.length + 1, file: name, ...r };
-  rows.push(row);
-  const tr = document.createElement('tr');
-  tr.dataset.file = name;
-  tr.dataset.verdict = r.label;
-  tr.dataset.probability = String(r.probability);
-  const cells = [
-    [String(row.index)], ['', 'img'], [name, 'file'], [r.probability.toFixed(4), 'prob'],
-    [r.label, r.label], [meta.review_band ? ROUTE_TEXT[r.route] : '-', r.route === 'review' ? 'review' : ''],
-    [r.drift.length ? `drift: ${r.drift.join(', ')}` : 'ok', r.drift.length ? 'drift' : ''], [r.ms.toFixed(1)],
-  ];
-  for (const [text, cls] of cells) {
-    const td = document.createElement('td');
-    if (cls) td.className = cls;
-    if (cls === 'img') {
-      const img = document.createElement('img');
-      img.src = url;
-      img.alt = name;
-      td.append(img);
-    } else td.textContent = text;
-    tr.append(td);
+  const src = document.createElement('canvas');
+  src.width = src.height = size;
+  const img = new ImageData(size, size);
+  for (let i = 0; i < input.length; i += 1) {
+    const j = i * 4;
+    img.data[j] = img.data[j + 1] = img.data[j + 2] = input[i];
+    img.data[j + 3] = 255;
   }
-  $('results').tBodies[0].append(tr);
-  showLatest(name, r, url);
-  updateSummary();
+  src.getContext('2d').putImageData(img, 0, 0);
+  const dst = document.createElement('canvas');
+  dst.width = dst.height = Math.min(THUMB, size);
+  dst.getContext('2d').drawImage(src, 0, 0, dst.width, dst.height);
+  return dst.toDataURL('image/jpeg', 0.8);
 }
 
-function showLatest(name, r, url) {
-  $('latest').hidden = false;
-  $('latest-img').src = url;
-  const el = $('latest-verdict');
-  el.textContent = r.label === meta.positive_class ? 'DEFECT' : 'OK';
-  el.className = `verdict ${r.label}`;
-  el.dataset.verdict = r.label;
-  const route = meta.review_band ? ` · ${ROUTE_TEXT[r.route]}` : '';
-  const drift = r.drift.length ? ` · camera check: ${r.drift.join(', ')} (verdicts may be unreliable)` : '';
-  $('latest-detail').textContent = `${name} · defect probability ${r.probability.toFixed(4)} ` +
-    `(threshold ${meta.threshold.toFixed(4)})${route}${drift}`;
+// Python's datetime.now(timezone.utc).isoformat(timespec="seconds"), like the batch CLI.
+const isoNow = () => `${new Date().toISOString().slice(0, 19)}+00:00`;
+
+// ----- results ---------------------------------------------------------------------------------
+function record(file, r, blob) {
+  const row = {
+    id: nextId, file, route: r.route, reason: r.reason, probability: r.probability, ood_score: r.ood_score,
+    threshold: rule.threshold, stats: r.stats, camera: r.camera, model_version: meta.version, timestamp: isoNow(),
+    ms: r.ms, thumb: thumbnail(r.input), correction: null,
+  };
+  nextId += 1;
+  rows.push(row);
+  if (blob) {
+    photos.set(row.id, blob);
+    if (row.route !== 'PASS') keepPhoto(row.id, blob); // the parts that need action keep their photo on reload
+  }
+  $('results').tBodies[0].append(renderRow(row, rows.length));
+  showLatest(row);
+  updateSummary();
+  scheduleSave();
+  return row;
+}
+
+function el(tag, props = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (k === 'dataset') Object.assign(e.dataset, v);
+    else if (k in e) e[k] = v;
+    else e.setAttribute(k, v);
+  }
+  e.append(...children.filter((c) => c !== null && c !== undefined));
+  return e;
+}
+
+function classWord(cls) {
+  return cls === meta.positive_class ? 'defect' : 'ok';
+}
+
+function fixButtons(row, idPrefix) {
+  const [neg, pos] = meta.classes;
+  return [[pos, 'Is defect'], [neg, 'Is OK']].map(([cls, label]) => el('button', {
+    type: 'button', textContent: label, className: 'fix-button', dataset: { fix: classWord(cls), cls, row: row.id },
+    'aria-pressed': String(row.correction === cls), ...(idPrefix ? { id: `${idPrefix}-${classWord(cls)}` } : {}),
+  }));
+}
+
+// A part can be corrected when its photo could be read (an unreadable file is no training image).
+const fixable = (row) => row.probability !== null;
+
+/** The file name whole, with line-break opportunities only after _ - and spaces (never mid-word). */
+function fileName(name) {
+  const span = el('span', { className: 'filename' });
+  const pieces = name.split(/(?<=[_\- ])/);
+  pieces.forEach((piece, i) => {
+    span.append(piece);
+    if (i < pieces.length - 1) span.append(document.createElement('wbr'));
+  });
+  return span;
+}
+
+function renderRow(row, index) {
+  const tr = el('tr', { dataset: { id: row.id, route: row.route, file: row.file } });
+  if (row.probability !== null) tr.dataset.probability = String(row.probability);
+  if (row.ood_score !== null) tr.dataset.ood = String(row.ood_score);
+  if (row.correction) tr.dataset.correction = row.correction;
+  const detail = row.probability === null ? null
+    : el('span', { className: 'detail', textContent: `defect probability ${fixed(row.probability, 4)}` });
+  tr.append(
+    el('td', { className: 'idx', textContent: String(index) }),
+    el('td', { className: 'thumb' }, row.thumb ? el('img', { src: row.thumb, alt: '' }) : null),
+    el('td', { className: 'file' }, fileName(row.file)),
+    el('td', { className: 'route' }, el('span', { className: 'pill', textContent: row.route, dataset: { route: row.route } })),
+    el('td', { className: 'reason' }, row.reason, detail),
+    el('td', { className: 'fixcell' }, fixable(row) ? el('div', { className: 'fix' }, ...fixButtons(row)) : null),
+  );
+  tableRows.set(row.id, tr);
+  return tr;
+}
+
+let latestId = null;
+function showLatest(row) {
+  latestId = row ? row.id : null;
+  $('latest').hidden = !row;
+  const banner = $('banner');
+  if (!row) {
+    delete banner.dataset.route;
+    for (const id of ['latest-route', 'latest-action', 'latest-reason', 'latest-file']) $(id).textContent = '';
+    $('latest-img').removeAttribute('src');
+    return;
+  }
+  banner.dataset.route = row.route;
+  $('latest-route').textContent = row.route;
+  $('latest-action').textContent = ACTION[row.route];
+  $('latest-reason').textContent = row.reason;
+  $('latest-file').replaceChildren(fileName(row.file));
+  document.querySelector('#banner .fix').hidden = !fixable(row);
+  const img = $('latest-img');
+  img.hidden = !row.thumb;
+  if (row.thumb) img.src = row.thumb;
+  else img.removeAttribute('src');
+  img.alt = row.thumb ? `photo of ${row.file}` : '';
+  syncFix(row);
+}
+
+function syncFix(row) {
+  const tr = tableRows.get(row.id);
+  const buttons = [...(tr ? tr.querySelectorAll('.fix-button') : [])];
+  if (latestId === row.id) {
+    const [neg, pos] = meta.classes;
+    $('latest-defect').dataset.cls = pos;
+    $('latest-ok').dataset.cls = neg;
+    buttons.push($('latest-defect'), $('latest-ok'));
+  }
+  for (const b of buttons) b.setAttribute('aria-pressed', String(row.correction === b.dataset.cls));
+  if (tr) {
+    if (row.correction) tr.dataset.correction = row.correction;
+    else delete tr.dataset.correction;
+  }
 }
 
 function updateSummary() {
   $('batch').hidden = rows.length === 0;
-  const defects = rows.filter((r) => r.label === meta.positive_class).length;
-  const review = rows.filter((r) => r.route === 'review').length;
-  const drift = rows.filter((r) => r.drift.length).length;
-  $('summary').textContent = `${rows.length} inspected · ${defects} defect · ${rows.length - defects} ok` +
-    (meta.review_band ? ` · ${review} for review` : '') + (drift ? ` · ${drift} outside the camera reference` : '');
+  $('results').classList.toggle('many', rows.length > 100);
+  const counts = Object.fromEntries(ROUTES.map((r) => [r, 0]));
+  for (const r of rows) counts[r.route] += 1;
+  const action = NOT_PASSED.reduce((s, r) => s + counts[r], 0);
+  $('summary').textContent = `${rows.length} part${rows.length === 1 ? '' : 's'} · ` +
+    ROUTES.map((r) => `${r} ${counts[r]}`).join(' · ') + ` · ${action} need${action === 1 ? 's' : ''} action`;
+  const fixes = rows.filter((r) => r.correction).length;
+  $('corrections').textContent = `Download corrections (${fixes})`;
+  $('corrections').disabled = fixes === 0;
 }
 
-function csvCell(v) {
-  const s = String(v);
-  return /[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+function mark(id, cls) {
+  const row = rows.find((r) => r.id === id);
+  if (!row) return;
+  row.correction = row.correction === cls ? null : cls;
+  if (row.correction && photos.has(id)) keepPhoto(id, photos.get(id));
+  syncFix(row);
+  updateSummary();
+  scheduleSave();
+}
+
+function csvRows() {
+  return rows.map((r) => csvRow(r.file, r.route, r.reason, r.probability, r.threshold, r.ood_score, r.stats,
+    r.camera, r.model_version, r.timestamp));
+}
+
+const stamp = () => new Date().toISOString().slice(0, 19).replace(/[:T]/g, '-');
+
+function download(blob, name) {
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
 }
 
 function downloadCsv() {
-  const head = ['index', 'file', 'defect_probability', 'verdict', 'route', 'threshold', 'brightness', 'contrast',
-    'sharpness', 'drift', 'ms', 'model_version'];
-  const lines = [head.join(',')];
-  for (const r of rows) {
-    lines.push([r.index, r.file, r.probability.toFixed(6), r.label, meta.review_band ? r.route : '', meta.threshold,
-      r.stats.brightness.toFixed(2), r.stats.contrast.toFixed(2), r.stats.sharpness.toFixed(1), r.drift.join('; '),
-      r.ms.toFixed(1), meta.version].map(csvCell).join(','));
-  }
-  const a = document.createElement('a');
-  a.href = URL.createObjectURL(new Blob([`${lines.join('\n')}\n`], { type: 'text/csv' }));
-  a.download = `inspection-${new Date().toISOString().replace(/[:.]/g, '-')}.csv`;
-  a.click();
-  setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+  download(new Blob([csvText(csvRows())], { type: 'text/csv' }), `inspection-${stamp()}.csv`);
 }
 
-async function inspectFiles(files) {
-  const list = Array.from(files);
-  let failed = 0;
-  for (const [i, file] of list.entries()) {
-    setStatus(`Inspecting ${i + 1} of ${list.length}: ${file.name}`, 'busy');
+/** A file name safe inside the zip's class folder (no folders, no control characters), unique per folder. */
+function zipName(name, taken) {
+  const clean = (name.replace(/[\\/\u0000-\u001f]/g, '_').replace(/^\.+/, '_') || 'photo').slice(0, 200);
+  let out = clean;
+  const dot = clean.lastIndexOf('.');
+  const [stem, ext] = dot > 0 ? [clean.slice(0, dot), clean.slice(dot)] : [clean, ''];
+  for (let k = 2; taken.has(out); k += 1) out = `${stem}-${k}${ext}`;
+  taken.add(out);
+  return out;
+}
+
+async function downloadCorrections() {
+  const who = $('who').value.trim();
+  if (!who) {
+    setStatus('Enter who checked the parts ("Checked by") before downloading the corrections', 'error');
+    $('who').focus();
+    return;
+  }
+  const files = [];
+  const parts = [];
+  const taken = new Map();
+  let missing = 0;
+  for (const r of rows.filter((x) => x.correction)) {
+    const blob = photos.get(r.id) || await loadPhoto(r.id);
+    if (!blob) {
+      missing += 1;
+      continue;
+    }
+    if (!taken.has(r.correction)) taken.set(r.correction, new Set());
+    const name = zipName(r.file, taken.get(r.correction));
+    files.push({ name: `${r.correction}/${name}`, bytes: new Uint8Array(await blob.arrayBuffer()) });
+    parts.push({ file: name, path: `${r.correction}/${name}`, original_file: r.file, route: r.route, reason: r.reason,
+      defect_probability: r.probability, ood_score: r.ood_score, corrected_label: r.correction, inspected: r.timestamp });
+  }
+  const doc = { who, when: new Date().toISOString(), model_version: meta.version, classes: meta.classes, parts };
+  files.push({ name: 'corrections.json', bytes: new TextEncoder().encode(`${JSON.stringify(doc, null, 1)}\n`) });
+  download(new Blob([zipStore(files)], { type: 'application/zip' }), `corrections-${stamp()}.zip`);
+  setStatus(`Corrections downloaded: ${parts.length} part${parts.length === 1 ? '' : 's'}` +
+    (missing ? `; ${missing} left out because their photo was not kept after a reload (add the photo again)` : ''),
+  missing ? 'error' : 'ready');
+}
+
+// ----- keeping results on this device ------------------------------------------------------------
+let saveTimer = null;
+function scheduleSave() {
+  if (saveTimer === null) saveTimer = setTimeout(saveNow, 400);
+}
+
+/** Rows to localStorage; when that is full, thumbnails go first (oldest first), the rows always stay. */
+function saveNow() {
+  clearTimeout(saveTimer);
+  saveTimer = null;
+  const attempt = (keepThumbs) => {
+    const kept = rows.map((r, i) => (i >= rows.length - keepThumbs ? r : { ...r, thumb: null }));
+    localStorage.setItem(STORE, JSON.stringify({ version: 1, nextId, rows: kept }));
+  };
+  for (const keep of [rows.length, 200, 50, 0]) {
     try {
-      const r = await inspectBlob(file);
-      addRow(file.name, r, thumbnailUrl(r.input));
+      attempt(keep);
+      return true;
     } catch (err) {
-      failed += 1;
-      console.error(file.name, err);
+      if (keep === 0) {
+        setStatus(`Results could not be kept on this device (${err.name}); download the CSV before closing`, 'error');
+      }
     }
   }
-  setStatus(failed ? `Done; ${failed} file(s) could not be read as images and were skipped` : 'Ready',
-    failed ? 'error' : 'ready');
+  return false;
+}
+
+function restore() {
+  let saved;
+  try {
+    saved = JSON.parse(localStorage.getItem(STORE) || 'null');
+  } catch (err) {
+    saved = null;
+  }
+  if (!saved || !Array.isArray(saved.rows)) return 0;
+  rows = saved.rows.filter((r) => r && ROUTES.includes(r.route));
+  nextId = Math.max(saved.nextId || 1, ...rows.map((r) => r.id + 1));
+  const frag = document.createDocumentFragment();
+  rows.forEach((r, i) => frag.append(renderRow(r, i + 1)));
+  $('results').tBodies[0].append(frag);
+  showLatest(rows[rows.length - 1] || null);
+  updateSummary();
+  return rows.length;
+}
+
+function clearAll() {
+  generation += 1;
+  rows = [];
+  photos.clear();
+  tableRows.clear();
+  $('results').tBodies[0].replaceChildren();
+  showLatest(null);
+  updateSummary();
+  clearTimeout(saveTimer);
+  saveTimer = null;
+  localStorage.removeItem(STORE);
+  clearPhotos();
+  setStatus('Ready');
+}
+
+// Original photos of the parts that need action or were corrected, in IndexedDB (they are too big for
+// localStorage), so the corrections zip still has them after a reload. Cleared with Clear.
+let dbPromise = null;
+function db() {
+  if (!dbPromise) {
+    dbPromise = new Promise((resolve) => {
+      if (!globalThis.indexedDB) { resolve(null); return; }
+      const req = indexedDB.open('casting-inspector', 1);
+      req.onupgradeneeded = () => req.result.createObjectStore('photos');
+      req.onsuccess = () => resolve(req.result);
+      req.onerror = () => resolve(null);
+    });
+  }
+  return dbPromise;
+}
+
+async function idb(mode, fn) {
+  const d = await db();
+  if (!d) return null;
+  return new Promise((resolve) => {
+    const tx = d.transaction('photos', mode);
+    const req = fn(tx.objectStore('photos'));
+    tx.oncomplete = () => resolve(req.result ?? null);
+    tx.onerror = tx.onabort = () => resolve(null);
+  });
+}
+const keepPhoto = (id, blob) => idb('readwrite', (s) => s.put(blob, id)).catch(() => null);
+const loadPhoto = (id) => idb('readonly', (s) => s.get(id)).catch(() => null);
+const clearPhotos = () => idb('readwrite', (s) => s.clear()).catch(() => null);
+
+// ----- batches -----------------------------------------------------------------------------------
+async function inspectFiles(files) {
+  const list = Array.from(files);
+  const gen = generation;
+  let bad = 0;
+  for (const [i, file] of list.entries()) {
+    if (gen !== generation) return; // cleared meanwhile
+    setStatus(`Inspecting ${i + 1} of ${list.length}: ${file.name}`, 'busy');
+    const r = await inspectBlob(file);
+    if (gen !== generation) return;
+    if (r.probability === null) bad += 1;
+    record(file.name, r, file);
+    await yieldToUI();
+  }
+  saveNow();
+  setStatus(`Ready · ${list.length} photo${list.length === 1 ? '' : 's'} inspected` +
+    (bad ? ` · ${bad} could not be read (RETAKE)` : ''));
+}
+
+function enqueue(files) {
+  queue = queue.then(() => inspectFiles(files)).catch((err) => {
+    console.error(err);
+    setStatus(`Inspection stopped: ${err.message}`, 'error');
+  });
+  return queue;
 }
 
 // ----- camera --------------------------------------------------------------------------------
@@ -194,73 +491,118 @@ async function startCamera() {
 }
 
 function stopCamera() {
-  stream?.getTracks().forEach((t) => t.stop());
+  if (stream) stream.getTracks().forEach((t) => t.stop());
   $('camera-video').hidden = $('camera-capture').hidden = $('camera-stop').hidden = true;
   $('camera-start').hidden = false;
   $('camera-note').textContent = '';
 }
 
-function captureFrame() {
+async function captureFrame() {
   const video = $('camera-video');
-  const canvas = new OffscreenCanvas(video.videoWidth, video.videoHeight);
+  const side = Math.min(video.videoWidth, video.videoHeight);
+  const canvas = new OffscreenCanvas(side, side);
   const ctx = canvas.getContext('2d', { willReadFrequently: true });
-  ctx.drawImage(video, 0, 0);
-  const { data } = ctx.getImageData(0, 0, canvas.width, canvas.height);
-  const square = centreSquare(rgbaToGray(data, canvas.width, canvas.height), canvas.width, canvas.height);
-  const r = inspectGray(square);
-  addRow(`camera ${new Date().toLocaleTimeString()}`, r, thumbnailUrl(r.input));
+  ctx.drawImage(video, (video.videoWidth - side) / 2, (video.videoHeight - side) / 2, side, side, 0, 0, side, side);
+  const { data } = ctx.getImageData(0, 0, side, side);
+  const square = centreSquare(rgbaToGray(data, side, side), side, side);
+  const t0 = performance.now();
+  let r;
+  try {
+    r = inspectGray(square);
+  } catch (err) {
+    r = unreadable(err);
+  }
+  const blob = await canvas.convertToBlob({ type: 'image/png' });
+  record(`camera-${stamp()}.png`, { ...r, ms: performance.now() - t0 }, blob);
 }
 
 // ----- wiring ----------------------------------------------------------------------------------
-function footer(backend) {
-  const m = meta.test_metrics;
-  const band = meta.review_band ? ` · review band ${meta.review_band.low}–${meta.review_band.high}` : '';
-  $('model-info').textContent = `Model ${meta.version} (${meta.model.arch}, ${meta.model.parameters.toLocaleString('en')} ` +
-    `parameters, commit ${String(meta.git_commit).slice(0, 8)}) · threshold ${meta.threshold.toFixed(4)} ` +
-    `(${meta.policy} ${meta.policy_target ?? ''})${band} · test on ${m.n} images: recall ${m.recall.toFixed(4)}, ` +
-    `precision ${m.precision.toFixed(4)}, ROC-AUC ${m.roc_auc.toFixed(4)}`;
-  $('runtime-info').textContent = `TF.js ${tf.version.tfjs} · backend ${backend} · model ` +
-    `${meta.size_bytes.tfjs.toLocaleString('en')} bytes (${meta.tfjs_quantization === 'float16' ? 'float16' : 'float32'} ` +
-    `weights) · input ${meta.input.width}×${meta.input.height} gray, ${meta.input.resize}`;
+function about(detail) {
+  const m = meta.test_metrics || {};
+  const band = rule.review_band;
+  const gate = rule.retake || {};
+  const items = [
+    ['Rule', rule.rule || `threshold ${fixed(rule.threshold, 4)}`],
+    ['Model', `${meta.version} (${meta.model.arch}, ${meta.model.parameters.toLocaleString('en')} parameters, commit ` +
+      `${String(meta.git_commit).slice(0, 8)})`],
+    ['Threshold', `${fixed(rule.threshold, 4)} (policy ${meta.policy}${meta.policy_target != null ? ` ${meta.policy_target}` : ''})`],
+    ['Review band', band ? `${fixed(band.low, 4)} – ${fixed(band.high, 4)}` : 'none (PASS / REJECT by the threshold)'],
+    ['Out-of-distribution gate', gate.ood ? `score above ${fixed(gate.ood.limit, 2)} → RETAKE${gate.ood.method ? ` (${gate.ood.method})` : ''}`
+      : 'none'],
+    ['Camera check', gate.camera ? Object.entries(gate.camera).map(([k, r]) => `${k} ${fixed(r.min, 1)}–${fixed(r.max, 1)}`).join(', ')
+      : 'none'],
+    ['Test results', m.n ? `${m.n} photos: recall ${fixed(m.recall, 4)}, precision ${fixed(m.precision, 4)}, ` +
+      `ROC-AUC ${fixed(m.roc_auc, 4)}` : 'not recorded'],
+    ['Runtime', `TF.js ${tf.version.tfjs}, backend ${detail}`],
+    ['Input', `${meta.input.width}×${meta.input.height} gray, resize ${meta.input.resize}`],
+    ['Model size', `${meta.size_bytes.tfjs.toLocaleString('en')} bytes (${meta.tfjs_quantization === 'float16' ? 'float16' : 'float32'} weights)`],
+    ['CSV columns', CSV_COLUMNS.join(', ')],
+  ];
+  $('about-list').replaceChildren(...items.flatMap(([k, v]) => [el('dt', { textContent: k }), el('dd', { textContent: v })]));
 }
 
 function wire() {
   const drop = $('drop');
-  $('files').addEventListener('change', (e) => inspectFiles(e.target.files).then(() => { e.target.value = ''; }));
+  $('files').addEventListener('change', (e) => {
+    const files = Array.from(e.target.files);
+    e.target.value = '';
+    enqueue(files);
+  });
   drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
   drop.addEventListener('dragleave', () => drop.classList.remove('over'));
   drop.addEventListener('drop', (e) => {
     e.preventDefault();
     drop.classList.remove('over');
-    inspectFiles(e.dataTransfer.files);
+    enqueue(Array.from(e.dataTransfer.files));
   });
   $('csv').addEventListener('click', downloadCsv);
-  $('clear').addEventListener('click', () => {
-    rows.length = 0;
-    $('results').tBodies[0].replaceChildren();
-    $('latest').hidden = true;
-    updateSummary();
+  $('clear').addEventListener('click', clearAll);
+  $('filter').addEventListener('click', () => {
+    const on = $('filter').getAttribute('aria-pressed') !== 'true';
+    $('filter').setAttribute('aria-pressed', String(on));
+    $('results').classList.toggle('needs-action', on);
   });
-  if (navigator.mediaDevices?.getUserMedia) {
+  $('results').addEventListener('click', (e) => {
+    const b = e.target.closest('.fix-button');
+    if (b) mark(Number(b.dataset.row), b.dataset.cls);
+  });
+  for (const id of ['latest-defect', 'latest-ok']) {
+    $(id).addEventListener('click', () => { if (latestId !== null) mark(latestId, $(id).dataset.cls); });
+  }
+  $('who').value = localStorage.getItem(WHO) || '';
+  $('who').addEventListener('input', () => localStorage.setItem(WHO, $('who').value));
+  $('corrections').addEventListener('click', () => downloadCorrections().catch((err) => {
+    setStatus(`Corrections could not be written: ${err.message}`, 'error');
+  }));
+  window.addEventListener('pagehide', () => { if (saveTimer !== null) saveNow(); });
+  if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
     $('camera-start').addEventListener('click', startCamera);
     $('camera-stop').addEventListener('click', stopCamera);
-    $('camera-capture').addEventListener('click', captureFrame);
+    $('camera-capture').addEventListener('click', () => captureFrame().catch((err) => setStatus(err.message, 'error')));
   } else {
     $('camera-start').disabled = true;
-    $('camera-note').textContent = 'No camera API here (it needs https or localhost).';
+    $('camera-note').textContent = 'No camera here: the camera needs https or localhost.';
   }
 }
 
 async function main() {
   meta = await (await fetch('metadata.json')).json();
+  rule = routeRule(meta);
   const backend = await pickBackend();
   model = await tf.loadGraphModel('model/model.json');
+  nodes = outputNodes(model.modelSignature && model.modelSignature.outputs, model.modelStructuredOutputKeys,
+    meta.outputs);
+  if (rule.retake && rule.retake.ood && !nodes.ood_score) {
+    throw new Error('metadata.json has an out-of-distribution gate but the model has no ood_score output');
+  }
   predictPixels(new Uint8Array(meta.input.height * meta.input.width), 1); // warm-up: compile kernels
   const detail = await backendDetail(backend);
-  footer(detail);
+  about(detail);
   wire();
-  setStatus('Ready');
-  return { backend, detail };
+  const restored = restore();
+  setStatus(restored ? `Ready · ${restored} earlier result${restored === 1 ? '' : 's'} kept on this device (Clear removes them)`
+    : 'Ready');
+  return { backend, detail, nodes };
 }
 
 const ready = main().catch((err) => {
@@ -271,10 +613,16 @@ const ready = main().catch((err) => {
 window.inspector = {
   ready,
   predictPixels,
-  /** base64 image bytes -> result without the pixel array (for the parity check). */
+  /** base64 image bytes -> the page's result for it (route, reason, probability, ood_score, stats, input pixels). */
   async inspectBase64(b64) {
     const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
     const { input, ...r } = await inspectBlob(new Blob([bytes]));
-    return { ...r, input: Array.from(input) };
+    return { ...r, input: input ? Array.from(input) : null };
   },
+  /** Resolves when every queued photo has been inspected. */
+  idle: () => queue,
+  memory: () => tf.memory(),
+  rows: () => rows.map(({ thumb, ...r }) => ({ ...r, has_thumb: Boolean(thumb) })),
+  csv: () => csvText(csvRows()),
+  save: saveNow,
 };

@@ -118,24 +118,3 @@ export function features(gray, size) {
   const lmean = ls / m;
   return { brightness: mean, contrast: Math.sqrt(v / n), sharpness: ls2 / m - lmean * lmean };
 }
-
-/** Names of the statistics outside the reference range of metadata.drift, e.g. ["brightness high"]. */
-export function driftFlags(stats, drift) {
-  const flags = [];
-  if (!drift || !drift.features) return flags;
-  for (const [name, range] of Object.entries(drift.features)) {
-    if (!(name in stats)) continue;
-    if (stats[name] < range.min) flags.push(`${name} low`);
-    else if (stats[name] > range.max) flags.push(`${name} high`);
-  }
-  return flags;
-}
-
-/** Verdict for one probability: the threshold decides; with a review band, the band decides routing. */
-export function verdict(probability, threshold, band, classes = ['ok', 'defect']) {
-  const [negative, positive] = classes;
-  const label = probability >= threshold ? positive : negative;
-  if (!band) return { label, route: label === positive ? 'reject' : 'pass' };
-  const route = probability < band.low ? 'pass' : probability >= band.high ? 'reject' : 'review';
-  return { label, route };
-}
