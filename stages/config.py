@@ -126,6 +126,9 @@ class TrainParams(_Strict):
     normalize: Literal["per_image", "none"]
     seed: int
     class_weight: Literal["balanced", "none"]
+    input: Literal["stream", "memory"]                   # stream = on-disk shards through tf.data
+    shuffle_buffer: int = Field(..., ge=1)               # images in the streaming shuffle buffer
+    shard_images: int = Field(..., ge=1)                 # images per shard file (stage shards)
     augment: AugmentParams
     mlflow_experiment: str = Field(..., min_length=1)
 
