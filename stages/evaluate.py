@@ -179,7 +179,7 @@ def main() -> None:
     from stages.models import load_model
     from stages.ood import GATE, METHOD, distances, feature_extractor, fit, save_gate, serving_model
     from stages.route import make_rule
-    from stages.tracking import resume_run
+    from stages.tracking import stage_run
     from stages.train import MODEL
 
     pos, neg = params.data.positive_class, params.data.negative_class
@@ -292,7 +292,7 @@ def main() -> None:
         write_csv(out.path(files["ood"]), ood_rows, list(ood_rows[0]))
 
     rt = metrics["route"]["test"]
-    with resume_run() as mlflow:
+    with stage_run("evaluate", params) as mlflow:  # train's run, or a child run when params changed
         mlflow.log_metric("threshold", threshold)
         for split in ("val", "test"):
             mlflow.log_metrics({f"{split}_{k}": float(v) for k, v in metrics[split].items() if v is not None})

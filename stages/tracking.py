@@ -408,3 +408,82 @@ def apply_entry(client, run_id: str, entry: dict, base: Path | None = None) -> N
 
 def run_id(run_file: Path = RUN_FILE) -> str:
     return read_json(run_file)["run_id"]
+
+
+# ---- one MLflow run per experiment -------------------------------------------------------------------------
+
+PARAMS_DIFF_TAG = "params_diff"
+
+
+def params_changed_from(params, logged: dict) -> dict[str, str]:
+    """The params (MLflow keys -> str values) whose value differs from ``logged`` (a run's params)."""
+    from stages.config import flat_params
+
+    current = {mlflow_key(k): str(v) for k, v in flat_params(params).items()}
+    return {k: v for k, v in current.items() if logged.get(k) != v}
+
+
+def experiment_run_id(stage: str, params, used: tuple[str, ...] = (), run_file: Path = RUN_FILE) -> str:
+    """The run that ``stage`` logs into: the train stage's run (``run_file``) when every param equals what train
+    logged there; otherwise a child run of it (tags ``mlflow.parentRunId`` and ``params_diff``) for exactly this
+    set of changed params, created by the first stage that needs it and found again by the later ones, so a
+    ``dvc exp run -S evaluate.min_recall=...`` that reuses the trained model gets its own run, with the params it
+    used, instead of writing into the baseline's run. The child holds the changed params and the params of each
+    stage that logged into it (``used``: dotted prefixes, default the stage's own section)."""
+    import hashlib
+    import json as _json
+
+    info = read_json(run_file)
+    parent_id = info["run_id"]
+    try:
+        _mlflow()
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(info.get("tracking_uri") or tracking_uri())
+        parent = client.get_run(parent_id)
+        diff = params_changed_from(params, parent.data.params)
+        if not diff:
+            return parent_id
+        key = hashlib.sha256(_json.dumps(sorted(diff.items())).encode()).hexdigest()[:16]
+        found = client.search_runs([parent.info.experiment_id], max_results=1,
+                                   filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
+                                                 f"tags.{PARAMS_DIFF_TAG} = '{key}'")
+        if found:
+            child = found[0]
+        else:
+            name = ", ".join(f"{k}={v}" for k, v in sorted(diff.items()))
+            base = parent.data.tags.get("mlflow.runName", parent_id[:8])
+            child = client.create_run(parent.info.experiment_id, run_name=f"{base} + {name}"[:250],
+                                      tags={"mlflow.parentRunId": parent_id, PARAMS_DIFF_TAG: key,
+                                            "changed_params": _json.dumps(diff)[:5000]})
+        from stages.config import flat_params
+        from mlflow.entities import Param, RunTag
+
+        prefixes = tuple(used) or (stage,)
+        have = child.data.params
+        todo = [Param(k, v) for k, v in ((mlflow_key(k), str(v)) for k, v in flat_params(params).items())
+                if k not in have and (k in diff or any(k == p or k.startswith(p + ".") for p in prefixes))]
+        for i in range(0, len(todo), 100):
+            client.log_batch(child.info.run_id, params=todo[i:i + 100])
+        client.log_batch(child.info.run_id, tags=[RunTag(f"stage.{stage}", "logged")])
+        return child.info.run_id
+    except Exception as exc:  # the store is down or odd: log into train's run (which reports/buffers the outage)
+        print(f"tracking: could not choose a child run for {stage} ({' '.join(str(exc).split())[:160]}); "
+              f"logging into run {parent_id}")
+        return parent_id
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params, used: tuple[str, ...] = (), run_file: Path = RUN_FILE):
+    """``resume_run`` for this experiment's run (see ``experiment_run_id``): train's run or its child run."""
+    import tempfile as _tempfile
+
+    from stages.fsutil import write_json
+
+    info = read_json(run_file)
+    info["run_id"] = experiment_run_id(stage, params, used, run_file)
+    with _tempfile.TemporaryDirectory(prefix="stage-run-") as tmp:
+        resolved = Path(tmp) / "mlflow_run.json"
+        write_json(resolved, info)
+        with resume_run(resolved) as mlflow:
+            yield mlflow
