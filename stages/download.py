@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from stages.config import DataParams, load_params
 from stages.errors import UserError, cli
+from stages.extras import copy_extras
 from stages.fsutil import sha256_file, staged_outputs, write_json
 from stages.images import encode_jpeg, iter_image_files, printable_name, undecodable_name
 from stages.sources import extract_zip, find_class_folders, kaggle_download
@@ -104,6 +105,7 @@ def main() -> None:
         info["archive_sha256"] = archive_sha
         info["dataset_sha256"] = archive_sha or copied["files_sha256"]
         info.update(copied)
+        copy_extras(data, out, Path(tmp), info)  # data.extra: further sources, merged (stages/extras.py)
         write_json(out / "SOURCE.json", info)
         print(f"download: {sum(copied['counts'].values())} files {copied['counts']} from {data.source} "
               f"(sha256 {info['dataset_sha256'][:12]}), source test folder: {copied['has_test_folder']}")

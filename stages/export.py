@@ -94,7 +94,7 @@ def main() -> None:
     from stages.models import load_model
     from stages.ood import load_gate, predict_both, serving_model
     from stages.route import CSV_COLUMNS
-    from stages.tracking import RUN_FILE, git_commit, resume_run
+    from stages.tracking import RUN_FILE, git_commit, stage_run
     from stages.train import MODEL
 
     for needed, stage in ((MODEL, "train"), (METRICS, "evaluate")):
@@ -151,7 +151,7 @@ def main() -> None:
         }
         write_json(out.path(METADATA), metadata)
         write_json(out.path(HEADLINE), headline(metrics, run, metadata))
-    with resume_run() as mlflow:
+    with stage_run("export", params) as mlflow:  # train's run, or a child run when params changed
         mlflow.log_metrics({"export_max_abs_diff": diff, "tfjs_bytes": metadata["size_bytes"]["tfjs"]})
         mlflow.log_artifact(str(METADATA), "model")
         mlflow.log_artifact(str(HEADLINE), "reports")
@@ -159,6 +159,9 @@ def main() -> None:
         mlflow.log_artifacts(str(TFJS), "model/tfjs")
     print(f"export: SavedModel vs Keras max |diff| {diff:.2e} (probability), {ood_diff:.2e} (OOD score, relative) on "
           f"{len(test.labels)} images; TF.js model {metadata['size_bytes']['tfjs']:,} bytes")
+    from stages.registry import register_after_export
+
+    register_after_export(params)  # the MLflow Model of this export and its registry version (stages/registry.py)
 
 
 def headline(metrics: dict, run: dict, metadata: dict) -> dict:

@@ -2,7 +2,7 @@
 
 Images with identical decoded pixels, and near-duplicates (see stages.dedup),
 share a group; whole groups go to one split, stratified by label, from a seed.
-Outputs: data/split/manifest.csv (path, label, split, group, sha256) and
+Outputs: data/split/manifest.csv (path, label, split, group, sha256, origin) and
 reports/data.json (counts per split and class, duplicate groups, quarantined files, and the
 confound check: how well global image statistics alone separate the classes).
 """
@@ -19,6 +19,7 @@ from stages.config import SplitParams, load_params
 from stages.dedup import THUMB, group_ids, near_duplicate_pairs, thumbnails
 from stages.download import RAW, TEST_SUBFOLDER
 from stages.errors import UserError, check_interrupted, cli
+from stages.extras import add_origins
 from stages.fsutil import read_json, sha256_bytes, staged_outputs, write_csv, write_json
 from stages.images import IMAGE_EXTENSIONS, decode_gray, iter_image_files, printable_name, undecodable_name
 from stages.imagestats import FEATURES, confound_check, features
@@ -172,7 +173,8 @@ def main() -> None:
     with staged_outputs(MANIFEST, DATA_REPORT) as out:
         rows = [{"path": (RAW / r["path"]).as_posix(), "label": r["label"], "split": r["split"],
                  "group": r["group"], "sha256": r["sha256"]} for r in records]
-        write_csv(out.path(MANIFEST), rows, ["path", "label", "split", "group", "sha256"])
+        add_origins(rows, RAW)  # where each image came from: data.source or a data.extra source
+        write_csv(out.path(MANIFEST), rows, ["path", "label", "split", "group", "sha256", "origin"])
         write_json(out.path(DATA_REPORT), report)
     print(f"split: {counts}; {dup['groups']} groups ({dup['groups_with_several_images']} with several images, "
           f"{dup['exact_duplicate_groups']} exact-duplicate sets); {len(quarantined)} quarantined")
