@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import re
 import signal
 import sys
 import threading
@@ -221,7 +222,8 @@ def disk_error_message(exc: OSError, action: str = "write") -> str | None:
     """One line for a read-only / full disk / permission error, naming the path; None for other errors."""
     if exc.errno not in DISK_ERRORS:
         return None
-    where = exc.filename or os.getcwd()
+    # a staged output's temporary name -> the output's own name (data/split/.partial-1a2b3c4d.manifest.csv)
+    where = re.sub(r"\.partial-[0-9a-f]{8}\.", "", str(exc.filename)) if exc.filename else os.getcwd()
     fix = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
            errno.EROFS: "run from a writable checkout"}.get(exc.errno, "check the permissions")
     return f"cannot {action} {where}: {DISK_ERRORS[exc.errno]}; {fix} and run the stage again"
@@ -232,8 +234,11 @@ def disk_error_message(exc: OSError, action: str = "write") -> str | None:
 def _stop_exit() -> SystemExit:
     sig = _signal or signal.SIGINT
     if _published:
-        _write_stderr(f"interrupted ({signal.Signals(sig).name}) while the outputs were published: they are complete, "
-                      f"but DVC did not record them; `dvc commit {stage_name() or '<stage>'}` records them")
+        name = stage_name() or "<stage>"
+        dvc = (f", but DVC has not recorded them: `dvc commit {name}` records them, `dvc checkout {name}` goes back"
+               if os.environ.get("DVC_STAGE") else "")
+        _write_stderr(f"interrupted ({signal.Signals(sig).name}) after the outputs were published: they are "
+                      f"complete{dvc}")
     else:
         _write_stderr(f"interrupted ({signal.Signals(sig).name}): {_nothing_published()}")
     return SystemExit(EXIT_STATUS.get(sig, 130))
@@ -243,6 +248,17 @@ def _fail(message: str) -> SystemExit:
     back = way_back()
     _write_stderr(f"error: {message}" + (f" ({back})" if back else ""))
     return SystemExit(2)
+
+
+def _unexpected() -> None:
+    """A bug, not a user error: the traceback, then how to get the previous outputs back under DVC."""
+    import traceback
+
+    traceback.print_exc()
+    back = way_back()
+    if back:
+        _write_stderr(f"note: {back}")
+    raise SystemExit(1)
 
 
 def cli(main: Callable[[], None]) -> Callable[[], None]:
@@ -279,7 +295,9 @@ def cli(main: Callable[[], None]) -> Callable[[], None]:
         except OSError as exc:
             message = disk_error_message(exc)
             if message is None:
-                raise
+                _unexpected()
             raise _fail(message) from None
+        except Exception:
+            _unexpected()
 
     return wrapper

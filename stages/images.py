@@ -33,7 +33,15 @@ def header_size(data: bytes) -> tuple[int, int] | None:
     try:
         with Image.open(io.BytesIO(data)) as im:
             return int(im.size[0]), int(im.size[1])
-    except Image.DecompressionBombError as exc:  # above twice Pillow's limit: size in the message
+    except Image.DecompressionBombError as exc:  # above twice Pillow's own limit: ask the format plugin itself
+        for fmt in Image.ID:
+            factory, accept = Image.OPEN[fmt]
+            if accept is not None and not accept(data[:16]):
+                continue
+            try:
+                return tuple(int(v) for v in factory(io.BytesIO(data), "").size)
+            except Exception:  # noqa: BLE001 - not this format
+                continue
         m = re.search(r"\((\d+) pixels\)", str(exc))
         return (int(m.group(1)), 1) if m else (1 << 31, 1)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, IndexError, TypeError, EOFError):

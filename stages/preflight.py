@@ -56,8 +56,10 @@ def outputs(spec: dict) -> list[str]:
 
 
 def check_inputs(spec: dict, dvc: dict) -> None:
-    """An input another stage makes is missing: name that stage."""
-    producers = {p: name for name, s in (dvc.get("stages") or {}).items() for p in outputs(s)}
+    """An input another stage makes is missing: name that stage. Outputs of `always_changed` stages are
+    fingerprints for DVC's change detection (e.g. data/extra.json), not data a stage reads: not required."""
+    producers = {p: name for name, s in (dvc.get("stages") or {}).items() if not s.get("always_changed")
+                 for p in outputs(s)}
     for dep in _paths(spec.get("deps")):
         producer = producers.get(dep)
         if producer and not Path(dep).exists():
@@ -79,7 +81,7 @@ def check_writable(spec: dict) -> None:
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
-            exc.filename = exc.filename or str(folder)
+            exc.filename = str(folder)
             raise UserError(disk_error_message(exc) or f"cannot write {folder} ({exc.strerror}); "
                             "run the stage from a writable checkout") from None
 

@@ -76,7 +76,7 @@ def extract_zip(zip_path: Path, dest: Path, expected_sha256: str | None, quarant
             except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as exc:
                 if target.exists():
                     target.unlink()
-                reason = f"corrupt archive member ({type(exc).__name__}: {' '.join(str(exc).split())[:100]})"
+                reason = f"corrupt archive member ({' '.join(str(exc).split())[:100] or type(exc).__name__})"
                 if quarantined is None:
                     raise UserError(f"{zip_path}: {m.filename}: {reason}; re-download the archive") from None
                 quarantined.append({"path": m.filename, "reason": reason})
