@@ -676,7 +676,7 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     t0 = time.perf_counter()
     from stages.browser import chromium
-    from stages.tracking import resume_run
+    from stages.tracking import stage_run
 
     if not Path(params.web.chromium).exists():
         raise UserError(f"Chromium not found at {params.web.chromium} (it prints reports/report.pdf); install it "
@@ -690,7 +690,7 @@ def main() -> None:
         with chromium(params.web.chromium) as browser:
             pages = print_pdf(browser, out.path(REPORT), out.path(PDF),
                               f"Casting inspection report, model {meta.get('version', '?')}, commit {commit[:12]}")
-    with resume_run() as mlflow:
+    with stage_run("report", params) as mlflow:  # train's run, or a child run when params changed
         mlflow.log_artifact(str(REPORT), "reports")
         mlflow.log_artifact(str(PDF), "reports")
         mlflow.log_metric("report_seconds", time.perf_counter() - t0)
