@@ -30,10 +30,11 @@ results: install      ## the README "Results" run: the local Kaggle mirror, per-
 
 bench: install        ## the benchmark: whole pipeline on $(MIRROR), then SavedModel speed -> reports/benchmark.{json,md}
 	$(ACTIVATE) python tools/bench.py --data $(MIRROR)
+	$(ACTIVATE) python tools/bench.py --memory-scaling --data $(MIRROR)   # train stage: peak memory + images/s, data vs a 10x set, streamed vs in memory
 	$(ACTIVATE) python tools/bench_predict.py --model models   # batch CLI: images/s and peak memory at 2,000 / 20,000 files
 
 serve: install        ## serve the browser bundle models/web on http://$(HOST):$(PORT)/ (after `make run`; HOST=0.0.0.0 for the network, with a warning)
 	$(ACTIVATE) python -m stages.browser models/web --port $(PORT) --host $(HOST)
 
 clean:
-	rm -rf data/raw data/split models/* reports/* mlflow.db mlruns
+	rm -rf data/raw data/split data/shards models/* reports/* mlflow.db mlruns

@@ -1,6 +1,9 @@
 """Benchmark: the whole pipeline on a dataset, then the exported model's speed on this CPU.
 
 Usage: python tools/bench.py [--data ZIP_OR_FOLDER] [--skip-repro] [-S key=value ...]
+       python tools/bench.py --memory-scaling [--data ZIP_OR_FOLDER] [--scale 10] [--scratch DIR]
+         (tools/bench_memory.py: the train stage's peak memory and images/s on the data and on a 10x larger
+         set, streamed from the shards and with the whole split in memory; adds a section to the reports)
 Runs tools/timed_repro.py (wall time and peak memory per stage) with data.source=local, then measures
 the SavedModel's throughput at batch 64 and single-image latency (medians of repeated runs, after
 warm-up), and writes reports/benchmark.json and reports/benchmark.md with the machine it ran on.
@@ -13,6 +16,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -89,14 +93,49 @@ def markdown(b: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_reports(bench: dict) -> str:
+    """reports/benchmark.{json,md}; a memory-scaling section from an earlier --memory-scaling run is kept."""
+    from tools.bench_memory import markdown as memory_markdown
+
+    path = Path("reports/benchmark.json")
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    if "memory_scaling" not in bench and "memory_scaling" in previous:
+        bench = {**bench, "memory_scaling": previous["memory_scaling"]}
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(bench, indent=2) + "\n")
+    md = markdown(bench) if "stage_seconds" in bench else ""
+    if "memory_scaling" in bench:
+        md += ("\n" if md else "") + memory_markdown(bench["memory_scaling"])
+    Path("reports/benchmark.md").write_text(md)
+    return md
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", default=str(ROOT.parent / "shared/datasets/casting-product-train.zip"))
     ap.add_argument("--skip-repro", action="store_true", help="measure the outputs already in place")
     ap.add_argument("-S", dest="set", action="append", default=[])
+    ap.add_argument("--memory-scaling", action="store_true",
+                    help="train 1 epoch on --data and on a --scale times larger set, streamed and in memory")
+    ap.add_argument("--scale", type=int, default=10, help="--memory-scaling: size of the larger set")
+    ap.add_argument("--scratch", default=str(Path(tempfile.gettempdir()) / "inspection-bench-memory"),
+                    help="--memory-scaling: scratch folder (the generated set is reused from here)")
+    ap.add_argument("--skip-memory-larger", action="store_true",
+                    help="--memory-scaling: do not train the whole-array path on the larger set")
     args = ap.parse_args()
     os.chdir(ROOT)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.memory_scaling:
+        from tools.bench_memory import measure
+
+        if not Path(args.data).exists():
+            sys.exit(f"error: {args.data} not found; pass --data with the Kaggle zip or a folder of class folders")
+        result = measure(Path(args.data).resolve(), Path(args.scratch), args.scale,
+                         memory_on_larger=not args.skip_memory_larger)
+        previous = Path("reports/benchmark.json")
+        print(write_reports({**(json.loads(previous.read_text()) if previous.exists() else {}),
+                             "memory_scaling": result}))
+        return
     if not args.skip_repro:
         if not Path(args.data).exists():
             sys.exit(f"error: {args.data} not found; pass --data with the Kaggle zip or a folder of class folders")
@@ -128,10 +167,7 @@ def main() -> None:
         "browser": (json.loads(Path("reports/export/browser_benchmark.json").read_text())["backends"]
                     if Path("reports/export/browser_benchmark.json").exists() else None),
     }
-    Path("reports/benchmark.json").write_text(json.dumps(bench, indent=2) + "\n")
-    md = markdown(bench)
-    Path("reports/benchmark.md").write_text(md)
-    print(md)
+    print(write_reports(bench))
 
 
 if __name__ == "__main__":
