@@ -40,6 +40,12 @@ VENDOR = {  # bundle file -> file in web/node_modules
     "vendor/tfjs-backend-wasm-threaded-simd.wasm":
         "@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-threaded-simd.wasm",
 }
+# the vendored runtime's licences travel with it (the npm packages ship none; both declare Apache-2.0, whose text
+# is the project's LICENSE); bundle file -> file in the repository
+VENDOR_LICENSES = {
+    "vendor/LICENSE-Apache-2.0.txt": Path(__file__).resolve().parents[1] / "LICENSE",
+    "vendor/THIRD_PARTY_NOTICES.txt": Path(__file__).resolve().parents[1] / "web/THIRD_PARTY_NOTICES.txt",
+}
 
 
 def node_modules_dir() -> Path:
@@ -88,6 +94,8 @@ def build_bundle(dest: Path, metadata: dict, tfjs: Path = Path("models/tfjs"), m
     for rel, pkg_file in VENDOR.items():
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(Path(modules) / pkg_file, dest / rel)
+    for rel, repo_file in VENDOR_LICENSES.items():
+        shutil.copy2(repo_file, dest / rel)
     packages = [read_json(Path(modules) / pkg / "package.json")
                 for pkg in ("@tensorflow/tfjs", "@tensorflow/tfjs-backend-wasm")]
     write_json(dest / "vendor/VERSIONS.json", {p["name"]: {"version": p["version"], "license": p.get("license")}
