@@ -17,6 +17,7 @@ from stages.errors import UserError, cli
 from stages.extras import copy_extras
 from stages.fsutil import sha256_file, staged_outputs, write_json
 from stages.images import encode_jpeg, iter_image_files, printable_name, undecodable_name
+from stages.paths import resolve_user_path
 from stages.sources import extract_zip, find_class_folders, kaggle_download
 from stages.synthetic import generate
 
@@ -75,13 +76,15 @@ def main() -> None:
         quarantined: list[dict] = []  # corrupt archive members, file names that are not UTF-8
         if data.source == "kaggle":
             root = kaggle_download(data.kaggle.dataset, data.kaggle.version)
-            info.update(dataset=data.kaggle.dataset, version=data.kaggle.version, path=str(root))
+            # not the cache folder: SOURCE.json (and so data/raw's hash in dvc.lock) must not depend on the machine
+            info.update(dataset=data.kaggle.dataset, version=data.kaggle.version)
             archive_sha = None
         elif data.source == "local":
-            path = Path(data.local.path).expanduser()
+            # relative to the main workspace, also from a `dvc exp run --temp`/queue workspace (stages/paths.py)
+            path = resolve_user_path(data.local.path)
             if not path.exists():
                 raise UserError(f"data.local.path {path} does not exist; set it to a .zip or a folder of class folders")
-            info.update(path=str(path))
+            info.update(path=str(data.local.path))  # as written in params.yaml: no machine-specific folder
             if path.is_file():
                 if path.suffix.lower() != ".zip":
                     raise UserError(f"data.local.path {path} is a file but not a .zip; give a .zip or a folder")

@@ -51,7 +51,38 @@ def _mlflow():
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(tracking_uri())
+    _init_sqlite_store(tracking_uri())
     return mlflow
+
+
+_READY: set[str] = set()
+
+
+def _init_sqlite_store(uri: str) -> None:
+    """Create or upgrade a sqlite store under an exclusive file lock (``<db>.lock`` beside it). Two stages
+    opening a new mlflow.db at the same moment (``dvc queue start -j 2``) would both run MLflow's schema
+    migrations and one would fail ('table ... already exists'); once the schema exists, opening is safe."""
+    if not uri.startswith("sqlite:///") or uri in _READY:
+        return
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(db.with_name(db.name + ".lock"), "a")
+    except OSError:
+        return  # an unusable folder is reported by the store check / the first call
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)  # creates/migrates the schema
+        except Exception:  # noqa: BLE001 - the caller's first real call reports it in its own words
+            return
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _READY.add(uri)
 
 
 def mlflow_key(key: str) -> str:

@@ -69,7 +69,8 @@ def saved_model_speed(images: np.ndarray, batch: int = 64, repeats: int = 7, sin
 
 def markdown(b: dict) -> str:
     t, m, s, tr = b["stage_seconds"], b["test"], b["saved_model"], b["training"]
-    stage_names = [k for k in t if k not in ("total", "peak_rss_mib_after_stage")]
+    stage_names = [k for k, v in t.items() if k not in ("total", "peak_rss_mib", "exit_code")
+                   and isinstance(v, (int, float))]
     lines = [f"Machine: {b['machine']['cpu']}, {b['machine']['cores']} cores, {b['machine']['ram_gib']} GiB RAM, "
              f"Python {b['machine']['python']}", "",
              "| " + " | ".join(stage_names) + " | total |", "|" + "---|" * (len(stage_names) + 1),
@@ -112,7 +113,8 @@ def write_reports(bench: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared/datasets/casting-product-train.zip"))
+    # relative to the repository, as params.yaml writes it: dvc.lock records the value, so no machine's folder
+    ap.add_argument("--data", default="../shared/datasets/casting-product-train.zip")
     ap.add_argument("--skip-repro", action="store_true", help="measure the outputs already in place")
     ap.add_argument("-S", dest="set", action="append", default=[])
     ap.add_argument("--memory-scaling", action="store_true",
