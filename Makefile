@@ -4,9 +4,11 @@ PYTHON ?= python3
 ACTIVATE = . $(VENV)/bin/activate &&
 MIRROR ?= ../shared/datasets/casting-product-train.zip
 PORT ?= 8000
+MLFLOW_PORT ?= 5000
+MLFLOW_DIR ?=
 HOST ?= 127.0.0.1
 
-.PHONY: install run test results bench serve clean
+.PHONY: install run test results bench serve mlflow-server clean
 
 install: $(VENV)/.installed web/node_modules/.package-lock.json
 
@@ -25,8 +27,8 @@ run: install          ## the main job: dvc repro with params.yaml as it is
 test: install         ## unit tests, data tests (skipped without the mirror) and one end-to-end dvc repro
 	$(ACTIVATE) python -m pytest -q tests
 
-results: install      ## the README "Results" run: the local Kaggle mirror, per-stage wall times
-	$(ACTIVATE) python tools/timed_repro.py -S data.source=local -S data.local.path=$(MIRROR)
+results: install      ## the README "Results" run: `dvc exp run` on the local Kaggle mirror, per-stage wall times
+	$(ACTIVATE) python tools/timed_repro.py -S data.source=local -S data.local.path=$(MIRROR)   # keep MIRROR relative: dvc.lock records it
 
 bench: install        ## the benchmark: whole pipeline on $(MIRROR), then SavedModel speed -> reports/benchmark.{json,md}
 	$(ACTIVATE) python tools/bench.py --data $(MIRROR)
@@ -36,5 +38,8 @@ bench: install        ## the benchmark: whole pipeline on $(MIRROR), then SavedM
 serve: install        ## serve the browser bundle models/web on http://$(HOST):$(PORT)/ (after `make run`; HOST=0.0.0.0 for the network, with a warning)
 	$(ACTIVATE) python -m stages.browser models/web --port $(PORT) --host $(HOST)
 
+mlflow-server: install   ## a team MLflow server: PostgreSQL backend, proxied artifacts, on 127.0.0.1:$(MLFLOW_PORT) (Ctrl-C stops it)
+	$(ACTIVATE) python tools/mlflow_server.py --port $(MLFLOW_PORT) $(if $(MLFLOW_DIR),--dir $(MLFLOW_DIR))
+
 clean:
-	rm -rf data/raw data/split data/shards models/* reports/* mlflow.db mlruns
+	rm -rf data/raw data/split data/shards models/* reports/* mlflow.db mlflow.db.lock mlruns

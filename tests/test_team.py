@@ -1,0 +1,343 @@
+"""Working as a team: DVC experiments in a queue and in temporary workspaces logging into one MLflow store,
+a DVC remote round trip (push from one clone, pull in a fresh one, nothing re-runs), and the team MLflow
+server on PostgreSQL (tools/mlflow_server.py)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, copy_repo, make_class_tree, sh
+
+GIT_ID = ["-c", "user.email=ci@example.com", "-c", "user.name=ci"]
+HANG_GUARD = 1200  # seconds: only so that a broken queue fails the test instead of hanging CI
+
+
+def tiny_repo(root: Path, **changes) -> Path:
+    """A git copy of the project with params for a few seconds per stage; ``changes``: dotted key -> value."""
+    copy_repo(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"].update(source="synthetic", synthetic={"per_class": 32, "size": 64, "seed": 5})
+    params["train"].update(image_size=32, max_epochs=1, patience=1, batch_size=16)
+    params["evaluate"]["bootstrap"]["resamples"] = 200
+    params["evaluate"]["retake"]["ood_battery_per_kind"] = 4
+    params["evaluate"]["robustness"]["perturbations"] = {
+        "exposure x1.25": {"kind": "gain", "value": 1.25, "gated": True}}
+    params["export"]["parity_images"] = 8
+    for dotted, value in changes.items():
+        node = params
+        *parents, last = dotted.split(".")
+        for k in parents:
+            node = node[k]
+        node[last] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", *GIT_ID, "commit", "-qm", "tiny"]):
+        sh(cmd, root)
+    return root
+
+
+def experiments(show: list) -> dict[str, dict]:
+    """name -> data ({params, metrics, ...}) of every experiment in `dvc exp show --json` output."""
+    found: dict[str, dict] = {}
+
+    def walk(node):
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            if node.get("name") and isinstance(node.get("data"), dict) and "params" in node["data"]:
+                found[node["name"]] = node["data"]
+            for key in ("experiments", "revs"):
+                walk(node.get(key))
+
+    walk(show)
+    return found
+
+
+def wait_for_queue(repo: Path) -> str:
+    deadline = time.monotonic() + HANG_GUARD
+    while time.monotonic() < deadline:
+        status = sh(["dvc", "queue", "status"], repo).stdout
+        if not any(word in status for word in ("Queued", "Running")):
+            return status
+        time.sleep(3)
+    sh(["dvc", "queue", "kill", "epochs1", "epochs2"], repo, check=False)
+    pytest.fail(f"the queue did not finish:\n{status}")
+
+
+def mlflow_runs(db: Path) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.get_experiment_by_name("casting-inspection")
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+# ---- experiments -------------------------------------------------------------------------------------------
+
+def test_queue_and_temp_experiments_log_into_the_main_workspace(tmp_path):
+    """Two queued experiments run side by side (`dvc queue start -j 2`) in DVC's temporary workspaces, read the
+    data through a path relative to the main workspace (../parts.zip) and log into the main workspace's
+    mlflow.db; `dvc exp run --temp` does the same. The workspace's params.yaml is never touched."""
+    parts = tmp_path / "parts"
+    make_class_tree(parts, {"defect": "defect", "ok": "ok"}, n=32, size=64)
+    with zipfile.ZipFile(tmp_path / "parts.zip", "w") as z:
+        for f in sorted(parts.rglob("*.jpeg")):
+            z.write(f, f.relative_to(parts).as_posix())
+    repo = tiny_repo(tmp_path / "repo", **{"data.source": "local", "data.local.path": "../parts.zip"})
+    params_before = (repo / "params.yaml").read_bytes()
+
+    for name, epochs in (("epochs1", 1), ("epochs2", 2)):
+        sh(["dvc", "exp", "run", "--queue", "--name", name, "--set-param", f"train.max_epochs={epochs}", "export"],
+           repo)
+    sh(["dvc", "queue", "start", "--jobs", "2"], repo)
+    status = wait_for_queue(repo)
+    logs = {n: sh(["dvc", "queue", "logs", n], repo, check=False).stdout for n in ("epochs1", "epochs2")}
+    assert status.count("Success") == 2, f"{status}\n" + "\n".join(f"--- {n}\n{t[-3000:]}" for n, t in logs.items())
+    # the two trainings really ran (no run-cache hit) and in parallel temporary workspaces
+    assert all("Running stage 'train'" in t for t in logs.values())
+
+    sh(["dvc", "exp", "run", "--temp", "--name", "temp3", "--set-param", "train.max_epochs=3", "train"], repo)
+
+    exps = experiments(json.loads(sh(["dvc", "exp", "show", "--json"], repo).stdout))
+    assert {"epochs1", "epochs2", "temp3"} <= set(exps)
+    for name, epochs in (("epochs1", 1), ("epochs2", 2), ("temp3", 3)):
+        params = exps[name]["params"]["params.yaml"]["data"]
+        assert params["train"]["max_epochs"] == epochs
+        assert params["data"]["local"]["path"] == "../parts.zip"
+    for name in ("epochs1", "epochs2"):
+        headline = exps[name]["metrics"]["reports/headline.json"]["data"]
+        assert 0 <= headline["threshold"] <= 1 and len(headline) <= 15
+
+    runs = mlflow_runs(repo / "mlflow.db")  # the main workspace's store
+    by_epochs = {r.data.params["train.max_epochs"]: r for r in runs}
+    assert set(by_epochs) == {"1", "2", "3"}, [r.data.params.get("train.max_epochs") for r in runs]
+    for epochs in ("1", "2"):  # train opened the run, evaluate and export logged into it
+        run = by_epochs[epochs]
+        assert run.info.status == "FINISHED"
+        assert "val_loss" in run.data.metrics and "test_recall" in run.data.metrics
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    assert len(client.get_metric_history(by_epochs["2"].info.run_id, "loss")) == 2
+    assert len(client.get_metric_history(by_epochs["1"].info.run_id, "loss")) == 1
+    # nothing was written into the temporary workspaces' own folders, and params.yaml is as committed
+    assert not list((repo / ".dvc/tmp/exps").rglob("mlflow.db"))
+    assert (repo / "params.yaml").read_bytes() == params_before
+    lock = sh(["git", "show", f"{experiment_rev(repo, 'epochs1')}:dvc.lock"], repo).stdout
+    assert "path: ../parts.zip" in lock and str(tmp_path) not in lock
+
+
+def experiment_rev(repo: Path, name: str) -> str:
+    found: dict[str, str] = {}
+
+    def walk(node):
+        if isinstance(node, list):
+            for item in node:
+                walk(item)
+        elif isinstance(node, dict):
+            if node.get("name") == name and node.get("rev"):
+                found[name] = node["rev"]
+            for key in ("experiments", "revs"):
+                walk(node.get(key))
+
+    walk(json.loads(sh(["dvc", "exp", "show", "--json"], repo).stdout))
+    return found[name]
+
+
+FAKE_DVC = """#!{python}
+import pathlib, subprocess, sys
+pathlib.Path({args!r}).write_text("\\n".join(sys.argv[1:]))
+print("Running stage 'a':", flush=True)
+subprocess.run([sys.executable, "-c", "x = bytearray(60 * 2**20); import time; time.sleep(0.5)"])
+print("Stage 'b' didn't change, skipping", flush=True)
+print("Running stage 'c':", flush=True)
+print("> python -m stages.c", flush=True)
+"""
+
+
+def test_timed_repro_times_the_stages_of_one_dvc_exp_run(tmp_path, monkeypatch):
+    """tools/timed_repro.py runs `dvc exp run` (here a stand-in `dvc` that prints what DVC prints), times the
+    stages from its output and never writes params.yaml (a no-op override is not passed on)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import timed_repro
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dvc").write_text(FAKE_DVC.format(python=sys.executable, args=str(tmp_path / "args.txt")))
+    (bin_dir / "dvc").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    params = tmp_path / "params.yaml"
+    params.write_text("# comment\ntrain:\n  max_epochs: 14   # kept\n  augment: {gain: [0.6, 1.5]}\n")
+    overrides = timed_repro.without_noops(["train.max_epochs=14", "train.max_epochs=2", "train.seed=0"], params)
+    assert overrides == ["train.max_epochs=2", "train.seed=0"]
+    assert timed_repro.absolute_path_overrides(["data.local.path=/abs/x.zip", "data.local.path=../x.zip"]) == \
+        ["data.local.path=/abs/x.zip"]
+    before = params.read_bytes()
+    t = timed_repro.run(overrides, "n1", True, tmp_path / "timings.json", ["c"])
+    assert (tmp_path / "args.txt").read_text().split("\n") == [
+        "exp", "run", "--force", "--name", "n1", "--set-param", "train.max_epochs=2", "--set-param", "train.seed=0", "c"]
+    assert t["ran"] == {"a": True, "b": False, "c": True} and t["exit_code"] == 0
+    assert {"a", "c", "total"} <= set(t) and "b" not in t
+    assert set(t["peak_rss_mib_by_stage"]) == {"a", "c"}
+    assert json.loads((tmp_path / "timings.json").read_text()) == t
+    assert params.read_bytes() == before
+
+
+# ---- a DVC remote ------------------------------------------------------------------------------------------
+
+def always_changed(repo: Path) -> set[str]:
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    return {name for name, s in stages.items() if s.get("always_changed")}
+
+
+def test_remote_round_trip_needs_no_rerun(e2e_repo, tmp_path):
+    """Push outputs and run-cache from one clone to a local-directory remote; a fresh `git clone` + `dvc pull`
+    is up to date and `dvc repro` re-runs nothing."""
+    src = tmp_path / "src"
+    shutil.copytree(e2e_repo, src, symlinks=True)
+    remote = tmp_path / "remote"
+    sh(["dvc", "remote", "add", "--default", "team", str(remote)], src)
+    sh(["git", "add", ".dvc/config", "dvc.lock"], src)
+    sh(["git", *GIT_ID, "commit", "-qm", "lock and remote"], src)
+    sh(["dvc", "push", "--run-cache"], src)
+    assert any(remote.rglob("*")), "nothing was pushed"
+
+    clone = tmp_path / "clone"
+    sh(["git", "clone", "-q", str(src), str(clone)], tmp_path)
+    assert not (clone / "models/model.keras").exists()
+    pulled = sh(["dvc", "pull"], clone)
+    assert (clone / "models/model.keras").exists() and (clone / "reports/headline.json").exists(), pulled.stdout
+
+    # up to date: only a stage declared always_changed may be listed
+    status = json.loads(sh(["dvc", "status", "--json"], clone).stdout)
+    assert set(status) <= always_changed(clone), status
+    lock_before = (clone / "dvc.lock").read_text()
+    repro = sh(["dvc", "repro"], clone)
+    ran = {line.split("'")[1] for line in repro.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran <= always_changed(clone), repro.stdout[-3000:]
+    assert "Running stage 'train'" not in repro.stdout
+    assert (clone / "dvc.lock").read_text() == lock_before
+    status = json.loads(sh(["dvc", "status", "--json"], clone).stdout)
+    assert set(status) <= always_changed(clone), status
+
+
+# ---- the team MLflow server on PostgreSQL ------------------------------------------------------------------
+
+def postgres_available() -> bool:
+    sys.path.insert(0, str(REPO / "tools"))
+    import mlflow_server
+
+    try:
+        mlflow_server.pg_bin()
+        import psycopg2  # noqa: F401
+        return True
+    except (mlflow_server.Failure, ImportError):
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_server_on_postgresql(e2e_repo, tmp_path):
+    """make mlflow-server: start it, train against it (dvc repro), read the run back through the REST API,
+    stop it with Ctrl-C: the server, the cluster and the work folder are gone."""
+    if not postgres_available():
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail("REQUIRE_POSTGRES=1 but PostgreSQL or psycopg2 is missing: apt-get install postgresql")
+        pytest.skip("PostgreSQL not installed (apt-get install postgresql)")
+    repo = tmp_path / "repo"
+    shutil.copytree(e2e_repo, repo, symlinks=True)
+    server = subprocess.Popen([sys.executable, str(REPO / "tools/mlflow_server.py"), "--port", str(free_port())],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read():
+        for line in server.stdout:
+            lines.append(line)
+            if line.startswith("export MLFLOW_TRACKING_URI="):
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        ready.wait(HANG_GUARD)
+        uri = next((ln.split("=", 1)[1].strip() for ln in lines if ln.startswith("export MLFLOW_TRACKING_URI=")), None)
+        assert uri, "".join(lines)
+        work = Path(next(ln for ln in lines if "work folder " in ln).rsplit("work folder ", 1)[1].strip())
+        env = dict(os.environ, MLFLOW_TRACKING_URI=uri,
+                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+        res = subprocess.run(["dvc", "repro", "--force", "--single-item", "train"], cwd=repo, env=env,
+                             capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+        import mlflow
+
+        info = json.loads((repo / "models/mlflow_run.json").read_text())
+        assert info["tracking_uri"] == uri
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        run = client.get_run(info["run_id"])
+        assert run.data.params["train.image_size"] == "64" and run.info.status == "FINISHED"
+        assert "val_loss" in run.data.metrics
+        assert len(client.get_metric_history(run.info.run_id, "loss")) >= 1
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied through the server
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "reports/train")] == ["reports/train/history.csv"]
+        assert list((work / "artifacts").rglob("history.csv"))
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            code = server.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            raise
+    assert code == 0, "".join(lines)
+    assert not work.exists()
+    port = int(uri.rsplit(":", 1)[1])
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # the server is gone
+
+
+# ---- licences ----------------------------------------------------------------------------------------------
+
+def test_one_licence_everywhere_and_the_vendored_notices_ship_with_the_bundle(tmp_path):
+    import tomllib
+
+    from stages.web import VENDOR_LICENSES, build_bundle, node_modules_dir
+
+    licence = (REPO / "LICENSE").read_text()
+    assert "Apache License" in licence and "Version 2.0, January 2004" in licence
+    declared = {
+        "pyproject.toml": tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["license"]["text"],
+        "web/package.json": json.loads((REPO / "web/package.json").read_text())["license"],
+        "web/package-lock.json": json.loads((REPO / "web/package-lock.json").read_text())["packages"][""]["license"],
+    }
+    assert set(declared.values()) == {"Apache-2.0"}, declared
+    # the notices name the locked versions of what the bundle vendors
+    locked = json.loads((REPO / "web/package-lock.json").read_text())["packages"]
+    notices = (REPO / "web/THIRD_PARTY_NOTICES.txt").read_text()
+    for pkg in ("@tensorflow/tfjs", "@tensorflow/tfjs-backend-wasm"):
+        assert f"{pkg} {locked['node_modules/' + pkg]['version']} - {locked['node_modules/' + pkg]['license']}" in notices
+    modules = node_modules_dir()
+    if not (modules / "@tensorflow/tfjs/package.json").exists():
+        pytest.skip("web/node_modules not installed (make install)")
+    tfjs = tmp_path / "tfjs"
+    tfjs.mkdir()
+    (tfjs / "model.json").write_text("{}")
+    build_bundle(tmp_path / "web", {}, tfjs=tfjs, modules=modules)
+    for rel, src in VENDOR_LICENSES.items():
+        assert (tmp_path / "web" / rel).read_bytes() == Path(src).read_bytes()
