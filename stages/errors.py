@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -25,7 +26,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 
 class UserError(Exception):
@@ -58,17 +59,56 @@ def check_interrupted() -> None:
         raise KeyboardInterrupt
 
 
-def mark_published() -> None:
-    global _published
-    _published = True
+_committing = False
 
 
-def _handler(signum, frame):
+@contextlib.contextmanager
+def publishing() -> Iterator[None]:
+    """Around the renames that publish a stage's outputs: refused after a stop signal; a signal arriving
+    during them is acted on when they are done (all outputs or none), and the forced exit waits for them."""
+    global _committing, _published
+    with publish_lock:
+        check_interrupted()
+        _committing = True
+        try:
+            yield
+            _published = True
+        finally:
+            _committing = False
+    check_interrupted()
+
+
+_deadline_started = threading.Lock()
+
+
+def _note_signal(signum: int) -> None:
+    """Record the stop signal and start the deadline (once), from whichever thread learns of it first."""
     global _signal
     if _signal is None:
         _signal = signum
+    if _deadline_started.acquire(blocking=False):
         threading.Thread(target=_force_exit_later, name="stop-deadline", daemon=True).start()
+
+
+def _handler(signum, frame):
+    _note_signal(signum)
+    if _committing:  # publishing() raises it once the renames are done
+        return
     raise KeyboardInterrupt
+
+
+def _watch_wakeup_fd(fd: int) -> None:
+    """Python runs signal handlers only in the main thread, between bytecodes: a main thread stuck in native
+    code (a long TensorFlow op) would never start the deadline. The C-level handler also writes the signal
+    number to this pipe, so this thread starts it."""
+    while True:
+        try:
+            data = os.read(fd, 64)
+        except OSError:
+            return
+        for signum in data:
+            if signum in EXIT_STATUS:
+                _note_signal(signum)
 
 
 def _force_exit_later() -> None:
@@ -97,6 +137,13 @@ def install_signal_handlers() -> None:
     signal.signal(signal.SIGINT, _handler)
     signal.signal(signal.SIGTERM, _handler)
     sys.unraisablehook = _unraisable
+    try:
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        threading.Thread(target=_watch_wakeup_fd, args=(r,), name="signal-watch", daemon=True).start()
+    except (OSError, ValueError):
+        pass
 
 
 SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "fish"}
@@ -250,6 +297,17 @@ def _fail(message: str) -> SystemExit:
     return SystemExit(2)
 
 
+def _exit_now(code: int) -> None:
+    """After a stop signal: outputs are discarded and the message is out, so skip the interpreter's slow
+    teardown (TensorFlow's threads and atexit hooks take seconds) and stop at once."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
 def _unexpected() -> None:
     """A bug, not a user error: the traceback, then how to get the previous outputs back under DVC."""
     import traceback
@@ -273,25 +331,19 @@ def cli(main: Callable[[], None]) -> Callable[[], None]:
         watch_parent()
         try:
             from stages.preflight import preflight
+            from stages.tracking import configure_http
 
+            configure_http()  # MLflow's HTTP retries in seconds, not minutes, for every entry point
             preflight(stage_name())
             main()
             if _signal is not None:  # the interrupt was swallowed somewhere; commit refused to publish
                 raise KeyboardInterrupt
         except UserError as exc:
             if _signal is not None:
-                raise _stop_exit() from None
+                _exit_now(_stop_exit().code)
             raise _fail(str(exc)) from None
         except KeyboardInterrupt:
-            code = _stop_exit().code
-            # outputs are discarded and the message is out: skip the interpreter's slow teardown (TensorFlow's
-            # threads and atexit hooks take seconds) so a stop is prompt
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except Exception:
-                    pass
-            os._exit(code)
+            _exit_now(_stop_exit().code)
         except OSError as exc:
             message = disk_error_message(exc)
             if message is None:

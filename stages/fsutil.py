@@ -13,13 +13,11 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import threading
 import uuid
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
-from stages.errors import UserError, check_interrupted, disk_error_message, mark_published, publish_lock
+from stages.errors import UserError, check_interrupted, disk_error_message, publishing
 
 
 class StagedOutputs:
@@ -54,20 +52,10 @@ class StagedOutputs:
         missing = [str(o) for o, t in self._tmp.items() if not t.exists()]
         if missing:
             raise RuntimeError(f"stage did not write its outputs: {missing}")
-        main = threading.current_thread() is threading.main_thread()
-        stops = {signal.SIGINT, signal.SIGTERM}
-        if main:  # a signal during the renames is handled after them: all outputs or none
-            signal.pthread_sigmask(signal.SIG_BLOCK, stops)
-        try:
-            with publish_lock:
-                check_interrupted()
-                for out, tmp in self._tmp.items():
-                    remove(out)
-                    os.replace(tmp, out)
-                mark_published()
-        finally:
-            if main:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+        with publishing():  # a signal during the renames is acted on after them: all outputs or none
+            for out, tmp in self._tmp.items():
+                remove(out)
+                os.replace(tmp, out)
 
     def discard(self) -> None:
         for tmp in self._tmp.values():

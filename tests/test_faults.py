@@ -340,6 +340,13 @@ def test_evaluate_without_a_model(tmp_path):
            "models/model.keras is missing; run the train stage first")
 
 
+@pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None, reason="Node.js is not installed")
+def test_web_before_its_inputs(tmp_path):
+    root = project(tmp_path, **{"web.chromium": sys.executable})  # any executable passes the tool check
+    record("python -m stages.web before its inputs", stage(root, "web"), 2,
+           ("data/raw is missing", "run the download stage first"))
+
+
 def test_web_without_chromium_fails_before_the_node_check(tmp_path):
     root = project(tmp_path, **{"web.chromium": str(tmp_path / "no-chromium")})
     run = stage(root, "web")
@@ -488,6 +495,15 @@ def test_tracking_server_down(split_project):
     run = stage(root, "train", MLFLOW_TRACKING_URI=uri)
     record("MLFLOW_TRACKING_URI=http://127.0.0.1:<dead port>", run, 2,
            (uri, "connection refused", "start the server", "unset MLFLOW_TRACKING_URI"))
+
+
+def test_tracking_server_that_never_answers(split_project):
+    with socket.socket() as hung:  # accepts connections (kernel backlog) but never answers
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        uri = f"http://127.0.0.1:{hung.getsockname()[1]}"
+        run = stage(split_project, "train", MLFLOW_TRACKING_URI=uri)
+    record("tracking server that accepts but never answers", run, 2, (uri, "no answer within 3 s"))
 
 
 @pytest.mark.parametrize("fault,uri,expect", [
@@ -640,6 +656,40 @@ def test_interrupt_inside_a_gc_callback_is_not_lost(tmp_path):
     record("Ctrl-C landing in a gc callback (the _xla_gc_callback case)", run, 130, "interrupted (SIGINT)")
     assert "Exception ignored" not in err
     assert (tmp_path / "out.txt").read_text() == "old" and not partials(tmp_path)
+
+
+STUCK_STAGE = """
+import ctypes, signal, sys
+from pathlib import Path
+import stages.errors as errors
+from stages.errors import cli
+from stages.fsutil import staged_outputs
+
+errors.GRACE_SECONDS = 2.0
+def main():
+    with staged_outputs(Path("out.txt")) as out:
+        out.path(Path("out.txt")).write_text("new")
+        # native code that does not return for a minute (like a long TensorFlow op): Python cannot run its
+        # signal handler in this thread until it returns
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        print("ready", flush=True)
+        ctypes.CDLL(None).sleep(60)
+cli(main)()
+"""
+
+
+def test_stage_stuck_in_native_code_is_ended(tmp_path):
+    (tmp_path / "out.txt").write_text("old")
+    proc = subprocess.Popen([sys.executable, "-c", STUCK_STAGE], cwd=tmp_path, env=env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.perf_counter()
+    out, err = proc.communicate(timeout=WAIT)
+    run = Run(proc.returncode, out, err, time.perf_counter() - t0)
+    record("SIGTERM while stuck in native code (grace 2 s here, 15 s in stages)", run, 143,
+           ("still running", "stopping now", "nothing was published"))
+    assert (tmp_path / "out.txt").read_text() == "old"
 
 
 # ---- under DVC: the parent dies, a way back ------------------------------------------------------------------

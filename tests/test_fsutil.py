@@ -64,3 +64,46 @@ cli(main)()
     _, err = proc.communicate(timeout=20)
     assert proc.returncode == 143 and "interrupted (SIGTERM): nothing was published" in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_publishing_after_a_stop_signal(tmp_path, monkeypatch):
+    import signal
+
+    from stages import errors
+
+    a = tmp_path / "a.json"
+    a.write_text("old")
+    monkeypatch.setattr(errors, "_signal", signal.SIGINT)  # e.g. a Ctrl-C that something swallowed
+    with pytest.raises(KeyboardInterrupt):
+        with staged_outputs(a) as out:
+            errors._signal = None
+            out.path(a).write_text("new")
+            errors._signal = signal.SIGINT
+    assert a.read_text() == "old" and list(tmp_path.glob(".partial*")) == []
+
+
+def test_a_signal_during_the_renames_waits_for_them(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from stages import errors
+
+    monkeypatch.setattr(errors, "_signal", None)
+    monkeypatch.setattr(errors, "_published", False)
+    monkeypatch.setattr(errors, "_note_signal", lambda s: setattr(errors, "_signal", s))  # no deadline thread
+    real_replace, renamed = os.replace, []
+
+    def replace(src, dst):
+        if not renamed:
+            errors._handler(signal.SIGTERM, None)  # SIGTERM right after the first rename started
+        renamed.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    a, b = tmp_path / "a.json", tmp_path / "b.csv"
+    with pytest.raises(KeyboardInterrupt):
+        with staged_outputs(a, b) as out:
+            out.path(a).write_text("new a")
+            out.path(b).write_text("new b")
+    assert a.read_text() == "new a" and b.read_text() == "new b"  # all outputs, not half
+    assert errors._published
