@@ -311,7 +311,7 @@ def main() -> None:
             chrome_prepared["routes"] = [decide(p, st, q, rule) for p, st, q in
                                          zip(chrome_prepared["defect_probability"], py_stats, o)]
         runs[f"chromium {chrome['backend']}"] = chrome_prepared
-        runs["chromium page (browser decode + resize + route.js)"] = chrome["page"]
+        runs["chromium page (browser decode + resize)"] = chrome["page"]
         checks = {name: compare(saved, run, py_routes, threshold) for name, run in runs.items()}
         worst = max(c["max_abs_diff"] for c in checks.values())
         worst_ood = max((c.get("ood_max_rel_diff", 0.0) for c in checks.values()), default=0.0)

@@ -139,18 +139,14 @@ def open_page(browser, server):
     """open_page(width) -> a fresh page on the inspector with empty storage, model loaded."""
     pages = []
 
-    def opener(width: int = 1366, clear: bool = True):
+    def opener(width: int = 1366):
         ctx = browser.new_context(viewport={"width": width, "height": 900 if width > 600 else 844},
                                   accept_downloads=True, has_touch=width < 600)
         page = ctx.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(server)
+        page.goto(server)  # a new browser context: empty localStorage and IndexedDB
         page.evaluate("() => window.inspector.ready")
-        if clear:
-            page.evaluate("() => { localStorage.clear(); }")
-            page.reload()
-            page.evaluate("() => window.inspector.ready")
         page.errors = errors
         pages.append(ctx)
         return page
@@ -217,6 +213,20 @@ def test_clear_and_unreadable_files_never_leave_a_stale_verdict(open_page, photo
     page.reload()
     page.evaluate("() => window.inspector.ready")
     assert banner(page)["hidden"] and table(page) == []
+
+
+def test_unreadable_files_get_the_batch_clis_reasons(open_page, tmp_path):
+    """Empty, undecodable and too-small files: RETAKE rows with the reason stages.images.decode_gray gives."""
+    from stages.browser import upload
+    from stages.images import decode_gray
+
+    files = [tmp_path / "empty.jpg", tmp_path / "text.png", write_photo(tmp_path / "tiny.png", photo(100, 1, size=20))]
+    files[0].write_bytes(b"")
+    files[1].write_text("hello")
+    page = open_page(1366)
+    rows = upload(page, files)
+    assert [r["reason"] for r in rows] == [f"unreadable: {decode_gray(f.read_bytes())[1]}" for f in files]
+    assert all(r["route"] == "RETAKE" and r["probability"] is None for r in rows)
 
 
 def visible_targets(page) -> list[dict]:
@@ -304,17 +314,17 @@ def test_results_survive_a_reload_until_clear(open_page, photos):
 def python_rows(tiny, files: list[Path]) -> list[dict]:
     """What the batch CLI computes for these files: the SavedModel's outputs, stages.route.decide, csv_row."""
     from stages.export import saved_model_outputs
-    from stages.images import resize
+    from stages.images import decode_gray, resize
     from stages.imagestats import features
     from stages.route import camera_reasons, csv_row, decide
 
     meta, rule = tiny["meta"], tiny["meta"]["route"]
     out = []
     for f in files:
-        img = cv2.imdecode(np.frombuffer(f.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
+        img, why = decode_gray(f.read_bytes())
         if img is None:
-            out.append(csv_row(f.name, "RETAKE", "unreadable: not a decodable image", None, rule["threshold"], None,
-                               None, [], meta["version"], ""))
+            out.append(csv_row(f.name, "RETAKE", f"unreadable: {why}", None, rule["threshold"], None, None, [],
+                               meta["version"], ""))
             continue
         x = resize(img, SIZE)
         o = saved_model_outputs(tiny["saved"], x[None])

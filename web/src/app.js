@@ -14,6 +14,7 @@ const BACKENDS = ['wasm', 'webgl', 'cpu']; // fastest first on a PC without a GP
 const STORE = 'casting-inspector/results';
 const WHO = 'casting-inspector/who';
 const THUMB = 64; // stored thumbnail side, px
+const MIN_SIDE = 32; // stages/images.py MIN_SIDE: smaller photos are unreadable for every consumer
 
 let model;
 let meta;
@@ -83,6 +84,7 @@ function predictPixels(pixels, n) {
 // ----- one photo -------------------------------------------------------------------------------
 /** Image bytes (a File or Blob) -> gray pixels at full resolution, without colour management. */
 async function decodeGray(blob) {
+  if (!blob.size) throw Object.assign(new Error('empty file'), { unreadable: true });
   let bitmap;
   try {
     bitmap = await createImageBitmap(blob, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
@@ -100,8 +102,11 @@ async function decodeGray(blob) {
 /** Full-resolution gray image -> the route and everything it was decided from. */
 function inspectGray({ gray, width, height }) {
   const size = meta.input.height;
-  if (width < size || height < size) {
-    throw Object.assign(new Error(`image ${width}x${height} is smaller than the model input ${size}x${size}`),
+  if (Math.min(width, height) < MIN_SIDE) {
+    throw Object.assign(new Error(`too small (${width}x${height} px, need >= ${MIN_SIDE})`), { unreadable: true });
+  }
+  if (width < size || height < size) { // the page's resize only shrinks, as the line's photos are larger
+    throw Object.assign(new Error(`too small for the model (${width}x${height} px, need >= ${size}x${size})`),
       { unreadable: true });
   }
   const input = resizeArea(gray, width, height, size);

@@ -116,9 +116,9 @@ export function csvCell(value) {
   return /[",\r\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 
-/** The CSV text for rows (objects keyed by CSV_COLUMNS), header first, CRLF line ends like Python's csv module. */
+/** The CSV text for rows (objects keyed by CSV_COLUMNS), header first, \n line ends like the batch CLI's. */
 export function csvText(rows) {
   const lines = [CSV_COLUMNS.join(',')];
   for (const r of rows) lines.push(CSV_COLUMNS.map((c) => csvCell(r[c])).join(','));
-  return `${lines.join('\r\n')}\r\n`;
+  return `${lines.join('\n')}\n`;
 }
