@@ -10,7 +10,8 @@ among the values gets a warning: dvc.lock would record it.
 
 While DVC runs, the tool reads DVC's output line by line ("Running stage 'x':" starts a stage, "Stage 'x'
 didn't change" / "is cached" skips one) and samples the peak resident memory (VmHWM) of the processes under
-DVC. It writes reports/timings.json (not a DVC output): seconds per stage, which stages ran, the total, peak
+DVC. It writes reports/timings.json (not a DVC output): seconds per stage (from its line to the next stage's,
+so DVC hashing the stage's outputs counts), which stages ran, the total, peak
 RSS per stage, its running maximum and the largest child process overall (getrusage).
 """
 from __future__ import annotations
@@ -133,12 +134,10 @@ def run(overrides: list[str], name: str | None, force: bool, out: Path, targets:
 
     assert proc.stdout is not None
     for line in proc.stdout:
-        sys.stdout.write(line)
-        sys.stdout.flush()
         started, skipped = STAGE_START.match(line), STAGE_SKIP.match(line)
         if started or skipped:
             now = time.perf_counter()
-            close(now)
+            close(now)  # the previous stage's summary line comes before the next stage's output
             current, t0 = None, now
             if started:
                 current = started.group(1)
@@ -146,6 +145,8 @@ def run(overrides: list[str], name: str | None, force: bool, out: Path, targets:
                 sampler.stage = current
             else:
                 ran[skipped.group(1)] = False
+        sys.stdout.write(line)
+        sys.stdout.flush()
     code = proc.wait()
     close(time.perf_counter())
     sampler.done.set()
