@@ -1,4 +1,4 @@
-"""Stage 3, shards: every manifest image decoded and resized once, at the model's input size, into on-disk shards.
+"""Stage shards (between split and train): every manifest image, decoded and resized once, in on-disk shards.
 
 The pixels are exactly ``stages.images.resize(read_gray(path), train.image_size)`` (OpenCV INTER_AREA, the
 resize the browser page and the exported model's consumers reproduce), so training reads what deployment

@@ -1,4 +1,4 @@
-"""Stage 3, train: a grayscale CNN on raw 0-255 pixels, early stopping on validation loss.
+"""Stage train (after shards): a grayscale CNN on raw 0-255 pixels, early stopping on validation loss.
 
 Images come from the shards stage (data/shards: decoded and resized once, uint8 at train.image_size).
 train.input: stream (default) reads them through tf.data in shuffled chunks, interleaved and prefetched, with a
