@@ -258,7 +258,7 @@ class Params(_Strict):
 def _format(err: ValidationError, source: Path) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    msg = first["msg"]
+    msg = first["msg"].removeprefix("Value error, ")  # a validator's own sentence, without pydantic's prefix
     if first["type"] == "extra_forbidden":
         msg = "unknown key; check its spelling against params.yaml's documented keys"
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""

@@ -55,13 +55,18 @@ def outputs(spec: dict) -> list[str]:
     return _paths(spec.get("outs")) + _paths(spec.get("metrics")) + _paths(spec.get("plots"))
 
 
-def check_inputs(spec: dict, dvc: dict) -> None:
+# inputs a stage reads only when present (DVC still tracks them, so a change re-runs the stage)
+OPTIONAL_INPUTS = {"report": {"reports/eval/robustness.csv", "models/metadata.json", "reports/promotion.json"}}
+
+
+def check_inputs(spec: dict, dvc: dict, stage: str | None = None) -> None:
     """An input another stage makes is missing: name that stage. Outputs of `always_changed` stages are
     fingerprints for DVC's change detection (e.g. data/extra.json), not data a stage reads: not required."""
     producers = {p: name for name, s in (dvc.get("stages") or {}).items() if not s.get("always_changed")
                  for p in outputs(s)}
+    optional = OPTIONAL_INPUTS.get(stage or "", set())
     for dep in _paths(spec.get("deps")):
-        producer = producers.get(dep)
+        producer = None if dep in optional else producers.get(dep)
         if producer and not Path(dep).exists():
             raise UserError(f"{dep} is missing; run the {producer} stage first (dvc repro {producer})")
 
@@ -153,7 +158,7 @@ def preflight(stage: str | None) -> None:
     params = load_params()  # all of it: a typo in any section fails the first stage that runs
     if web_will_run(stage, dvc):
         check_web_tools(params)
-    check_inputs(spec, dvc)
+    check_inputs(spec, dvc, stage)
     check_writable(spec)
     configure_http()
     check_store(RUN_FILE if RUN_FILE.as_posix() in _paths(spec.get("deps")) else None)
