@@ -206,23 +206,23 @@ BENCH_JS = """async ([px, repeats, files]) => {
 
 
 def screenshots(browser, url: str, paths: list[str], labels: list[int], dests: dict[int, Path], tmp: Path) -> list[dict]:
-    """Upload two defects, two good parts, one good part photographed 40 % brighter (the camera check should
-    send it to RETAKE) and a file that is not an image, in the page itself; save a screenshot at each width
-    (1366 px desktop, 390 px phone); return the table rows."""
+    """Upload a file that is not an image, two good parts, one good part photographed 40 % brighter (the
+    camera check should send it to RETAKE) and two defects (the last one fills the banner), in the page itself;
+    save a screenshot at each width (1366 px desktop, 390 px phone); return the table rows."""
     import cv2
 
     from stages.browser import open_inspector, upload
     from stages.images import read_gray
 
-    pick = [p for p, y in zip(paths, labels) if y][:2] + [p for p, y in zip(paths, labels) if not y][:2]
-    files = [Path(p) for p in pick]
-    bright = tmp / f"{files[-1].stem}_exposure_x1.4.png"
-    cv2.imwrite(str(bright), cv2.convertScaleAbs(read_gray(files[-1]), alpha=1.4))
+    good = [Path(p) for p, y in zip(paths, labels) if not y][:2]
+    bad = [Path(p) for p, y in zip(paths, labels) if y][:2]
+    bright = tmp / f"{good[-1].stem}_exposure_x1.4.png"
+    cv2.imwrite(str(bright), cv2.convertScaleAbs(read_gray(good[-1]), alpha=1.4))
     junk = tmp / "notes_renamed.jpg"
     junk.write_text("this is a text file, not a photo\n")
     page, _, _ = open_inspector(browser, url)
     page.set_viewport_size({"width": max(dests), "height": 900})
-    rows = upload(page, [*files, bright, junk])
+    rows = upload(page, [junk, *good, bright, *bad])
     for width, dest in sorted(dests.items(), reverse=True):
         page.set_viewport_size({"width": width, "height": 900 if width > 600 else 844})
         page.screenshot(path=str(dest), full_page=True)

@@ -617,16 +617,27 @@ def test_page_csv_equals_the_batch_cli(e2e_repo, browser, tmp_path):
     sh([sys.executable, "-m", "stages.predict", *map(str, files), "--model", str(e2e_repo / "models"), "--out", str(out)],
        e2e_repo)
     cli_rows = list(csv.DictReader(io.StringIO(out.read_text(), newline="")))
+    meta = json.loads((e2e_repo / "models/web/metadata.json").read_text())
     with serve(e2e_repo / "models/web") as url:
         page = browser.new_page(viewport={"width": 1366, "height": 900}, accept_downloads=True)
+        outside = []  # the bundle works offline: any request that leaves the local server fails the test
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url)
+                   else (outside.append(route.request.url), route.abort()))
         page.goto(url)
         page.evaluate("() => window.inspector.ready")
-        page.evaluate("() => localStorage.clear()")
-        upload(page, files)
+        shown = upload(page, files)
+        assert page.get_attribute("#banner", "data-route") == shown[-1]["route"] == "RETAKE"
+        page.click("#about summary")
+        about = page.text_content("#about")
+        assert meta["version"] in about and f"{meta['threshold']:.4f}" in about and "backend wasm" in about
         with page.expect_download() as dl:
             page.click("#csv")
         page_text = Path(dl.value.path()).read_text()
         page.close()
+    assert not outside, outside
+    parity = json.loads((e2e_repo / "reports/export/parity.json").read_text())
+    assert parity["route_mismatches"] == 0 and parity["ood_max_rel_diff"] <= parity["ood_tolerance"]
+    assert all((e2e_repo / f"reports/export/inspector-{w}.png").stat().st_size > 10_000 for w in WIDTHS)
     page_rows = list(csv.DictReader(io.StringIO(page_text, newline="")))
     from stages.route import CSV_COLUMNS
 

@@ -364,7 +364,8 @@ async function downloadCorrections() {
 // ----- keeping results on this device ------------------------------------------------------------
 let saveTimer = null;
 function scheduleSave() {
-  if (saveTimer === null) saveTimer = setTimeout(saveNow, 400);
+  // every save writes all rows: wait longer as the list grows (a batch ends with saveNow; pagehide too)
+  if (saveTimer === null) saveTimer = setTimeout(saveNow, Math.min(5000, 400 + 2 * rows.length));
 }
 
 /** Rows to localStorage; when that is full, thumbnails go first (oldest first), the rows always stay. */
