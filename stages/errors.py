@@ -8,7 +8,7 @@
   in a garbage-collector callback, e.g. jax's ``_xla_gc_callback``, is only printed as "Exception ignored"),
   it is raised again, ``StagedOutputs.commit`` refuses to publish once a signal was seen, and a stage still
   running ``GRACE_SECONDS`` after the signal (stuck in native code) is ended without publishing.
-* A stage whose parent (``dvc``) dies stops too: PR_SET_PDEATHSIG on Linux plus a parent-PID watchdog.
+* A stage run by ``dvc`` stops when dvc dies: PR_SET_PDEATHSIG on Linux plus a parent-PID watchdog.
 * Before ``main`` runs, ``stages.preflight`` checks what can be checked in a second: all of params.yaml,
   the tracking store, missing inputs, writable outputs, and the web stage's tools when it will run.
 * A ``UserError``, a read-only or full disk print one line (exit 2); under ``dvc repro`` the line says how
@@ -328,7 +328,8 @@ def cli(main: Callable[[], None]) -> Callable[[], None]:
         sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
         sys.stderr.reconfigure(errors="backslashreplace")
         install_signal_handlers()
-        watch_parent()
+        if os.environ.get("DVC_STAGE"):  # run by dvc: stop when dvc dies (a direct or nohup run is left alone)
+            watch_parent()
         try:
             from stages.preflight import preflight
             from stages.tracking import configure_http
