@@ -19,6 +19,7 @@ OUTPUTS = [
     "reports/eval/pr.csv", "reports/eval/roc.csv", "reports/eval/confusion.csv", "reports/eval/predictions.csv",
     "reports/eval/operating_points.csv", "reports/eval/robustness.csv", "reports/eval/drift_reference.json",
     "models/saved_model/saved_model.pb", "models/tfjs/model.json", "models/metadata.json", "reports/report.html",
+    "reports/report.pdf",
 ]
 WEB_OUTPUTS = [
     "models/web/index.html", "models/web/app.js", "models/web/preprocess.js", "models/web/metadata.json",
@@ -107,7 +108,7 @@ def test_mlflow_run_holds_params_metrics_artifacts(repo):
     assert run.data.tags["dataset_sha256"] == json.loads((repo / "data/raw/SOURCE.json").read_text())["dataset_sha256"]
     top = {a.path for a in client.list_artifacts(run_id)}
     assert {"reports", "model"} <= top
-    assert "reports/report.html" in {a.path for a in client.list_artifacts(run_id, "reports")}
+    assert {"reports/report.html", "reports/report.pdf"} <= {a.path for a in client.list_artifacts(run_id, "reports")}
     model_files = {a.path for a in client.list_artifacts(run_id, "model")}
     assert {"model/metadata.json", "model/saved_model", "model/tfjs"} <= model_files
 
@@ -134,37 +135,33 @@ def test_bad_param_is_one_line_and_leaves_outputs(repo):
         (repo / "params.yaml").write_text(params)
 
 
-def _lookup(doc: dict, dotted: str):
-    for k in dotted.split("."):
-        doc = doc[k]
-    return doc
-
-
 def test_report_in_a_real_browser_shows_the_metrics_and_every_image(repo, browser):
-    metrics = json.loads((repo / "reports/metrics.json").read_text())
-    data = json.loads((repo / "reports/data.json").read_text())
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
-    errors = []
-    page.on("requestfailed", lambda r: errors.append(r.url))
-    page.goto((repo / "reports/report.html").as_uri(), wait_until="load")
-    images = page.evaluate("""() => Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])""")
-    assert len(images) >= 6 and all(ok for _, ok in images), [alt for alt, ok in images if not ok]
-    shown = page.evaluate("""() => Array.from(document.querySelectorAll('[data-metric]')).map(e =>
-        [e.dataset.metric, e.textContent.trim(), e.dataset.digits || null, e.dataset.scale || null])""")
-    keys = {k for k, *_ in shown}
-    assert {"test.fn", "test.fp", "test.n", "threshold", "test.recall", "test.precision",
-            "test_intervals.missed_per_1000_defects.value", "review_band.review"} <= keys
-    for key, text, digits, scale in shown:
-        value = _lookup(data, key[5:]) if key.startswith("data.") else _lookup(metrics, key)
-        value *= float(scale or 1)
-        expected = round(value, int(digits)) if digits else value
-        assert float(text.replace(",", "")) == expected, (key, text, value)
-    overflow = page.evaluate("() => document.documentElement.scrollWidth > window.innerWidth")
-    assert not overflow, "the page scrolls sideways"
-    shot = repo / "reports" / "report.png"
-    page.screenshot(path=str(shot), full_page=True)
-    assert shot.stat().st_size > 10_000 and not errors
-    page.close()
+    """Every number on the page equals metrics.json (or is derived from it), every image loads, no sideways scroll
+    at 1280 or 390 px; the PDF has pages; the decision block is at the top."""
+    from stages.report import pdf_pages
+    from test_report import check_numbers
+
+    for width in (1280, 390):
+        page = browser.new_page(viewport={"width": width, "height": 900})
+        errors = []
+        page.on("requestfailed", lambda r: errors.append(r.url))
+        page.goto((repo / "reports/report.html").as_uri(), wait_until="load")
+        images = page.evaluate("""() => Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])""")
+        assert len(images) >= 6 and all(ok for _, ok in images), [alt for alt, ok in images if not ok]
+        assert check_numbers(page, repo) > 50
+        keys = set(page.evaluate("() => Array.from(document.querySelectorAll('[data-metric]'), e => e.dataset.metric)"))
+        assert {"test.fn", "test.n", "threshold", "test.recall", "test.precision", "route.test.missed",
+                "route.test.false_rejects", "route.test.intervals.missed.high", "route.test.counts.ok.REJECT"} <= keys
+        decision = page.text_content("#decision")
+        assert decision.startswith(("Ready for the line", "Not ready for the line, because"))
+        assert "PASS" in page.text_content("#rule") and "RETAKE" in page.text_content("#rule")
+        overflow = page.evaluate("() => document.documentElement.scrollWidth > window.innerWidth")
+        assert not overflow, f"the page scrolls sideways at {width} px"
+        shot = repo / "reports" / f"report-{width}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        assert shot.stat().st_size > 10_000 and not errors
+        page.close()
+    assert pdf_pages(repo / "reports/report.pdf") >= 2
 
 
 def test_web_bundle_matches_the_saved_model(repo):
