@@ -183,9 +183,6 @@ def log_and_register(params, saved_model: Path = SAVED_MODEL, tfjs: Path = TFJS,
     .experiment_run_id) and register it as a new version of registry.model_name, or reuse the version with the
     same content hash (so re-running export or promote never registers twice). Returns
     {"name", "version", "run_id", "content_hash", "new"}."""
-    import numpy as np
-    import tensorflow as tf
-
     from stages.tracking import experiment_run_id
 
     name = params.registry.model_name
@@ -197,6 +194,9 @@ def log_and_register(params, saved_model: Path = SAVED_MODEL, tfjs: Path = TFJS,
         print(f"registry: {name} version {existing.version} already holds this model (content {content}); reused")
         return {"name": name, "version": int(existing.version), "run_id": existing.run_id, "content_hash": content,
                 "new": False}
+    import numpy as np
+    import tensorflow as tf
+
     manifest_sha = sha256_file(manifest) if manifest.exists() else None
     run_id = experiment_run_id(stage, params)
     _quiet()
