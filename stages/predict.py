@@ -120,6 +120,9 @@ def _prepare(item: Item, size: int) -> tuple[str, np.ndarray | None, dict | None
     img, why = decode_gray(data)
     if img is None:
         return name, None, None, f"unreadable: {why}"
+    h, w = img.shape
+    if w < size or h < size:  # as the page: the model's resize only shrinks (line photos are larger than its input)
+        return name, None, None, f"unreadable: too small for the model ({w}x{h} px, need >= {size}x{size})"
     small = resize(img, size)
     return name, small, features(small), ""
 

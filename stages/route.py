@@ -80,6 +80,17 @@ def decide(probability: float, stats: dict, ood_score: float, rule: dict) -> tup
                  retake_reasons(stats, ood_score, rule.get("retake") or {}))
 
 
+def csv_safe(value: object) -> str:
+    """A CSV cell that a spreadsheet will not run as a formula: text starting with = + - @ tab or CR gets a leading
+    quote (plain numbers, negative ones included, stay as they are). web/src/route.js csvCell does the same."""
+    import re
+
+    s = "" if value is None else str(value)
+    if s[:1] in ("=", "+", "-", "@", "\t", "\r") and not re.fullmatch(r"-?\d+(\.\d+)?", s):
+        return "'" + s
+    return s
+
+
 def csv_row(file: str, route_: str, reason: str, probability: Optional[float], threshold: float,
             ood_score: Optional[float], stats: Optional[dict], camera: Sequence[str], model_version: str,
             timestamp: str) -> dict:
@@ -87,11 +98,11 @@ def csv_row(file: str, route_: str, reason: str, probability: Optional[float], t
     def num(v, digits):
         return "" if v is None else f"{v:.{digits}f}"
     stats = stats or {}
-    return {"file": file, "route": route_, "reason": reason, "defect_probability": num(probability, 6),
+    return {k: csv_safe(v) for k, v in {"file": file, "route": route_, "reason": reason, "defect_probability": num(probability, 6),
             "threshold": num(threshold, 6), "ood_score": num(ood_score, 3),
             "camera_check": "; ".join(camera) if camera else ("" if not stats else "ok"),
             "brightness": num(stats.get("brightness"), 2), "contrast": num(stats.get("contrast"), 2),
-            "sharpness": num(stats.get("sharpness"), 1), "model_version": model_version, "timestamp": timestamp}
+            "sharpness": num(stats.get("sharpness"), 1), "model_version": model_version, "timestamp": timestamp}.items()}
 
 
 def make_rule(threshold: float, band: Optional[Sequence[float]], camera: Optional[dict], ood_limit: Optional[float],

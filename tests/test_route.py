@@ -36,3 +36,12 @@ def test_reasons_name_the_feature_and_the_limit():
     assert camera_reasons({"contrast": 3.0}, cam) == ["contrast low (3.00 < 20.00)"]
     assert camera_reasons({"contrast": 30.0}, cam) == []
     assert ood_reason(2.0, 5.0) == "" and "out-of-distribution score 6.00 > 5.00" in ood_reason(6.0, 5.0)
+
+
+def test_csv_cells_never_start_a_formula():
+    from stages.route import csv_row, csv_safe
+
+    assert csv_safe("=SUM(1+1)*cmd|' -C calc'!A0.jpg") == "'=SUM(1+1)*cmd|' -C calc'!A0.jpg"
+    assert [csv_safe(v) for v in ("+1x", "-x", "@a", "\tz", "-0.5", "12", "ok")] == ["'+1x", "'-x", "'@a", "'\tz", "-0.5", "12", "ok"]
+    row = csv_row("=evil.jpg", "RETAKE", "unreadable: empty file", None, 0.5, None, None, [], "v1", "t")
+    assert row["file"] == "'=evil.jpg" and row["defect_probability"] == ""
