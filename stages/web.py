@@ -256,12 +256,34 @@ def benchmark(browser, url: str, backends: list[str], repeats: int, sample: np.n
     return out
 
 
+def model_paths(ref: str) -> tuple[Path, Path, Path]:
+    """(metadata.json, saved_model/, tfjs/) of a model folder (default models/) or a registry reference
+    models:/casting-inspector@champion (stages/registry.py downloads it)."""
+    from stages.export import METADATA, SAVED_MODEL, TFJS
+
+    if ref == "models":
+        return METADATA, SAVED_MODEL, TFJS
+    if ref.startswith("models:/"):
+        from stages.registry import resolve_model_dir
+
+        folder = Path(resolve_model_dir(ref))
+    else:
+        folder = Path(ref)
+    return folder / "metadata.json", folder / "saved_model", folder / "tfjs"
+
+
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m stages.web", description="Build and check the browser bundle.")
+    ap.add_argument("--model", default="models", help="model folder (default models/, what dvc repro uses) or a "
+                                                      "registry reference such as models:/casting-inspector@champion")
+    args = ap.parse_args()
     params = load_params()
-    w, size, pos = params.web, params.train.image_size, params.data.positive_class
+    w, pos = params.web, params.data.positive_class
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from stages.browser import chromium, require_chromium, serve
-    from stages.export import METADATA, SAVED_MODEL, TFJS
+    METADATA, SAVED_MODEL, TFJS = model_paths(args.model)  # noqa: N806
     from stages.images import read_many, resize
     from stages.imagestats import features
     from stages.route import decide
@@ -273,6 +295,7 @@ def main() -> None:
             raise UserError(f"{needed} is missing; run the export stage first (dvc repro export)")
     modules = ensure_node_modules()
     metadata = read_json(METADATA)
+    size = int(metadata["input"]["height"])  # the model's own input size (a registered model may differ from params)
     rule = metadata.get("route")
     rows = pick_parity_rows(w.parity_images, pos)
     paths = [r["path"] for r in rows]
