@@ -346,11 +346,17 @@ def cli(main: Callable[[], None]) -> Callable[[], None]:
         except KeyboardInterrupt:
             _exit_now(_stop_exit().code)
         except OSError as exc:
+            if _signal is not None:
+                _exit_now(_stop_exit().code)
             message = disk_error_message(exc)
             if message is None:
                 _unexpected()
             raise _fail(message) from None
         except Exception:
+            # a stop signal raised inside native code can surface as another exception (e.g. TensorFlow's
+            # "SystemError: ... bad argument to internal function"): the stop is what happened
+            if _signal is not None:
+                _exit_now(_stop_exit().code)
             _unexpected()
 
     return wrapper
