@@ -18,10 +18,10 @@ OUTPUTS = [
     "models/mlflow_run.json", "reports/train/history.csv", "reports/metrics.json", "reports/eval/thresholds.csv",
     "reports/eval/pr.csv", "reports/eval/roc.csv", "reports/eval/confusion.csv", "reports/eval/predictions.csv",
     "reports/eval/operating_points.csv", "reports/eval/robustness.csv", "reports/eval/drift_reference.json",
-    "models/saved_model/saved_model.pb", "models/tfjs/model.json", "models/metadata.json", "reports/report.html",
-    "reports/report.pdf",
+    "models/saved_model/saved_model.pb", "models/tfjs/model.json", "models/metadata.json",
 ]
-WEB_OUTPUTS = [
+WEB_OUTPUTS = [  # and the report, which Chromium prints to PDF
+    "reports/report.html", "reports/report.pdf",
     "models/web/index.html", "models/web/app.js", "models/web/preprocess.js", "models/web/metadata.json",
     "models/web/model/model.json", "models/web/vendor/tf.min.js", "models/web/vendor/tf-backend-wasm.min.js",
     "models/web/vendor/tfjs-backend-wasm-simd.wasm", "reports/export/parity.json",
