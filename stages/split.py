@@ -32,7 +32,7 @@ SPLITS = ("train", "val", "test")
 def scan(raw: Path, max_pixels: int | None = None) -> tuple[list[dict], np.ndarray, list[dict]]:
     """Decode every file under raw/<class>/ once. Returns (records, thumbnails, quarantined): each record
     carries the image's global statistics (stages.imagestats); thumbnails are the near-duplicate search's
-    32x32 float32 thumbnails (stages.dedup), so memory holds ~4 KiB per image, not the decoded photos."""
+    32x32 thumbnails (stages.dedup.thumbnails, kept as uint8: 1 KiB per image), not the decoded photos."""
     source = read_json(raw / "SOURCE.json")
     classes = sorted(source["counts"])
     files = [(cls, f) for cls in classes if (raw / cls).is_dir() for f in iter_image_files(raw / cls)]
@@ -50,7 +50,7 @@ def scan(raw: Path, max_pixels: int | None = None) -> tuple[list[dict], np.ndarr
         if img is None:
             return cls, f, None, reason, None
         digest = sha256_bytes(np.ascontiguousarray(img).tobytes() + str(img.shape).encode())
-        return cls, f, (digest, thumbnails([img])[0]), reason, features(img)
+        return cls, f, (digest, thumbnails([img])[0].astype(np.uint8)), reason, features(img)  # exact: 0-255 values
 
     records, thumbs = [], []
     quarantined = list(source.get("quarantined", []))  # archive members the download stage could not extract
@@ -65,7 +65,7 @@ def scan(raw: Path, max_pixels: int | None = None) -> tuple[list[dict], np.ndarr
             records.append({"path": rel, "label": cls, "sha256": digest,
                             "source_test": f.relative_to(raw).parts[1:2] == (TEST_SUBFOLDER,), "stats": stats})
             thumbs.append(thumb)
-    return records, (np.stack(thumbs) if thumbs else np.empty((0, THUMB, THUMB), np.float32)), quarantined
+    return records, (np.stack(thumbs) if thumbs else np.empty((0, THUMB, THUMB), np.uint8)), quarantined
 
 
 def assign_groups(records: list[dict], thumbs: np.ndarray, p: SplitParams) -> dict:
@@ -81,7 +81,7 @@ def assign_groups(records: list[dict], thumbs: np.ndarray, p: SplitParams) -> di
     exact_groups = sum(1 for m in by_hash.values() if len(m) > 1)
     if p.near_duplicates.method == "thumb_d4":
         print(f"split: near-duplicate search over {n} images (thumb_d4, max_distance {p.near_duplicates.max_distance})")
-        r2, c2 = near_duplicate_pairs(thumbs, p.near_duplicates.max_distance)
+        r2, c2 = near_duplicate_pairs(thumbs.astype(np.float32), p.near_duplicates.max_distance)
         rows += r2.tolist()
         cols += c2.tolist()
     labels = group_ids(n, np.asarray(rows, int), np.asarray(cols, int))
