@@ -150,10 +150,11 @@ SHELLS = {"sh", "dash", "bash", "zsh", "ksh", "fish"}
 
 
 def _proc_start(pid: int) -> str | None:
-    """The start time of ``pid`` (to tell a dead parent from a recycled pid), None if it is gone."""
+    """The start time of ``pid`` (to tell a dead parent from a recycled pid), None if it is gone or a zombie
+    (dead, not yet reaped: a killed `dvc` whose own parent has not waited for it yet)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[19]
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else fields[19]
     except (OSError, IndexError):
         try:
             os.kill(pid, 0)

@@ -94,8 +94,13 @@ def check_writable(spec: dict) -> None:
 def _dvc_targets() -> list[str] | None:
     """The stage targets of the `dvc repro` / `dvc exp run` that started us ([] = the whole pipeline),
     None when the parent is not a dvc command we can read."""
+    from stages.errors import SHELLS, _proc_name, _proc_parent
+
+    pid = os.getppid()
+    if _proc_name(pid) in SHELLS:  # DVC runs the cmd through $SHELL (or /bin/sh), which may not exec it
+        pid = _proc_parent(pid) or pid
     try:
-        argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except OSError:
         return None
     argv = [a for a in argv if a]
