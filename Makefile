@@ -25,7 +25,7 @@ run: install          ## the main job: dvc repro with params.yaml as it is
 	$(ACTIVATE) dvc repro
 
 test: install         ## unit tests, data tests (skipped without the mirror) and one end-to-end dvc repro
-	$(ACTIVATE) python -m pytest -q tests
+	$(ACTIVATE) python -m pytest -q --durations=25 tests
 
 results: install      ## the README "Results" run: `dvc exp run` on the local Kaggle mirror, per-stage wall times
 	$(ACTIVATE) python tools/timed_repro.py -S data.source=local -S data.local.path=$(MIRROR)   # keep MIRROR relative: dvc.lock records it

@@ -272,13 +272,13 @@ def model_paths(ref: str) -> tuple[Path, Path, Path]:
     return folder / "metadata.json", folder / "saved_model", folder / "tfjs"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m stages.web", description="Build and check the browser bundle.")
     ap.add_argument("--model", default="models", help="model folder (default models/, what dvc repro uses) or a "
                                                       "registry reference such as models:/casting-inspector@champion")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     params = load_params()
     w, pos = params.web, params.data.positive_class
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

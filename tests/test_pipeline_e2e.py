@@ -96,11 +96,14 @@ def test_metadata_describes_the_deployed_model(repo):
         assert decide(p, features(img), o, route)[0] == r["route"]  # the exported model routes like evaluate did
 
 
-def test_mlflow_run_holds_params_metrics_artifacts(repo):
+def test_mlflow_run_holds_params_metrics_artifacts(repo, monkeypatch):
     import mlflow
 
     run_id = json.loads((repo / "models/mlflow_run.json").read_text())["run_id"]
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    # the store for this client and for MLflow's own look-ups (a "model" artifact path resolves to the logged
+    # MLflow Model through the default tracking URI)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
     run = client.get_run(run_id)
     assert run.data.params["train.image_size"] == "64" and run.data.params["data.source"] == "synthetic"
     assert "test_recall" in run.data.metrics and "val_loss" in run.data.metrics and "tfjs_bytes" in run.data.metrics
@@ -110,7 +113,7 @@ def test_mlflow_run_holds_params_metrics_artifacts(repo):
     assert {"reports", "model"} <= top
     assert {"reports/report.html", "reports/report.pdf"} <= {a.path for a in client.list_artifacts(run_id, "reports")}
     model_files = {a.path for a in client.list_artifacts(run_id, "model")}
-    assert {"model/metadata.json", "model/saved_model", "model/tfjs"} <= model_files
+    assert {"model/metadata.json", "model/saved_model", "model/tfjs", "model/MLmodel"} <= model_files
 
 
 def test_status_clean_and_second_repro_runs_nothing(repo):
