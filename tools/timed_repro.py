@@ -21,6 +21,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import threading
@@ -118,6 +119,12 @@ def run(overrides: list[str], name: str | None, force: bool, out: Path, targets:
     cmd = exp_run_command(overrides, name, force, targets)
     print("$ " + " ".join(cmd), flush=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    beside = Path(sys.executable).with_name("dvc")  # this venv's dvc (and its python for the stages) first
+    if beside.is_file():
+        env["PATH"] = f"{beside.parent}{os.pathsep}{env.get('PATH', '')}"
+    elif shutil.which("dvc") is None:
+        sys.exit("error: dvc not found on PATH; run `make results`, or activate the project's venv first "
+                 "(. .venv/bin/activate)")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             bufsize=1, env=env)
     sampler = PeakSampler(proc.pid)
