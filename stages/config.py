@@ -306,6 +306,18 @@ def changed_params(params: Params, reference: dict | None = None) -> dict[str, o
     return {k: v for k, v in flat_params(params).items() if base.get(k, object()) != v}
 
 
+def set_dotted(tree: dict, changes: dict[str, object], sep: str = ".") -> dict:
+    """Set nested keys of a params tree in place, e.g. {"train.max_epochs": 1} (for scratch copies in tests and
+    tools; nothing writes the repository's params.yaml)."""
+    for dotted, value in changes.items():
+        node = tree
+        *parents, last = dotted.split(sep)
+        for k in parents:
+            node = node[k]
+        node[last] = value
+    return tree
+
+
 def flat_params(params: Params) -> dict[str, object]:
     """All params as a flat dotted-key dict (for MLflow)."""
     out: dict[str, object] = {}

@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 MIRROR = REPO.parent / "shared" / "datasets" / "casting-product-train.zip"
 sys.path.insert(0, str(REPO))
 
+from stages.config import set_dotted  # noqa: E402
 from stages.synthetic import render_part  # noqa: E402
 
 
@@ -41,12 +42,7 @@ def project(tmp_path, monkeypatch):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
 
     def set_params(**changes):
-        for dotted, value in changes.items():
-            node = params
-            *parents, last = dotted.split("__")
-            for k in parents:
-                node = node[k]
-            node[last] = value
+        set_dotted(params, changes, sep="__")
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
         return tmp_path
 

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_repo, make_class_tree, sh
+from stages.config import set_dotted
 
 TABLE = Path(os.environ.get("FAULT_TABLE", Path(tempfile.gettempdir()) / "fault_battery.md"))
 RESULTS: list[tuple[str, int | str, float, str]] = []
@@ -83,12 +84,7 @@ def tiny_params(root: Path, **changes) -> dict:
     params["split"].update(max_quarantined_fraction=0.1)
     params["split"]["near_duplicates"]["method"] = "none"
     params["train"].update(image_size=32, max_epochs=3, patience=3, batch_size=8, shard_images=64)
-    for dotted, value in changes.items():
-        node = params
-        *parents, last = dotted.split(".")
-        for k in parents:
-            node = node[k]
-        node[last] = value
+    set_dotted(params, changes)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 

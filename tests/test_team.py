@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_repo, make_class_tree, sh
+from stages.config import set_dotted
 
 GIT_ID = ["-c", "user.email=ci@example.com", "-c", "user.name=ci"]
 HANG_GUARD = 1200  # seconds: only so that a broken queue fails the test instead of hanging CI
@@ -35,12 +36,7 @@ def tiny_repo(root: Path, **changes) -> Path:
     params["evaluate"]["robustness"]["perturbations"] = {
         "exposure x1.25": {"kind": "gain", "value": 1.25, "gated": True}}
     params["export"]["parity_images"] = 8
-    for dotted, value in changes.items():
-        node = params
-        *parents, last = dotted.split(".")
-        for k in parents:
-            node = node[k]
-        node[last] = value
+    set_dotted(params, changes)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", *GIT_ID, "commit", "-qm", "tiny"]):
         sh(cmd, root)

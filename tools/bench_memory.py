@@ -29,6 +29,8 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from stages.config import set_dotted  # noqa: E402
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 METHOD = ("1 epoch per run, each stage its own process in a scratch copy of the repository, peak RSS from os.wait4; "
           "the larger set = every source image + re-encoded variants (D4 flip/rotation, gain 0.85-1.15, offset -8..8, "
@@ -106,12 +108,7 @@ def workspace(dest: Path) -> Path:
 def set_params(ws: Path, changes: dict[str, object]) -> None:
     """ws/params.yaml = the repository's params.yaml with dotted-key changes (the scratch copy only)."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted, value in changes.items():
-        node = params
-        *parents, last = dotted.split(".")
-        for k in parents:
-            node = node[k]
-        node[last] = value
+    set_dotted(params, changes)
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
