@@ -10,14 +10,23 @@ robustness battery (evaluate.robustness, stages/perturb.py) and the drift refere
 of the training images that deployment compares incoming images with (stages/imagestats.py).
 Outputs: reports/metrics.json (DVC metrics), reports/eval/drift_reference.json and
 reports/eval/{thresholds,pr,roc,confusion,predictions,operating_points,robustness}.csv.
+
+Memory: nothing holds a whole split. The model-size images stream from the shards (stage shards,
+``stages.dataset.open_shards``) ``CHUNK`` at a time (probabilities, pooled features, camera statistics); the
+full-resolution photos (validation for the robust threshold, test for the routes and both batteries) are decoded
+``CHUNK`` at a time with every perturbation applied to each chunk. What stays are per-image results (a probability,
+an OOD score, a few camera statistics, the pooled features of train and val). CHUNK is a multiple of the model's
+batch, so the model sees the same batches as on the whole split and the numbers are bit-identical to a one-shot run.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
+from tqdm import tqdm
 
 from stages.config import load_params
 from stages.errors import cli
@@ -32,24 +41,85 @@ EVAL = Path("reports/eval")
 DRIFT_REFERENCE = EVAL / "drift_reference.json"
 
 
-def predict(model, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    return model.predict(images[..., None].astype(np.float32), batch_size=batch, verbose=0)[:, 0].astype(np.float64)
+BATCH = 64    # images per model call
+CHUNK = 256   # images per read: a run of shard images, or full-resolution photos decoded at a time. A multiple of
+              # BATCH: the model then gets the batches it would get on the whole split (bit-identical numbers;
+              # other chunks change the float32 outputs by a few ulp, batch composition steers the CPU kernels)
 
 
-def perturbed(serving, photos: list[np.ndarray], size: int, r, runs) -> dict[str, dict]:
-    """Each (name, kind, value, gated) of ``runs`` (see ``battery``) applied to every full-resolution photo, then the
-    model's resize, then the deployed (two-output) model: {name: {"probability", "ood", "stats"}}.
-    kind None is the clean photo."""
+def predict(model, images: np.ndarray, batch: int | None = None) -> np.ndarray:
+    return model.predict(images[..., None].astype(np.float32), batch_size=batch or BATCH,
+                         verbose=0)[:, 0].astype(np.float64)
+
+
+def joined(parts: list):
+    """Per-chunk results -> one result: arrays concatenated, dicts key by key, lists chained."""
+    first = parts[0]
+    if isinstance(first, dict):
+        return {k: joined([p[k] for p in parts]) for k in first}
+    if isinstance(first, list):
+        return [x for p in parts for x in p]
+    return np.concatenate(parts)
+
+
+def stream_split(reader, outputs: dict[str, Callable[[np.ndarray], object]], chunk: int | None = None) -> dict:
+    """Each function of ``outputs`` on every image of a split read from the shards (``reader``:
+    ``stages.dataset.open_shards``), ``chunk`` images at a time (uint8 [b, size, size] -> a per-image array or a
+    dict of them); the results joined in manifest order. Memory holds one chunk of images."""
+    from stages.errors import UserError
+
+    chunk = chunk or CHUNK
+    if not len(reader):
+        raise UserError(f"split {reader.split!r} is empty in the shards; re-run the split and shards stages")
+    parts: dict[str, list] = {k: [] for k in outputs}
+    with tqdm(total=len(reader), desc=f"evaluate {reader.split} ({', '.join(outputs)})", unit="img",
+              mininterval=2) as bar:
+        for start in range(0, len(reader), chunk):
+            images = reader.read(start, start + chunk)
+            for k, fn in outputs.items():
+                parts[k].append(fn(images))
+            bar.update(len(images))
+    return {k: joined(v) for k, v in parts.items()}
+
+
+def photo_chunks(paths: Sequence[str], desc: str, chunk: int | None = None) -> Iterator[tuple[int, list[np.ndarray]]]:
+    """(index of the first photo in ``paths``, full-resolution photos) for consecutive runs of ``chunk`` paths."""
+    from stages.images import read_many
+
+    chunk = chunk or CHUNK
+    with tqdm(total=len(paths), desc=desc, unit="img", mininterval=2) as bar:
+        for start in range(0, len(paths), chunk):
+            photos = read_many(paths[start:start + chunk])
+            yield start, photos
+            bar.update(len(photos))
+
+
+def perturbation(kind: str | None, value, seed: int) -> Callable[[int, np.ndarray], np.ndarray] | None:
+    """change(i, photo) for photo i of the split (its index in the whole split seeds its random stream, so the
+    numbers do not depend on the chunks); None for the clean photo."""
     from stages.perturb import apply
 
-    return {name: scored(serving, photos, size, (lambda i, img, k=kind, v=value: img if k is None else
-                                                 apply(k, v, img, np.random.default_rng([r.seed, i]))))
-            for name, kind, value, _ in runs}
+    if kind is None:
+        return None
+    return lambda i, img: apply(kind, value, img, np.random.default_rng([seed, i]))
 
 
-def scored(serving, photos: list[np.ndarray], size: int, change=None) -> dict:
-    """Full-resolution photos (each through ``change(i, photo)`` first) -> resize -> camera statistics and both
-    model outputs: {"probability": [N], "ood": [N], "stats": [dict]}."""
+def perturbed(serving, paths: Sequence[str], size: int, r, runs, chunk: int | None = None) -> dict[str, dict]:
+    """Each (name, kind, value, gated) of ``runs`` (see ``battery``) applied to every full-resolution photo, then the
+    model's resize, then the deployed (two-output) model: {name: {"probability", "ood", "stats"}}.
+    kind None is the clean photo. The photos are read ``chunk`` at a time and every run is applied to each chunk."""
+    changes = {name: perturbation(kind, value, r.seed) for name, kind, value, _ in runs}
+    parts: dict[str, list] = {name: [] for name in changes}
+    for start, photos in photo_chunks(paths, f"evaluate: test photos x {len(runs)} conditions", chunk):
+        for name, change in changes.items():
+            parts[name].append(scored(serving, photos, size, change, first=start))
+    return {name: joined(p) for name, p in parts.items()}
+
+
+def scored(serving, photos: list[np.ndarray], size: int, change=None, first: int = 0) -> dict:
+    """Full-resolution photos (each through ``change(first + i, photo)`` first: ``first`` is the index of
+    ``photos[0]`` in its split) -> resize -> camera statistics and both model outputs:
+    {"probability": [N], "ood": [N], "stats": [dict]}."""
     from concurrent.futures import ThreadPoolExecutor
 
     from stages.images import resize
@@ -57,12 +127,12 @@ def scored(serving, photos: list[np.ndarray], size: int, change=None) -> dict:
     from stages.ood import predict_both
 
     def one(i):
-        small = resize(photos[i] if change is None else change(i, photos[i]), size)
+        small = resize(photos[i] if change is None else change(first + i, photos[i]), size)
         return small, features(small)
 
     with ThreadPoolExecutor(4) as pool:
         res = list(pool.map(one, range(len(photos))))
-    prob, ood = predict_both(serving, np.stack([o[0] for o in res]))
+    prob, ood = predict_both(serving, np.stack([o[0] for o in res]), BATCH)
     return {"probability": prob, "ood": ood, "stats": [o[1] for o in res]}
 
 
@@ -101,15 +171,12 @@ def battery(r, gated_only: bool = False) -> list[tuple]:
                                              if q.gated or not gated_only)]
 
 
-def robustness(serving, photos: list[np.ndarray], y: np.ndarray, rule: dict, size: int, r, confidence: float,
-               camera: dict) -> list[dict]:
-    """The perturbation battery on the test photos at the chosen threshold and route; row 'clean' is the reference.
-    recall / false_reject_rate / missed are the threshold rule's; route_* count what the line would do (RETAKE and
-    REVIEW are not passed), with exact intervals."""
+def robustness(results: dict[str, dict], y: np.ndarray, rule: dict, r, confidence: float, camera: dict) -> list[dict]:
+    """The perturbation battery (``results``: ``perturbed`` on the test photos with every run of ``battery(r)``) at
+    the chosen threshold and route; row 'clean' is the reference. recall / false_reject_rate / missed are the
+    threshold rule's; route_* count what the line would do (RETAKE and REVIEW are not passed), with exact intervals."""
     rows = []
-    runs = battery(r)
-    results = perturbed(serving, photos, size, r, runs)
-    for name, kind, value, gated in runs:
+    for name, kind, value, gated in battery(r):
         res = results[name]
         m = at_threshold(y, res["probability"], rule["threshold"])
         rc = route_counts(y, routes(res, rule), confidence)
@@ -134,28 +201,33 @@ def robustness(serving, photos: list[np.ndarray], y: np.ndarray, rule: dict, siz
     return rows
 
 
-def robust_threshold(model, photos: list[np.ndarray], y_val: np.ndarray, e, size: int) -> dict:
-    """evaluate.robust_threshold: the policy's threshold on the validation photos, clean and under
-    every gated perturbation; the lowest wins, so the recall target holds in all of them."""
+def robust_threshold(model, paths: Sequence[str], y_val: np.ndarray, e, size: int, chunk: int | None = None) -> dict:
+    """evaluate.robust_threshold: the policy's threshold on the validation photos (read ``chunk`` at a time),
+    clean and under every gated perturbation; the lowest wins, so the recall target holds in all of them."""
     from stages.images import resize
-    from stages.perturb import apply
 
     r = e.robustness
+    changes = {name: perturbation(kind, value, r.seed) for name, kind, value, _ in battery(r, gated_only=True)}
+    probs: dict[str, list] = {name: [] for name in changes}
+    for start, photos in photo_chunks(paths, f"evaluate: validation photos x {len(changes)} conditions", chunk):
+        for name, change in changes.items():
+            small = np.stack([resize(img if change is None else change(start + i, img), size)
+                              for i, img in enumerate(photos)])
+            probs[name].append(predict(model, small))
     per = {}
-    for name, kind, value, _ in battery(r, gated_only=True):
-        small = np.stack([resize(img if kind is None else apply(kind, value, img, np.random.default_rng([r.seed, i])),
-                                 size) for i, img in enumerate(photos)])
-        per[name] = choose_threshold(y_val, predict(model, small), e)
+    for name, p in probs.items():
+        per[name] = choose_threshold(y_val, np.concatenate(p), e)
         print(f"evaluate: validation threshold under {name:>16}: {per[name]:.4f}")
     return per
 
 
-def ood_battery(serving, photos: list[np.ndarray], size: int, rule: dict, per_kind: int, seed: int) -> list[dict]:
+def ood_battery(serving, paths: Sequence[str], size: int, rule: dict, per_kind: int, seed: int) -> list[dict]:
     """Images the model was not trained to judge (stages.perturb.OOD_KINDS), made from the first ``per_kind`` test
-    photos: one row per image with its route. None may be PASS."""
+    photos (only those are read): one row per image with its route. None may be PASS."""
+    from stages.images import read_many
     from stages.perturb import OOD_KINDS, ood_image
 
-    base = photos[:per_kind]
+    base = read_many(paths[:per_kind])
     rows = []
     for kind in OOD_KINDS:
         made = [ood_image(kind, img, np.random.default_rng([seed, k, i])) for k, i, img in
@@ -173,44 +245,53 @@ def main() -> None:
     e, t = params.evaluate, params.train
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from stages.dataset import load_split
-    from stages.images import read_many
-    from stages.imagestats import drift_reference
+    from stages.dataset import open_shards
+
+    pos, neg = params.data.positive_class, params.data.negative_class
+    # the shards are checked against their index and the current manifest first (one-line errors, no TF import)
+    data = {s: open_shards(s, t.image_size, pos) for s in ("train", "val", "test")}
+
+    from stages.imagestats import drift_reference, feature_table
     from stages.models import load_model
     from stages.ood import GATE, METHOD, distances, feature_extractor, fit, save_gate, serving_model
     from stages.route import make_rule
     from stages.tracking import stage_run
     from stages.train import MODEL
 
-    pos, neg = params.data.positive_class, params.data.negative_class
     model = load_model(MODEL)
-    data = {s: load_split(s, t.image_size, pos) for s in ("train", "val", "test")}
-    probs = {s: predict(model, data[s].images) for s in ("val", "test")}
+    extractor = feature_extractor(model)
     y = {s: d.labels for s, d in data.items()}
     conf = e.bootstrap.confidence
 
+    def probability(images):
+        return predict(model, images)
+
+    def pooled(images):
+        return extractor.predict(images[..., None].astype(np.float32), batch_size=BATCH, verbose=0)
+
     print("evaluate: drift reference and out-of-distribution gate from the training images")
-    drift_ref = drift_reference(data["train"].images, e.drift_margin)
-    extractor = feature_extractor(model)
-    feats = {s: extractor.predict(data[s].images[..., None].astype(np.float32), batch_size=64, verbose=0)
-             for s in ("train", "val")}
-    gate = fit(feats["train"])
-    val_scores = distances(feats["val"], gate)
+    train = stream_split(data["train"], {"features": pooled, "stats": feature_table})
+    val = stream_split(data["val"], {"probability": probability, "features": pooled})
+    probs = {"val": val["probability"], "test": stream_split(data["test"], {"probability": probability})["probability"]}
+    drift_ref = drift_reference(None, e.drift_margin, table=train["stats"])
+    gate = fit(train["features"])
+    val_scores = distances(val["features"], gate)
+    del train, val
     gate["limit"] = float(np.quantile(val_scores, e.retake.ood_quantile))
     serving = serving_model(model, gate)
 
     threshold = choose_threshold(y["val"], probs["val"], e)
     per_condition = None
     if e.robust_threshold and e.policy == "min_recall":
-        per_condition = robust_threshold(model, read_many(data["val"].paths), y["val"], e, t.image_size)
+        per_condition = robust_threshold(model, data["val"].paths, y["val"], e, t.image_size)
         threshold = min(per_condition.values())
     max_f1 = choose_threshold(y["val"], probs["val"], e.model_copy(update={"policy": "max_f1"}))
     camera = {k: {"min": v["min"], "max": v["max"]} for k, v in drift_ref["features"].items()}
     rule = make_rule(threshold, e.review_band, camera if e.retake.camera_check else None, gate["limit"], METHOD)
 
     print("evaluate: routes of the test photos, robustness battery, out-of-distribution battery")
-    photos = read_many(data["test"].paths)
-    clean = scored(serving, photos, t.image_size)
+    battery_results = perturbed(serving, data["test"].paths, t.image_size, e.robustness, battery(e.robustness))
+    clean = battery_results["clean"]
     decided = routes(clean, rule)
     b = e.bootstrap
     metrics = {"threshold": threshold, "policy": e.policy,
@@ -227,7 +308,7 @@ def main() -> None:
                "review_band": (review_band(y["test"], probs["test"], *e.review_band) if e.review_band else None),
                "route": {**rule, "test": route_counts(y["test"], decided, conf)}}
 
-    rob = robustness(serving, photos, y["test"], rule, t.image_size, e.robustness, conf, camera)
+    rob = robustness(battery_results, y["test"], rule, e.robustness, conf, camera)
     gated = [row for row in rob if row["gated"]]
     metrics["robustness"] = {row["perturbation"]: {k: row[k] for k in
                              ("recall", "missed", "false_reject_rate", "false_rejects", "roc_auc", "drift_flagged_share",
@@ -240,7 +321,8 @@ def main() -> None:
         "worst_false_reject_rate": max((row["false_reject_rate"] for row in gated), default=None),
         "worst_recall_all_rows": min(row["recall"] for row in rob),
         "worst_false_reject_rate_all_rows": max(row["false_reject_rate"] for row in rob)}
-    ood_rows = ood_battery(serving, photos, t.image_size, rule, e.retake.ood_battery_per_kind, e.robustness.seed)
+    ood_rows = ood_battery(serving, data["test"].paths, t.image_size, rule, e.retake.ood_battery_per_kind,
+                           e.robustness.seed)
     kinds = list(dict.fromkeys(row["kind"] for row in ood_rows))
     metrics["ood"] = {
         "method": METHOD, "limit": gate["limit"], "quantile": e.retake.ood_quantile,

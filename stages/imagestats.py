@@ -1,7 +1,8 @@
 """Global image statistics: the confound check (can the classes be told apart without
 looking at the part?) and the drift reference that deployment compares new images with.
 
-The features are computed on 8-bit grayscale images; the browser app re-implements
+The features are computed on 8-bit grayscale images, one image at a time (``feature_table`` of a batch, concatenated
+over batches, equals the table of the whole set); the browser app re-implements
 ``features`` exactly (web/src/preprocess.js, tests/test_web.py checks it), so keep the definitions simple:
   brightness  mean pixel value
   contrast    standard deviation of the pixel values
@@ -35,9 +36,14 @@ def feature_table(images) -> dict[str, np.ndarray]:
 
 # ----- drift --------------------------------------------------------------------------------
 
-def drift_reference(images, margin: float) -> dict:
-    """Per-feature acceptance range from the training images: [p0.5, p99.5] widened by margin x its width."""
-    table = feature_table(images)
+def drift_reference(images, margin: float, *, table: dict[str, np.ndarray] | None = None) -> dict:
+    """Per-feature acceptance range from the training images: [p0.5, p99.5] widened by margin x its width.
+    Give the images, or (``images`` None) their ``feature_table`` computed beforehand, e.g. batch by batch and
+    concatenated (the evaluate stage streams the training images: the table is a few floats per image)."""
+    if (images is None) == (table is None):
+        raise ValueError("drift_reference takes the images or their feature table, one of them")
+    if table is None:
+        table = feature_table(images)
     ref = {}
     for k in DRIFT_FEATURES:
         lo, mid, hi = np.percentile(table[k], [0.5, 50, 99.5])

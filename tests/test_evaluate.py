@@ -78,16 +78,19 @@ class _DarkSpotModel:
         return np.clip((200 - centre) / 200, 0, 1)[:, None]
 
 
-def test_robust_threshold_is_the_lowest_over_the_gated_perturbations():
+def test_robust_threshold_is_the_lowest_over_the_gated_perturbations(tmp_path):
+    import cv2
+
     from stages.evaluate import robust_threshold
 
     rng = np.random.default_rng(0)
     y = np.array([1] * 20 + [0] * 20)
-    photos = []
-    for label in y:
+    photos = []  # the stage reads the photos from their files, a chunk at a time
+    for i, label in enumerate(y):
         img = np.full((64, 64), 180, np.uint8)
         img[24:40, 24:40] = rng.integers(60, 120) if label else rng.integers(150, 175)
-        photos.append(img)
+        photos.append(str(tmp_path / f"{i}.png"))
+        cv2.imwrite(photos[-1], img)
     e = section("evaluate", policy="min_recall", min_recall=1.0, robust_threshold=True, robustness={
         "seed": 0, "targets": {"min_recall": 0.99, "max_false_reject_rate": 0.02},
         "perturbations": {"bright": {"kind": "gain", "value": 1.3, "gated": True},
