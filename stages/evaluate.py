@@ -253,8 +253,8 @@ def main() -> None:
 
     from stages.imagestats import drift_reference, feature_table
     from stages.models import load_model
-    from stages.ood import GATE, METHOD, distances, feature_extractor, fit, save_gate, serving_model
-    from stages.route import make_rule
+    from stages.ood import GATE, METHOD, calibrate_limit, distances, feature_extractor, fit, save_gate, serving_model
+    from stages.route import camera_reasons, make_rule
     from stages.tracking import stage_run
     from stages.train import MODEL
 
@@ -271,13 +271,24 @@ def main() -> None:
 
     print("evaluate: drift reference and out-of-distribution gate from the training images")
     train = stream_split(data["train"], {"features": pooled, "stats": feature_table})
-    val = stream_split(data["val"], {"probability": probability, "features": pooled})
+    val = stream_split(data["val"], {"probability": probability, "features": pooled, "stats": feature_table})
     probs = {"val": val["probability"], "test": stream_split(data["test"], {"probability": probability})["probability"]}
     drift_ref = drift_reference(None, e.drift_margin, table=train["stats"])
     gate = fit(train["features"])
     val_scores = distances(val["features"], gate)
+    camera = {k: {"min": v["min"], "max": v["max"]} for k, v in drift_ref["features"].items()}
+    val_camera = np.array([bool(e.retake.camera_check and camera_reasons({k: val["stats"][k][i] for k in camera}, camera))
+                           for i in range(len(val_scores))], bool)
     del train, val
-    gate["limit"] = float(np.quantile(val_scores, e.retake.ood_quantile))
+    gate["limit"], calibration = calibrate_limit(val_scores, val_camera, e.retake.max_share, e.bootstrap.confidence)
+    print(f"evaluate: out-of-distribution limit {gate['limit']:.2f}: {calibration['val_retake']} of "
+          f"{calibration['val_images']} validation photos to RETAKE (camera check {calibration['val_camera_flagged']}, "
+          f"over the limit {calibration['val_over_limit']}), exact upper bound {calibration['val_retake_high']:.2%} "
+          f"(budget {e.retake.max_share:.0%})")
+    if not calibration["met"]:
+        print(f"evaluate: warning: {calibration['val_images']} validation photos cannot show a RETAKE share within "
+              f"{e.retake.max_share:.0%} (upper bound {calibration['val_retake_high']:.1%}); the limit is the highest "
+              "validation score. More validation photos, or a wider camera check (evaluate.drift_margin), fix this")
     serving = serving_model(model, gate)
 
     threshold = choose_threshold(y["val"], probs["val"], e)
@@ -286,7 +297,6 @@ def main() -> None:
         per_condition = robust_threshold(model, data["val"].paths, y["val"], e, t.image_size)
         threshold = min(per_condition.values())
     max_f1 = choose_threshold(y["val"], probs["val"], e.model_copy(update={"policy": "max_f1"}))
-    camera = {k: {"min": v["min"], "max": v["max"]} for k, v in drift_ref["features"].items()}
     rule = make_rule(threshold, e.review_band, camera if e.retake.camera_check else None, gate["limit"], METHOD)
 
     print("evaluate: routes of the test photos, robustness battery, out-of-distribution battery")
@@ -325,7 +335,7 @@ def main() -> None:
                            e.robustness.seed)
     kinds = list(dict.fromkeys(row["kind"] for row in ood_rows))
     metrics["ood"] = {
-        "method": METHOD, "limit": gate["limit"], "quantile": e.retake.ood_quantile,
+        "method": METHOD, "limit": gate["limit"], "calibration": calibration,
         "shrinkage": gate["shrinkage"], "val_score_median": float(np.median(val_scores)),
         "test_score_median": float(np.median(clean["ood"])),
         "test_over_limit": int((clean["ood"] > gate["limit"]).sum()),

@@ -4,7 +4,10 @@ Method: the Mahalanobis distance of the network's pooled features (the input of 
 Dense layer: global-average-pooled conv features for `compact`, the Dense(128) activations for
 `seed`) from their mean over the training photos, with a Ledoit-Wolf shrunk covariance
 (sklearn), so a 128-dimensional covariance is well conditioned on a few thousand images.
-The RETAKE limit is a quantile (evaluate.retake.ood_quantile) of the validation photos' scores.
+The RETAKE limit is set on the validation photos (``calibrate_limit``): the lowest score at which the share of
+validation photos sent to RETAKE (camera check or OOD) stays within the budget evaluate.retake.max_share with
+confidence, i.e. the exact (Clopper-Pearson) upper bound of that share is at most the budget. A plain quantile
+would meet the budget only on average: half of all test splits would exceed it.
 
 The score travels with the model: ``serving_model`` adds it as a second output, so the
 SavedModel, the TF.js model and every consumer compute the same number (no extra code to
@@ -21,7 +24,8 @@ from keras import layers, ops
 
 GATE = Path("models/ood_gate.npz")
 METHOD = ("Mahalanobis distance of the pooled CNN features (input of the final Dense layer) from the training "
-          "photos' mean, Ledoit-Wolf covariance; limit = a quantile of the validation photos' scores")
+          "photos' mean, Ledoit-Wolf covariance; limit = the lowest validation score that keeps the validation "
+          "RETAKE share's exact upper bound within evaluate.retake.max_share")
 FEATURE_LAYER = "defect_probability"   # the final Dense layer; its input are the pooled features
 
 
@@ -36,6 +40,33 @@ def fit(features: np.ndarray) -> dict:
     lw = LedoitWolf().fit(np.asarray(features, np.float64))
     return {"mean": lw.location_.astype(np.float32), "precision": lw.precision_.astype(np.float32),
             "shrinkage": float(lw.shrinkage_)}
+
+
+def calibrate_limit(scores: np.ndarray, camera_flagged: np.ndarray, max_share: float,
+                    confidence: float) -> tuple[float, dict]:
+    """The OOD limit from validation photos: the lowest of their scores such that the photos sent to RETAKE
+    (camera check failed, or score above the limit) number at most the largest k whose exact upper bound
+    (``stages.metrics.binomial_ci``, ``confidence``) over n photos is <= ``max_share``. When no k qualifies
+    (too few photos to show the budget) or the camera check alone uses it up, the limit is the highest score
+    (no validation photo is over it) and ``info["met"]`` is False."""
+    from stages.metrics import binomial_ci
+
+    s = np.asarray(scores, np.float64)
+    cam = np.asarray(camera_flagged, bool)
+    n = len(s)
+    allowed = -1
+    while allowed + 1 <= n and binomial_ci(allowed + 1, n, confidence)["high"] <= max_share:
+        allowed += 1
+    limit = float(s.max())
+    for candidate in np.unique(s)[::-1]:  # from the highest down: the RETAKE count only grows
+        if int((cam | (s > candidate)).sum()) > allowed:
+            break
+        limit = float(candidate)
+    k = int((cam | (s > limit)).sum())
+    bound = binomial_ci(k, n, confidence)
+    return limit, {"max_share": max_share, "confidence": confidence, "val_images": n, "allowed": max(allowed, 0),
+                   "val_retake": k, "val_camera_flagged": int(cam.sum()), "val_over_limit": int((s > limit).sum()),
+                   "val_retake_high": bound["high"], "met": bool(bound["high"] <= max_share)}
 
 
 def distances(features: np.ndarray, gate: dict) -> np.ndarray:

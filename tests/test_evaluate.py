@@ -112,3 +112,30 @@ def test_exact_binomial_interval_known_values():
     zero = binomial_ci(0, 100)
     assert zero["low"] == 0.0 and zero["high"] == pytest.approx(0.0362, abs=1e-4)
     assert binomial_ci(0, 0)["rate"] is None
+
+
+def test_ood_limit_keeps_the_validation_retake_share_within_budget_with_confidence():
+    from stages.metrics import binomial_ci
+    from stages.ood import calibrate_limit
+
+    rng = np.random.default_rng(3)
+    scores = rng.normal(10, 1, 995)
+    camera = np.zeros(995, bool)
+    limit, info = calibrate_limit(scores, camera, 0.01, 0.95)
+    # 3 of 995 has an exact upper bound 0.88 % <= 1 %; 4 of 995 is above 1 %
+    assert binomial_ci(3, 995)["high"] <= 0.01 < binomial_ci(4, 995)["high"]
+    assert info["allowed"] == 3 and info["val_over_limit"] == 3 and info["met"]
+    assert limit == np.sort(scores)[-4]  # the lowest limit with only 3 photos above it
+    assert limit < np.quantile(scores, 0.999) and limit > np.quantile(scores, 0.99)
+    # photos the camera check sends to RETAKE use the same budget
+    camera[np.argsort(scores)[:2]] = True
+    limit2, info2 = calibrate_limit(scores, camera, 0.01, 0.95)
+    assert info2["val_retake"] == 3 and info2["val_over_limit"] == 1 and limit2 > limit
+
+
+def test_ood_limit_with_too_few_photos_to_show_the_budget():
+    from stages.ood import calibrate_limit
+
+    scores = np.array([3.0, 1.0, 2.0, 5.0, 4.0])
+    limit, info = calibrate_limit(scores, np.zeros(5, bool), 0.01, 0.95)
+    assert limit == 5.0 and info["val_over_limit"] == 0 and not info["met"] and info["allowed"] == 0

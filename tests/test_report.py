@@ -171,7 +171,10 @@ def fabricate(root: Path, n_per_class: int = 20, wrong: int = 4, promotion: bool
     metrics["robustness_summary"] = {"targets": {"min_recall": 0.99, "max_false_reject_rate": 0.02}, "gated": 1,
                                      "all_gated_meet_targets": False, "worst_recall": 1 - (wrong + 1) / nd,
                                      "worst_false_reject_rate": 3 / no}
-    metrics["ood"] = {"method": "Mahalanobis", "limit": 20.0, "quantile": 0.995,
+    metrics["ood"] = {"method": "Mahalanobis", "limit": 20.0,
+                      "calibration": {"max_share": 0.01, "confidence": 0.95, "val_images": 995, "allowed": 3,
+                                      "val_retake": 3, "val_camera_flagged": 1, "val_over_limit": 2,
+                                      "val_retake_high": 0.0087858, "met": True},
                       "battery": {"blank grey": {"n": 4, "PASS": 0, "REVIEW": 1, "REJECT": 0, "RETAKE": 3},
                                   "exposure x0.5": {"n": 4, "PASS": 0, "REVIEW": 0, "REJECT": 0, "RETAKE": 4}},
                       "battery_passed": 0, "battery_images": 8}
