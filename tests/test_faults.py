@@ -321,7 +321,7 @@ def test_too_few_images_per_class(tmp_path):
 
 @pytest.mark.parametrize("module,missing,producer", [
     ("split", "data/raw", "download"), ("shards", "data/raw", "download"), ("train", "data/shards", "shards"),
-    ("evaluate", "data/raw", "download"), ("export", "data/raw", "download"), ("report", "data/raw", "download"),
+    ("evaluate", "data/shards", "shards"), ("export", "data/raw", "download"), ("report", "data/raw", "download"),
 ])
 def test_stage_before_its_inputs(tmp_path, module, missing, producer):
     root = project(tmp_path)

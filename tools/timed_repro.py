@@ -119,8 +119,8 @@ def run(overrides: list[str], name: str | None, force: bool, out: Path, targets:
     cmd = exp_run_command(overrides, name, force, targets)
     print("$ " + " ".join(cmd), flush=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    beside = Path(sys.executable).with_name("dvc")  # this venv's dvc (and its python for the stages) first
-    if beside.is_file():
+    beside = Path(sys.executable).with_name("dvc")
+    if shutil.which("dvc") is None and beside.is_file():  # venv not activated: its dvc and python for the stages
         env["PATH"] = f"{beside.parent}{os.pathsep}{env.get('PATH', '')}"
     elif shutil.which("dvc") is None:
         sys.exit("error: dvc not found on PATH; run `make results`, or activate the project's venv first "
