@@ -91,10 +91,13 @@ def mlflow_key(key: str) -> str:
 
 
 def git_commit() -> str:
-    """HEAD's commit, with '-dirty' if tracked files changed, or 'unknown' outside git."""
+    """HEAD's commit, with '-dirty' if tracked files changed, or 'unknown' outside git. DVC's own bookkeeping
+    (dvc.lock and the .gitignore files it maintains, rewritten by every `dvc repro`) does not count: a fresh run
+    of a clean checkout is not dirty. params.yaml does (a `dvc exp run -S` change is not committed yet)."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude,glob)**/dvc.lock", ":(exclude,glob)**/.gitignore"],
                                capture_output=True, text=True, check=True).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

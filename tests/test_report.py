@@ -429,3 +429,24 @@ def test_without_promotion_or_route_the_report_says_so(made, tmp_path, monkeypat
     t = ctx["derived"]["route"]["test"]
     b = m["review_band"]
     assert t["missed"] == b["defects_slipping_through"] and t["false_rejects"] == b["ok_auto_rejected"]
+
+
+def test_commit_is_dirty_for_code_and_params_not_for_dvc_bookkeeping(tmp_path, monkeypatch):
+    """The sign-off's commit: dvc.lock and the .gitignore files DVC rewrites on every run do not make the tree
+    dirty; params.yaml and code do."""
+    from stages.tracking import git_commit
+
+    (tmp_path / "models").mkdir()
+    for name, text in (("dvc.lock", "a\n"), ("models/.gitignore", "/x\n"), ("params.yaml", "p: 1\n"), ("code.py", "")):
+        (tmp_path / name).write_text(text)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", "c"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+    monkeypatch.chdir(tmp_path)
+    clean = git_commit()
+    assert len(clean) == 40
+    (tmp_path / "dvc.lock").write_text("b\n")
+    (tmp_path / "models/.gitignore").write_text("/x\n/y\n")
+    assert git_commit() == clean
+    (tmp_path / "params.yaml").write_text("p: 2\n")
+    assert git_commit() == clean + "-dirty"
