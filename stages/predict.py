@@ -193,9 +193,12 @@ def main() -> None:
 
     counts = dict.fromkeys(("PASS", "REVIEW", "REJECT", "RETAKE"), 0)
     out_path = None if args.out == "-" else Path(args.out)
-    tmp = out_path.with_name(f".partial-{out_path.name}") if out_path else None
+    # a regular file is written beside and renamed when complete; a device or pipe (/dev/null, a FIFO) is
+    # written as it is: renaming over it would replace the device with a file
+    special = out_path is not None and out_path.exists() and not out_path.is_file()
+    tmp = out_path.with_name(f".partial-{out_path.name}") if out_path and not special else None
     try:
-        f = open(tmp, "w", newline="") if tmp else sys.stdout
+        f = open(tmp or out_path, "w", newline="") if out_path else sys.stdout
     except OSError as exc:
         raise UserError(f"cannot write {out_path}: {exc.strerror}; choose another --out") from None
     try:
@@ -205,11 +208,12 @@ def main() -> None:
             for row in predict_items(items, predictor, args.batch, args.workers, bar):
                 writer.writerow(row)
                 counts[row["route"]] += 1
-        if tmp:
+        if out_path:
             f.close()
+        if tmp:
             os.replace(tmp, out_path)
     finally:
-        if tmp and not f.closed:
+        if out_path and not f.closed:
             f.close()
         if tmp and tmp.exists():
             tmp.unlink()

@@ -6,6 +6,7 @@ import csv
 import io
 import itertools
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -99,6 +100,27 @@ def test_cli_writes_one_row_per_file_unreadable_ones_as_retake(model_dir, tmp_pa
     assert by["grey.png"]["route"] == "RETAKE" and "contrast low" in by["grey.png"]["camera_check"]
     assert all(r["model_version"] == "testversion1" and r["route"] in ("PASS", "REVIEW", "REJECT", "RETAKE") for r in rows)
     assert "RETAKE 3" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_out_to_a_pipe_or_device_writes_into_it(model_dir, tmp_path):
+    """--out /dev/null or a named pipe: written as it is, never replaced by a file (a rename over /dev/null
+    would turn the device into a regular file for the whole machine). A FIFO stands in for the device."""
+    import stat
+    import threading
+
+    for i in range(3):
+        write_part(tmp_path / "in" / f"p{i}.png", seed=300 + i, size=64)
+    fifo = tmp_path / "verdicts.fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    res = _run([tmp_path / "in", "--model", model_dir, "--out", fifo], REPO)
+    reader.join(timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode), "the pipe was replaced by a regular file"
+    rows = list(csv.DictReader(io.StringIO(got[0])))
+    assert len(rows) == 3 and not list(tmp_path.glob(".partial-*"))
 
 
 def test_cli_rows_follow_the_route_rule(model_dir, tmp_path):
