@@ -60,6 +60,22 @@ def check_interrupted() -> None:
 
 
 _committing = False
+_deferred = 0
+
+
+@contextlib.contextmanager
+def at_safe_points() -> Iterator[None]:
+    """Inside this block a stop signal is only recorded; the code must call ``check_interrupted`` at its safe
+    points (train: a Keras callback between batches). Raising KeyboardInterrupt at an arbitrary bytecode inside
+    Keras' fit can land while tf.data builds an epoch's iterator and corrupt native memory (seen as
+    "free(): invalid next size" and SIGABRT instead of exit 130). The stop deadline still applies."""
+    global _deferred
+    _deferred += 1
+    try:
+        yield
+    finally:
+        _deferred -= 1
+    check_interrupted()
 
 
 @contextlib.contextmanager
@@ -92,7 +108,7 @@ def _note_signal(signum: int) -> None:
 
 def _handler(signum, frame):
     _note_signal(signum)
-    if _committing:  # publishing() raises it once the renames are done
+    if _committing or _deferred:  # publishing() / the next safe point raises it
         return
     raise KeyboardInterrupt
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.config import flat_params, load_params
-from stages.errors import cli
+from stages.errors import at_safe_points, check_interrupted, cli
 from stages.fsutil import staged_outputs, write_csv, write_json
 
 MODEL = Path("models/model.keras")
@@ -257,8 +257,17 @@ def main() -> None:
             epoch_times: list[float] = []
 
             class Track(keras.callbacks.Callback):
+                """Epoch times and MLflow metrics; and the safe points where a stop signal ends fit."""
+
                 def on_epoch_begin(self, epoch, logs=None):
+                    check_interrupted()
                     self.t0 = time.perf_counter()
+
+                def on_train_batch_end(self, batch, logs=None):
+                    check_interrupted()
+
+                def on_test_batch_end(self, batch, logs=None):
+                    check_interrupted()
 
                 def on_epoch_end(self, epoch, logs=None):
                     epoch_times.append(time.perf_counter() - self.t0)
@@ -268,11 +277,12 @@ def main() -> None:
             stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.patience,
                                                     restore_best_weights=True, verbose=1)
             t0 = time.perf_counter()
-            history = model.fit(
-                train_ds, validation_data=val_ds, epochs=p.max_epochs, verbose=2,
-                class_weight=class_weights(train.labels, p.class_weight),
-                callbacks=[stopper, Track(), *lr_callbacks],
-            )
+            with at_safe_points():  # a stop signal ends fit between batches (Track), never inside tf.data
+                history = model.fit(
+                    train_ds, validation_data=val_ds, epochs=p.max_epochs, verbose=2,
+                    class_weight=class_weights(train.labels, p.class_weight),
+                    callbacks=[stopper, Track(), *lr_callbacks],
+                )
             wall = time.perf_counter() - t0
             h = history.history
             epochs_run = len(h["loss"])
