@@ -36,7 +36,7 @@ bench: install        ## the benchmark: whole pipeline on $(MIRROR), then SavedM
 	$(ACTIVATE) python tools/bench_predict.py --model models   # batch CLI: images/s and peak memory at 2,000 / 20,000 files
 
 serve: install        ## serve the browser bundle models/web on http://$(HOST):$(PORT)/ (after `make run`; HOST=0.0.0.0 for the network, with a warning)
-	$(ACTIVATE) python -m stages.browser models/web --port $(PORT) --host $(HOST)
+	$(ACTIVATE) python -m commands.serve models/web --port $(PORT) --host $(HOST)
 
 mlflow-server: install   ## a team MLflow server: PostgreSQL backend, proxied artifacts, on 127.0.0.1:$(MLFLOW_PORT) (Ctrl-C stops it)
 	$(ACTIVATE) python tools/mlflow_server.py --port $(MLFLOW_PORT) $(if $(MLFLOW_DIR),--dir $(MLFLOW_DIR))

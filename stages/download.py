@@ -5,66 +5,17 @@ data/raw/<class>/source-test/) and data/raw/SOURCE.json describing the source.
 """
 from __future__ import annotations
 
-import hashlib
-import shutil
 import tempfile
 from pathlib import Path
-
-from tqdm import tqdm
-
-from stages.config import DataParams, load_params
-from stages.errors import UserError, cli
-from stages.extras import copy_extras
-from stages.fsutil import sha256_file, staged_outputs, write_json
-from stages.images import encode_jpeg, iter_image_files, printable_name, undecodable_name
-from stages.paths import resolve_user_path
-from stages.sources import extract_zip, find_class_folders, kaggle_download
-from stages.synthetic import generate
-
-RAW = Path("data/raw")
-TEST_SUBFOLDER = "source-test"
-
-
-def copy_tree(data: DataParams, source_root: Path, out: Path, quarantined: list | None = None) -> dict:
-    """Copy the class folders found under ``source_root`` into ``out``; return what was copied. Files whose
-    names are not valid UTF-8 are not copied but appended to ``quarantined`` (split reports them)."""
-    folders = find_class_folders(source_root, data)
-    jobs: list[tuple[Path, Path]] = []
-    quarantined = [] if quarantined is None else quarantined
-    for role, mapping in (("train", folders.train), ("test", folders.test)):
-        for cls, dirs in mapping.items():
-            for d in dirs:
-                for f in iter_image_files(d):
-                    rel = Path(cls) / (TEST_SUBFOLDER if role == "test" else "") / f.relative_to(d)
-                    if undecodable_name(rel):
-                        quarantined.append({"path": printable_name(rel), "label": cls, "reason": undecodable_name(rel)})
-                        continue
-                    jobs.append((f, rel))
-    seen: set[Path] = set()
-    for _, rel in jobs:
-        if rel in seen:
-            raise UserError(f"two source files map to {rel}; rename one (class folders with the same file names?)")
-        seen.add(rel)
-    tree_hash = hashlib.sha256()
-    for src, rel in tqdm(jobs, desc="copy", unit="file", mininterval=1):
-        dst = out / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
-        tree_hash.update(f"{rel.as_posix()}\0{sha256_file(dst)}\n".encode())
-    counts = {cls: sum(1 for _, r in jobs if r.parts[0] == cls) for cls in data.classes}
-    test_files = sorted(r.as_posix() for _, r in jobs if TEST_SUBFOLDER in r.parts[1:2])
-    return {"files_sha256": tree_hash.hexdigest(), "counts": counts,
-            "has_test_folder": bool(folders.test), "test_files": test_files}
-
-
-def write_synthetic(data: DataParams, dest: Path) -> None:
-    p = data.synthetic
-    names = {"defect": data.positive_class, "ok": data.negative_class}
-    for key, i, img, _ in tqdm(generate(p.per_class, p.size, p.seed), total=2 * p.per_class,
-                               desc="synthesise", unit="img", mininterval=1):
-        target = dest / names[key] / f"synthetic_{key}_{i:05d}.jpeg"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(encode_jpeg(img))
+from inspection.config import load_params
+from inspection.errors import UserError
+from inspection.runner.cli import cli
+from inspection.data.extras import copy_extras
+from inspection.fsutil import staged_outputs, write_json
+from inspection.artifacts import resolve_user_path
+from inspection.data.acquire import extract_zip, kaggle_download
+from inspection.artifacts import RAW
+from inspection.data.acquire import copy_tree, write_synthetic
 
 
 def main() -> None:

@@ -1,243 +1,19 @@
-"""Stage 4, evaluate: choose the operating threshold on validation, measure it on test.
-
-Policies (evaluate.policy): min_recall = highest threshold whose validation defect
-recall >= evaluate.min_recall (with evaluate.robust_threshold: on the clean validation photos
-and under every gated perturbation of the robustness battery, the lowest of those thresholds);
-max_f1 = the validation F1 maximiser; fixed.
-A part is called a defect when its probability >= threshold.
-Also: bootstrap intervals of the test error rates, the review band (evaluate.review_band), the
-robustness battery (evaluate.robustness, stages/perturb.py) and the drift reference statistics
-of the training images that deployment compares incoming images with (stages/imagestats.py).
-Outputs: reports/metrics.json (DVC metrics), reports/eval/drift_reference.json and
-reports/eval/{thresholds,pr,roc,confusion,predictions,operating_points,robustness}.csv.
-
-Memory: nothing holds a whole split. The model-size images stream from the shards (stage shards,
-``stages.dataset.open_shards``) ``CHUNK`` at a time (probabilities, pooled features, camera statistics); the
-full-resolution photos (validation for the robust threshold, test for the routes and both batteries) are decoded
-``CHUNK`` at a time with every perturbation applied to each chunk. What stays are per-image results (a probability,
-an OOD score, a few camera statistics, the pooled features of train and val). CHUNK is a multiple of the model's
-batch, so the model sees the same batches as on the whole split and the numbers are bit-identical to a one-shot run.
-"""
+"""TODO docstring."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
-
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
-from tqdm import tqdm
-
-from stages.config import load_params
-from stages.errors import cli
-from stages.fsutil import staged_outputs, write_csv, write_json
-from stages.metrics import (at_threshold, binomial_ci, bootstrap_rates, choose_threshold, operating_points, review_band,
-                            sweep)
-from stages.route import camera_reasons
-from stages.tracking import mlflow_key
-
-METRICS = Path("reports/metrics.json")
-EVAL = Path("reports/eval")
-DRIFT_REFERENCE = EVAL / "drift_reference.json"
-
-
-BATCH = 64    # images per model call
-CHUNK = 256   # images per read: a run of shard images, or full-resolution photos decoded at a time. A multiple of
-              # BATCH: the model then gets the batches it would get on the whole split (bit-identical numbers;
-              # other chunks change the float32 outputs by a few ulp, batch composition steers the CPU kernels)
-
-
-def predict(model, images: np.ndarray, batch: int | None = None) -> np.ndarray:
-    return model.predict(images[..., None].astype(np.float32), batch_size=batch or BATCH,
-                         verbose=0)[:, 0].astype(np.float64)
-
-
-def joined(parts: list):
-    """Per-chunk results -> one result: arrays concatenated, dicts key by key, lists chained."""
-    first = parts[0]
-    if isinstance(first, dict):
-        return {k: joined([p[k] for p in parts]) for k in first}
-    if isinstance(first, list):
-        return [x for p in parts for x in p]
-    return np.concatenate(parts)
-
-
-def stream_split(reader, outputs: dict[str, Callable[[np.ndarray], object]], chunk: int | None = None) -> dict:
-    """Each function of ``outputs`` on every image of a split read from the shards (``reader``:
-    ``stages.dataset.open_shards``), ``chunk`` images at a time (uint8 [b, size, size] -> a per-image array or a
-    dict of them); the results joined in manifest order. Memory holds one chunk of images."""
-    from stages.errors import UserError
-
-    chunk = chunk or CHUNK
-    if not len(reader):
-        raise UserError(f"split {reader.split!r} is empty in the shards; re-run the split and shards stages")
-    parts: dict[str, list] = {k: [] for k in outputs}
-    with tqdm(total=len(reader), desc=f"evaluate {reader.split} ({', '.join(outputs)})", unit="img",
-              mininterval=2) as bar:
-        for start in range(0, len(reader), chunk):
-            images = reader.read(start, start + chunk)
-            for k, fn in outputs.items():
-                parts[k].append(fn(images))
-            bar.update(len(images))
-    return {k: joined(v) for k, v in parts.items()}
-
-
-def photo_chunks(paths: Sequence[str], desc: str, chunk: int | None = None) -> Iterator[tuple[int, list[np.ndarray]]]:
-    """(index of the first photo in ``paths``, full-resolution photos) for consecutive runs of ``chunk`` paths."""
-    from stages.images import read_many
-
-    chunk = chunk or CHUNK
-    with tqdm(total=len(paths), desc=desc, unit="img", mininterval=2) as bar:
-        for start in range(0, len(paths), chunk):
-            photos = read_many(paths[start:start + chunk])
-            yield start, photos
-            bar.update(len(photos))
-
-
-def perturbation(kind: str | None, value, seed: int) -> Callable[[int, np.ndarray], np.ndarray] | None:
-    """change(i, photo) for photo i of the split (its index in the whole split seeds its random stream, so the
-    numbers do not depend on the chunks); None for the clean photo."""
-    from stages.perturb import apply
-
-    if kind is None:
-        return None
-    return lambda i, img: apply(kind, value, img, np.random.default_rng([seed, i]))
-
-
-def perturbed(serving, paths: Sequence[str], size: int, r, runs, chunk: int | None = None) -> dict[str, dict]:
-    """Each (name, kind, value, gated) of ``runs`` (see ``battery``) applied to every full-resolution photo, then the
-    model's resize, then the deployed (two-output) model: {name: {"probability", "ood", "stats"}}.
-    kind None is the clean photo. The photos are read ``chunk`` at a time and every run is applied to each chunk."""
-    changes = {name: perturbation(kind, value, r.seed) for name, kind, value, _ in runs}
-    parts: dict[str, list] = {name: [] for name in changes}
-    for start, photos in photo_chunks(paths, f"evaluate: test photos x {len(runs)} conditions", chunk):
-        for name, change in changes.items():
-            parts[name].append(scored(serving, photos, size, change, first=start))
-    return {name: joined(p) for name, p in parts.items()}
-
-
-def scored(serving, photos: list[np.ndarray], size: int, change=None, first: int = 0) -> dict:
-    """Full-resolution photos (each through ``change(first + i, photo)`` first: ``first`` is the index of
-    ``photos[0]`` in its split) -> resize -> camera statistics and both model outputs:
-    {"probability": [N], "ood": [N], "stats": [dict]}."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from stages.images import resize
-    from stages.imagestats import features
-    from stages.ood import predict_both
-
-    def one(i):
-        small = resize(photos[i] if change is None else change(first + i, photos[i]), size)
-        return small, features(small)
-
-    with ThreadPoolExecutor(4) as pool:
-        res = list(pool.map(one, range(len(photos))))
-    prob, ood = predict_both(serving, np.stack([o[0] for o in res]), BATCH)
-    return {"probability": prob, "ood": ood, "stats": [o[1] for o in res]}
-
-
-def routes(s: dict, rule: dict) -> list[tuple[str, str]]:
-    from stages.route import decide
-
-    return [decide(p, st, o, rule) for p, o, st in zip(s["probability"], s["ood"], s["stats"])]
-
-
-def route_counts(y: np.ndarray, decided: list[tuple[str, str]], confidence: float) -> dict:
-    """Routes per true class on labelled parts, the line's error counts and their exact intervals.
-    missed = defects routed PASS (the only way a defect escapes); false_rejects = good parts routed REJECT."""
-    from stages.route import ROUTES
-
-    r = np.array([d[0] for d in decided])
-    y = np.asarray(y).astype(bool)
-    counts = {cls: {w: int(((r == w) & m).sum()) for w in ROUTES} for cls, m in (("defect", y), ("ok", ~y))}
-    n, nd, no = len(y), int(y.sum()), int((~y).sum())
-    missed, fr = counts["defect"]["PASS"], counts["ok"]["REJECT"]
-    review, retake = int((r == "REVIEW").sum()), int((r == "RETAKE").sum())
-    ci = lambda k, m: binomial_ci(k, m, confidence)  # noqa: E731
-    return {"n": n, "defects": nd, "ok": no, "counts": counts, "missed": missed, "false_rejects": fr,
-            "review": review, "retake": retake,
-            "recall_not_passed": (nd - missed) / nd if nd else None,
-            "false_reject_rate": fr / no if no else None,
-            "review_share": review / n if n else None, "retake_share": retake / n if n else None,
-            "intervals": {"missed": ci(missed, nd), "false_rejects": ci(fr, no), "review": ci(review, n),
-                          "retake": ci(retake, n), "defect_review": ci(counts["defect"]["REVIEW"], nd),
-                          "ok_review": ci(counts["ok"]["REVIEW"], no), "defect_retake": ci(counts["defect"]["RETAKE"], nd),
-                          "ok_retake": ci(counts["ok"]["RETAKE"], no)}}
-
-
-def battery(r, gated_only: bool = False) -> list[tuple]:
-    """[(name, kind, value, gated)], 'clean' first."""
-    return [("clean", None, None, False), *((n, q.kind, q.value, q.gated) for n, q in r.perturbations.items()
-                                             if q.gated or not gated_only)]
-
-
-def robustness(results: dict[str, dict], y: np.ndarray, rule: dict, r, confidence: float, camera: dict) -> list[dict]:
-    """The perturbation battery (``results``: ``perturbed`` on the test photos with every run of ``battery(r)``) at
-    the chosen threshold and route; row 'clean' is the reference. recall / false_reject_rate / missed are the
-    threshold rule's; route_* count what the line would do (RETAKE and REVIEW are not passed), with exact intervals."""
-    rows = []
-    for name, kind, value, gated in battery(r):
-        res = results[name]
-        m = at_threshold(y, res["probability"], rule["threshold"])
-        rc = route_counts(y, routes(res, rule), confidence)
-        ok = m["recall"] >= r.targets.min_recall and m["false_reject_rate"] <= r.targets.max_false_reject_rate
-        flagged = float(np.mean([bool(camera_reasons(st, camera)) for st in res["stats"]]))
-        ivl = rc["intervals"]
-        rows.append({"perturbation": name, "kind": kind or "none", "value": value, "gated": gated,
-                     "recall": m["recall"], "missed": m["fn"], "false_reject_rate": m["false_reject_rate"],
-                     "false_rejects": m["fp"], "roc_auc": m["roc_auc"],
-                     "drift_flagged_share": flagged, "meets_targets": ok,
-                     "route_missed": rc["missed"], "route_missed_high": ivl["missed"]["high"],
-                     "route_false_rejects": rc["false_rejects"], "route_false_rejects_high": ivl["false_rejects"]["high"],
-                     "review_share": rc["review_share"], "retake_share": rc["retake_share"],
-                     "defects": rc["defects"], "ok": rc["ok"],
-                     "missed_low": binomial_ci(m["fn"], rc["defects"], confidence)["low"],
-                     "missed_high": binomial_ci(m["fn"], rc["defects"], confidence)["high"],
-                     "false_reject_low": binomial_ci(m["fp"], rc["ok"], confidence)["low"],
-                     "false_reject_high": binomial_ci(m["fp"], rc["ok"], confidence)["high"]})
-        print(f"evaluate: robustness {name:>16}: recall {m['recall']:.4f} false rejects "
-              f"{m['false_reject_rate']:.4f} ROC-AUC {m['roc_auc']:.4f}; routes: {rc['missed']} defects passed, "
-              f"RETAKE {rc['retake_share']:.0%}{'' if ok or not gated else '  << misses target'}")
-    return rows
-
-
-def robust_threshold(model, paths: Sequence[str], y_val: np.ndarray, e, size: int, chunk: int | None = None) -> dict:
-    """evaluate.robust_threshold: the policy's threshold on the validation photos (read ``chunk`` at a time),
-    clean and under every gated perturbation; the lowest wins, so the recall target holds in all of them."""
-    from stages.images import resize
-
-    r = e.robustness
-    changes = {name: perturbation(kind, value, r.seed) for name, kind, value, _ in battery(r, gated_only=True)}
-    probs: dict[str, list] = {name: [] for name in changes}
-    for start, photos in photo_chunks(paths, f"evaluate: validation photos x {len(changes)} conditions", chunk):
-        for name, change in changes.items():
-            small = np.stack([resize(img if change is None else change(start + i, img), size)
-                              for i, img in enumerate(photos)])
-            probs[name].append(predict(model, small))
-    per = {}
-    for name, p in probs.items():
-        per[name] = choose_threshold(y_val, np.concatenate(p), e)
-        print(f"evaluate: validation threshold under {name:>16}: {per[name]:.4f}")
-    return per
-
-
-def ood_battery(serving, paths: Sequence[str], size: int, rule: dict, per_kind: int, seed: int) -> list[dict]:
-    """Images the model was not trained to judge (stages.perturb.OOD_KINDS), made from the first ``per_kind`` test
-    photos (only those are read): one row per image with its route. None may be PASS."""
-    from stages.images import read_many
-    from stages.perturb import OOD_KINDS, ood_image
-
-    base = read_many(paths[:per_kind])
-    rows = []
-    for kind in OOD_KINDS:
-        made = [ood_image(kind, img, np.random.default_rng([seed, k, i])) for k, i, img in
-                ((OOD_KINDS.index(kind), i, img) for i, img in enumerate(base))]
-        res = scored(serving, made, size)
-        for i, (route_, reason) in enumerate(routes(res, rule)):
-            rows.append({"kind": kind, "index": i, "route": route_, "reason": reason,
-                         "probability": round(float(res["probability"][i]), 6),
-                         "ood_score": round(float(res["ood"][i]), 4)})
-    return rows
+from inspection.config import load_params
+from inspection.runner.cli import cli
+from inspection.fsutil import staged_outputs, write_csv, write_json
+from inspection.decision.metrics import at_threshold, binomial_ci, bootstrap_rates, choose_threshold, operating_points, review_band, sweep
+from inspection.decision.route import camera_reasons
+from inspection.tracking.runs import mlflow_key
+from inspection.artifacts import DRIFT_REFERENCE, EVAL, METRICS
+from inspection.evaluation.batteries import battery, ood_battery, perturbed, robust_threshold, robustness, route_counts, routes
+from inspection.evaluation.scoring import BATCH, predict, stream_split
 
 
 def main() -> None:
@@ -245,18 +21,19 @@ def main() -> None:
     e, t = params.evaluate, params.train
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from stages.dataset import open_shards
+    from inspection.data.dataset import open_shards
 
     pos, neg = params.data.positive_class, params.data.negative_class
     # the shards are checked against their index and the current manifest first (one-line errors, no TF import)
     data = {s: open_shards(s, t.image_size, pos) for s in ("train", "val", "test")}
 
-    from stages.imagestats import drift_reference, feature_table
-    from stages.models import load_model
-    from stages.ood import GATE, METHOD, calibrate_limit, distances, feature_extractor, fit, save_gate, serving_model
-    from stages.route import camera_reasons, make_rule
-    from stages.tracking import stage_run
-    from stages.train import MODEL
+    from inspection.data.imagestats import drift_reference, feature_table
+    from inspection.model.architectures import load_model
+    from inspection.artifacts import GATE
+    from inspection.model.ood import METHOD, calibrate_limit, distances, feature_extractor, fit, save_gate, serving_model
+    from inspection.decision.route import make_rule
+    from inspection.tracking.runs import stage_run
+    from inspection.artifacts import MODEL
 
     model = load_model(MODEL)
     extractor = feature_extractor(model)

@@ -1,169 +1,30 @@
-"""Stage 7, promote: may the new model (the challenger) replace the one on the line (the champion)?
-
-The exported model is registered (export does it; this stage re-uses that version by its content hash, or
-registers it if export could not). The current ``champion`` alias of registry.model_name is scored on the same
-images as the challenger: the challenger's test photos that the champion neither trained nor chose its threshold
-on (each version's split manifest is logged with it; images are matched by the sha256 of their decoded pixels),
-plus the fixed golden set of promote.golden (class sub-folders) when set, minus anything either model trained or
-validated on. Each model decides with its own threshold and route rule (stages.route.decide on its own
-metadata.json, through stages.predict: the batch CLI's code path).
-
-Rule (params ``promote``): the challenger misses (routes PASS) at most max_extra_missed more defects than the
-champion, its false-reject rate (good parts routed REJECT) is at most the champion's + false_reject_margin, its
-RETAKE share is at most max_retake_share, and at least min_images photos were compared. McNemar's exact test on
-the parts where exactly one model is right (pass vs not-pass) is reported beside the counts.
-It passes: alias ``champion`` -> challenger. It fails: ``challenger`` -> challenger, the champion stays. The first
-model of an empty registry becomes champion.
-
-Purity: a version's decision is made against the champion of the moment it was first compared (recorded on the
-version as tag promotion.baseline), so re-running with the same inputs compares the same two models and writes
-the same reports/promotion.json, whose ``registry_state`` records both versions and their content hashes.
-Aliases are only moved while the champion is still one of the two compared versions.
-"""
+"""TODO docstring."""
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
-
-import numpy as np
-
-from stages.config import load_params
-from stages.errors import UserError, cli
-from stages.fsutil import read_csv, read_json, sha256_bytes, staged_outputs, write_json
-
-PROMOTION = Path("reports/promotion.json")
-TAG_BASELINE = "promotion.baseline"     # on a version: the champion it was compared with ("none": first model)
-TAG_DECISION = "promotion.decision"
-COUNT_KEYS = ("n", "defects", "ok", "missed", "false_rejects", "review", "retake", "pass", "reject")
-
-
-def pixel_sha256(img: np.ndarray) -> str:
-    """The split manifest's sha256: of the decoded grayscale pixels and the shape (stages/split.py)."""
-    return sha256_bytes(np.ascontiguousarray(img).tobytes() + str(img.shape).encode())
-
-
-def counts(labels: list[str], routes: list[str], positive: str) -> dict:
-    d = [r for lab, r in zip(labels, routes) if lab == positive]
-    ok = [r for lab, r in zip(labels, routes) if lab != positive]
-    return {"n": len(routes), "defects": len(d), "ok": len(ok),
-            "missed": d.count("PASS"), "false_rejects": ok.count("REJECT"),
-            "review": routes.count("REVIEW"), "retake": routes.count("RETAKE"),
-            "pass": routes.count("PASS"), "reject": routes.count("REJECT")}
-
-
-def rates(c: dict) -> dict:
-    return {"missed_rate": c["missed"] / c["defects"] if c["defects"] else 0.0,
-            "false_reject_rate": c["false_rejects"] / c["ok"] if c["ok"] else 0.0,
-            "retake_share": c["retake"] / c["n"] if c["n"] else 0.0,
-            "review_share": c["review"] / c["n"] if c["n"] else 0.0}
-
-
-def correct(label: str, route: str, positive: str) -> bool:
-    """Pass vs not-pass: a defect must not pass, a good part should pass."""
-    return (route != "PASS") if label == positive else (route == "PASS")
-
-
-def mcnemar(labels: list[str], champion: list[str], challenger: list[str], positive: str) -> dict:
-    """Exact McNemar test: b = champion right and challenger wrong, c = the reverse; two-sided binomial p of b
-    among the b + c discordant parts (1.0 when there are none)."""
-    from scipy.stats import binomtest
-
-    b = sum(correct(lab, a, positive) and not correct(lab, z, positive) for lab, a, z in zip(labels, champion, challenger))
-    c = sum(not correct(lab, a, positive) and correct(lab, z, positive) for lab, a, z in zip(labels, champion, challenger))
-    p = float(binomtest(b, b + c, 0.5).pvalue) if b + c else 1.0
-    return {"b": int(b), "c": int(c), "p_value": p,
-            "meaning": "b: parts the champion got right (pass vs not-pass) and the challenger wrong; c: the reverse"}
-
-
-def gate(challenger: dict, champion: dict, rule) -> tuple[bool, list[str]]:
-    """(passes, one sentence per check) for challenger vs champion counts under the promote params."""
-    ch, cp = rates(challenger), rates(champion)
-    checks = []
-    ok_missed = challenger["missed"] <= champion["missed"] + rule.max_extra_missed
-    checks.append((ok_missed, f"missed defects {challenger['missed']} vs champion {champion['missed']} "
-                              f"(allowed + {rule.max_extra_missed})"))
-    ok_fr = ch["false_reject_rate"] <= cp["false_reject_rate"] + rule.false_reject_margin + 1e-12
-    checks.append((ok_fr, f"false-reject rate {ch['false_reject_rate']:.4f} vs champion {cp['false_reject_rate']:.4f} "
-                          f"(allowed + {rule.false_reject_margin:g})"))
-    ok_rt = ch["retake_share"] <= rule.max_retake_share + 1e-12
-    checks.append((ok_rt, f"RETAKE share {ch['retake_share']:.4f} (limit {rule.max_retake_share:g})"))
-    enough = challenger["n"] >= rule.min_images
-    checks.append((enough, f"{challenger['n']} held-out photos compared (minimum {rule.min_images})"))
-    return all(ok for ok, _ in checks), [("passed: " if ok else "FAILED: ") + text for ok, text in checks]
-
-
-def seen_in_training(manifest: Path) -> set[str]:
-    """sha256 of every image a version trained or chose its threshold on (its train and val rows)."""
-    return {r["sha256"] for r in read_csv(manifest) if r["split"] in ("train", "val")}
-
-
-def golden_images(folder: str | None, data) -> list[tuple[str, str, Path]]:
-    """(name, class, path) of the golden set: promote.golden/<class folder>/<files>."""
-    if not folder:
-        return []
-    from stages.images import IMAGE_EXTENSIONS, iter_image_files
-    from stages.paths import resolve_user_path
-    from stages.sources import find_class_folders
-
-    root = resolve_user_path(folder)
-    if not root.is_dir():
-        raise UserError(f"promote.golden {root} is not a folder; give a folder with one sub-folder per class or null")
-    out = []
-    for cls, dirs in sorted(find_class_folders(root, data).train.items()):
-        for d in dirs:
-            for f in iter_image_files(d):
-                if f.suffix.lower() in IMAGE_EXTENSIONS:
-                    out.append((f"golden/{f.relative_to(root).as_posix()}", cls, f))
-    return out
-
-
-def version_info(mv, metadata: dict | None = None) -> dict:
-    tags = mv.tags or {}
-    return {"version": int(mv.version), "run_id": mv.run_id, "content_hash": tags.get("content_hash"),
-            "model_version": tags.get("model_version") or (metadata or {}).get("version")}
-
-
-def score(predictor, images: list[tuple[str, str, Path]]) -> tuple[list[str], list[float | None]]:
-    """Routes and defect probabilities of ``predictor`` (stages.predict) for (name, class, path) images."""
-    from stages.predict import predict_items
-
-    rows = list(predict_items([(name, path.read_bytes) for name, _, path in images], predictor))
-    return [r["route"] for r in rows], [float(r["defect_probability"]) if r["defect_probability"] else None
-                                        for r in rows]
-
-
-def choose_baseline(ch, champion_now, client, name) -> tuple[str, object | None]:
-    """What this challenger is compared with: ("first", None) when it was (or now is) the first model of the
-    registry; ("champion", version) for the champion recorded on it at its first comparison, else today's champion;
-    ("already", None) when it is already the champion without a recorded comparison (alias set by hand)."""
-    recorded = (ch.tags or {}).get(TAG_BASELINE)
-    if recorded == "none":
-        return "first", None
-    if recorded:
-        try:
-            return "champion", client.get_model_version(name, recorded)
-        except Exception:
-            pass  # the recorded version was deleted: compare with today's champion
-    if champion_now is None:
-        return "first", None
-    if champion_now.version == ch.version:
-        return "already", None
-    return "champion", champion_now
+from inspection.config import load_params
+from inspection.errors import UserError
+from inspection.runner.cli import cli
+from inspection.fsutil import read_csv, read_json, staged_outputs, write_json
+from inspection.artifacts import MANIFEST, METADATA, PROMOTION, SAVED_MODEL
+from inspection.tracking.champion import TAG_BASELINE, TAG_DECISION, choose_baseline, counts, gate, golden_images, mcnemar, pixel_sha256, rates, score, seen_in_training, version_info
 
 
 def main() -> None:
     params = load_params()
     rule, name, pos = params.promote, params.registry.model_name, params.data.positive_class
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from stages import registry
-    from stages.predict import load_predictor
-    from stages.tracking import stage_run
+    from inspection.tracking import registry
+    from inspection.deploy.resolver import resolve_model_dir
+    from inspection.deploy.predictor import load_predictor
+    from inspection.tracking.runs import stage_run
 
-    for needed, stage in ((registry.METADATA, "export"), (registry.SAVED_MODEL, "export"), (registry.MANIFEST, "split")):
+    for needed, stage in ((METADATA, "export"), (SAVED_MODEL, "export"), (MANIFEST, "split")):
         if not Path(needed).exists():
             raise UserError(f"{needed} is missing; run the {stage} stage first (dvc repro {stage})")
-    metadata = read_json(registry.METADATA)
+    metadata = read_json(METADATA)
     reg = registry.log_and_register(params, stage="promote")   # export's version, found by content hash
     mlflow, client = registry._client()
     ch = client.get_model_version(name, str(reg["version"]))
@@ -171,7 +32,7 @@ def main() -> None:
     kind, base = choose_baseline(ch, champion_now, client, name)
 
     # the photos: challenger's test rows (+ golden) that neither model trained or validated on
-    rows = read_csv(registry.MANIFEST)
+    rows = read_csv(MANIFEST)
     seen = {r["sha256"] for r in rows if r["split"] in ("train", "val")}
     with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
         if base is not None:
@@ -185,7 +46,7 @@ def main() -> None:
     test = [r for r in rows if r["split"] == "test"]
     images = [(r["path"], r["label"], Path(r["path"])) for r in test if r["sha256"] not in seen_by_champion]
     golden = golden_images(rule.golden, params.data)
-    from stages.images import read_gray
+    from inspection.data.images import read_gray
 
     golden_kept = [g for g in golden if pixel_sha256(read_gray(g[2])) not in seen | seen_by_champion]
     images += golden_kept
@@ -195,7 +56,7 @@ def main() -> None:
     labels = [lab for _, lab, _ in images]
 
     print(f"promote: scoring {len(images)} held-out photos with the challenger (version {ch.version})")
-    ch_routes, ch_probs = score(load_predictor(str(registry.SAVED_MODEL.parent)), images)
+    ch_routes, ch_probs = score(load_predictor(str(SAVED_MODEL.parent)), images)
     ch_counts = counts(labels, ch_routes, pos)
     out = {"model_name": name, "rule": rule.model_dump(),
            "challenger": {**version_info(ch, metadata), "threshold": metadata["threshold"], "counts": ch_counts,
@@ -212,7 +73,7 @@ def main() -> None:
         decision, alias = "kept champion", registry.CHAMPION
         reason, checks = f"version {ch.version} is already the champion (set outside the promote stage)", []
     else:
-        base_dir = registry.resolve_model_dir(f"models:/{name}/{base.version}")
+        base_dir = resolve_model_dir(f"models:/{name}/{base.version}")
         base_meta = read_json(base_dir / "metadata.json")
         print(f"promote: scoring the same photos with the champion (version {base.version})")
         cp_routes, cp_probs = score(load_predictor(str(base_dir)), images)

@@ -1,153 +1,22 @@
-"""Where images come from: the Kaggle archive, a local zip/folder, or the synthetic generator.
-
-Every source ends as a folder tree that ``find_class_folders`` maps onto the
-classes in params: either the Kaggle layout (``.../train/<class>``,
-``.../test/<class>``) or simply one sub-folder per class.
-"""
+"""TODO docstring."""
 from __future__ import annotations
 
-import os
-import zipfile
-import zlib
-from dataclasses import dataclass, field
-from pathlib import Path
-
-from tqdm import tqdm
-
-from stages.config import DataParams
-from stages.errors import UserError
-from stages.fsutil import sha256_file
-
-SPLIT_FOLDER_NAMES = {"train", "test"}
+from inspection.runner.cli import cli
+from inspection.fsutil import staged_outputs, write_json
+from inspection.artifacts import EXTRA_HASHES, GOLDEN_HASH
+from inspection.data.extras import fingerprint
 
 
-@dataclass
-class ClassFolders:
-    root: Path
-    train: dict[str, list[Path]] = field(default_factory=dict)  # class -> folders
-    test: dict[str, list[Path]] = field(default_factory=dict)   # class -> the source's own test folders
+def main() -> None:
+    from inspection.config import load_params
+
+    params = load_params()
+    with staged_outputs(EXTRA_HASHES, GOLDEN_HASH) as out:
+        write_json(out.path(EXTRA_HASHES), {"extra": [fingerprint(s) for s in params.data.extra]})
+        write_json(out.path(GOLDEN_HASH), {"golden": fingerprint(params.promote.golden)})
+    n = len(params.data.extra)
+    print(f"sources: {n} extra source(s) fingerprinted" + (", golden set too" if params.promote.golden else ""))
 
 
-def kaggle_download(dataset: str, version: int) -> Path:
-    """Download (or reuse from KAGGLEHUB_CACHE) one pinned version of a public Kaggle dataset."""
-    import kagglehub
-
-    handle = f"{dataset}/versions/{version}"
-    cache = os.environ.get("KAGGLEHUB_CACHE", "~/.cache/kagglehub")
-    try:
-        return Path(kagglehub.dataset_download(handle))
-    except Exception as exc:  # kagglehub raises requests/urllib3/its own errors; all mean "could not get it"
-        kind = type(exc).__name__
-        raise UserError(
-            f"could not download Kaggle dataset {handle} and no complete cached copy is in {cache} ({kind}); "
-            "connect to the internet once (or set KAGGLEHUB_CACHE to a folder holding it), or run offline with "
-            "data.source=local (data.local.path=<zip or folder>) or data.source=synthetic"
-        ) from None
-
-
-def extract_zip(zip_path: Path, dest: Path, expected_sha256: str | None, quarantined: list | None = None) -> str:
-    """Check the zip's sha256 (with progress), extract it to ``dest`` and return the sha256.
-
-    A member that cannot be extracted (corrupt data, bad CRC, encrypted, unknown compression) is appended
-    to ``quarantined`` as {"path", "reason"} and skipped; without that list it stops the stage with one line."""
-    size = zip_path.stat().st_size
-    with tqdm(total=size, unit="B", unit_scale=True, desc=f"sha256 {zip_path.name}", mininterval=1) as bar:
-        digest = sha256_file(zip_path, progress=bar)
-    if expected_sha256 and digest.lower() != expected_sha256.lower():
-        raise UserError(
-            f"{zip_path}: sha256 {digest} does not match data.local.sha256 {expected_sha256}; "
-            "re-download the archive or update data.local.sha256"
-        )
-    try:
-        zf = zipfile.ZipFile(zip_path)
-    except zipfile.BadZipFile:
-        raise UserError(f"{zip_path} is not a valid zip archive; re-download it or point data.local.path at a folder") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{zip_path}: member names marked as UTF-8 are not valid UTF-8 (a broken zip tool); re-create "
-                        "the archive, or extract it and point data.local.path at the folder") from None
-    with zf:
-        members = [m for m in zf.infolist() if not m.is_dir()]
-        for m in tqdm(members, desc=f"extract {zip_path.name}", unit="file", mininterval=1):
-            target = (dest / m.filename).resolve()
-            if not target.is_relative_to(dest.resolve()):
-                raise UserError(f"{zip_path}: member {m.filename!r} escapes the archive; refusing to extract")
-            try:
-                zf.extract(m, dest)
-            except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, ValueError) as exc:
-                if target.exists():
-                    target.unlink()
-                reason = f"corrupt archive member ({' '.join(str(exc).split())[:100] or type(exc).__name__})"
-                if quarantined is None:
-                    raise UserError(f"{zip_path}: {m.filename}: {reason}; re-download the archive") from None
-                quarantined.append({"path": m.filename, "reason": reason})
-    return digest
-
-
-def _image_dirs(root: Path) -> list[Path]:
-    """Folders that directly contain at least one non-hidden file."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
-        if any(not f.startswith(".") for f in filenames):
-            found.append(Path(dirpath))
-    return found
-
-
-def find_class_folders(root: Path, data: DataParams) -> ClassFolders:
-    """Map the folder tree under ``root`` to the classes in params, or explain what is wrong."""
-    if not root.exists():
-        raise UserError(f"{root} does not exist; set data.local.path to a .zip or a folder with one sub-folder per class")
-    lookup = {alias.lower(): cls for cls, aliases in data.classes.items() for alias in [cls, *aliases]}
-    leaves = _image_dirs(root)
-    # Empty class folders (a folder named like a class but with no files) are a user error too.
-    for dirpath, dirnames, filenames in os.walk(root):
-        name = Path(dirpath).name.lower()
-        if name in lookup and not any(not f.startswith(".") for f in filenames) and not dirnames:
-            raise UserError(f"class folder {dirpath} is empty; add images to it or remove it")
-    if not leaves:
-        raise UserError(f"no files found under {root}; point data.local.path at the image folders")
-
-    split_parents = {d.parent for d in leaves if d.parent.name.lower() in SPLIT_FOLDER_NAMES}
-    kaggle_layout = [p for p in split_parents if p.name.lower() == "train"]
-    if kaggle_layout:
-        if len(kaggle_layout) > 1:
-            raise UserError(f"several train folders under {root}: {sorted(map(str, kaggle_layout))}; point data.local.path at one")
-        base = kaggle_layout[0].parent
-        parents = {"train": base / kaggle_layout[0].name}
-        test = [p for p in split_parents if p.parent == base and p.name.lower() == "test"]
-        if test:
-            parents["test"] = test[0]
-    else:
-        groups = sorted({d.parent for d in leaves}, key=lambda p: (len(p.parts), str(p)))
-        if len(groups) != 1:
-            # e.g. the Kaggle archive's extra 512x512 copy beside the class folders; prefer the shallowest
-            # folder whose children all map to classes.
-            mapped = [g for g in groups if all(c.name.lower() in lookup for c in leaves if c.parent == g)]
-            if len(mapped) != 1:
-                raise UserError(
-                    f"cannot tell which folders under {root} are the classes (candidates: "
-                    f"{', '.join(str(g.relative_to(root)) or '.' for g in groups)}); point data.local.path at the folder "
-                    "holding one sub-folder per class"
-                )
-            groups = mapped
-        parents = {"train": groups[0]}
-
-    out = ClassFolders(root=root)
-    for role, parent in parents.items():
-        mapping: dict[str, list[Path]] = {}
-        for leaf in sorted(d for d in leaves if d.parent == parent):
-            cls = lookup.get(leaf.name.lower())
-            if cls is None:
-                raise UserError(
-                    f"folder {leaf} does not map to a class; add {leaf.name!r} to data.classes.<class> in params.yaml "
-                    "or move it out of the data folder"
-                )
-            mapping.setdefault(cls, []).append(leaf)
-        missing = sorted(set(data.classes) - set(mapping))
-        if missing:
-            raise UserError(
-                f"no folder for class(es) {missing} under {parent}; expected one of "
-                f"{[a for m in missing for a in data.classes[m]]}"
-            )
-        setattr(out, role, mapping)
-    return out
+if __name__ == "__main__":
+    cli(main)()

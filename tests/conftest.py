@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 MIRROR = REPO.parent / "shared" / "datasets" / "casting-product-train.zip"
 sys.path.insert(0, str(REPO))
 
-from stages.config import set_dotted  # noqa: E402
-from stages.synthetic import render_part  # noqa: E402
+from inspection.config import set_dotted
+from inspection.data.synthetic import render_part
 
 
 def write_part(path: Path, seed: int, defects: int = 0, size: int = 64, channels: int = 3) -> np.ndarray:
@@ -61,7 +61,7 @@ def browser():
         if os.environ.get("REQUIRE_BROWSER") == "1":
             pytest.fail(f"REQUIRE_BROWSER=1 but {CHROMIUM} is missing: apt-get install chromium")
         pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    from stages.browser import chromium
+    from inspection.deploy.server import chromium
 
     with chromium(CHROMIUM) as b:
         yield b
@@ -91,7 +91,7 @@ def copy_repo(dest: Path) -> Path:
 def section(dotted: str, **changes):
     """A validated params section from the repo's params.yaml (the one source of defaults) with ``changes``,
     e.g. section("train.augment", probability=1.0)."""
-    from stages.config import load_params
+    from inspection.config import load_params
 
     obj = load_params(REPO / "params.yaml")
     for part in dotted.split("."):

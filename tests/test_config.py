@@ -1,7 +1,7 @@
 import pytest
 
-from stages.config import changed_params, load_params
-from stages.errors import UserError
+from inspection.config import changed_params, load_params
+from inspection.errors import UserError
 
 from conftest import REPO
 
@@ -64,11 +64,11 @@ def test_the_schema_carries_no_second_set_of_defaults():
     """params.yaml is the one source of defaults: no field of the schema has a default of its own."""
     from pydantic import BaseModel
 
-    from stages import config
+    from inspection import config
 
     def walk(model: type[BaseModel], prefix: str):
         for name, field in model.model_fields.items():
-            assert field.is_required(), f"{prefix}{name} has a default in stages/config.py; put it in params.yaml"
+            assert field.is_required(), f"{prefix}{name} has a default in inspection/config.py; put it in params.yaml"
             ann = field.annotation
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, f"{prefix}{name}.")

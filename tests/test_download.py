@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from stages import download
-from stages.errors import UserError
-from stages.fsutil import sha256_file
-from stages.synthetic import generate
+from inspection.errors import UserError
+from inspection.fsutil import sha256_file
+from inspection.data.synthetic import generate
 
 from conftest import make_class_tree
 

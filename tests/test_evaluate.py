@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from conftest import section
-from stages.metrics import at_threshold, bootstrap_rates, choose_threshold, operating_points, review_band, sweep
+from inspection.decision.metrics import at_threshold, bootstrap_rates, choose_threshold, operating_points, review_band, sweep
 
 Y = np.array([0] * 6 + [1] * 4)
 P = np.array([0.01, 0.05, 0.1, 0.2, 0.3, 0.62, 0.4, 0.6, 0.8, 0.95])
@@ -81,7 +81,7 @@ class _DarkSpotModel:
 def test_robust_threshold_is_the_lowest_over_the_gated_perturbations(tmp_path):
     import cv2
 
-    from stages.evaluate import robust_threshold
+    from inspection.evaluation.batteries import robust_threshold
 
     rng = np.random.default_rng(0)
     y = np.array([1] * 20 + [0] * 20)
@@ -103,7 +103,7 @@ def test_robust_threshold_is_the_lowest_over_the_gated_perturbations(tmp_path):
 
 
 def test_exact_binomial_interval_known_values():
-    from stages.metrics import binomial_ci
+    from inspection.decision.metrics import binomial_ci
 
     ci = binomial_ci(2, 563)
     assert 1000 * ci["low"] == pytest.approx(0.43, abs=0.005) and 1000 * ci["high"] == pytest.approx(12.77, abs=0.005)
@@ -115,8 +115,8 @@ def test_exact_binomial_interval_known_values():
 
 
 def test_ood_limit_keeps_the_validation_retake_share_within_budget_with_confidence():
-    from stages.metrics import binomial_ci
-    from stages.ood import calibrate_limit
+    from inspection.decision.metrics import binomial_ci
+    from inspection.model.ood import calibrate_limit
 
     rng = np.random.default_rng(3)
     scores = rng.normal(10, 1, 995)
@@ -134,7 +134,7 @@ def test_ood_limit_keeps_the_validation_retake_share_within_budget_with_confiden
 
 
 def test_ood_limit_with_too_few_photos_to_show_the_budget():
-    from stages.ood import calibrate_limit
+    from inspection.model.ood import calibrate_limit
 
     scores = np.array([3.0, 1.0, 2.0, 5.0, 4.0])
     limit, info = calibrate_limit(scores, np.zeros(5, bool), 0.01, 0.95)

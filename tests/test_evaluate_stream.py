@@ -6,15 +6,18 @@ import yaml
 
 keras = pytest.importorskip("keras")
 
-from stages import download, evaluate, shards, split  # noqa: E402
-from stages.config import set_dotted  # noqa: E402
-from stages.dataset import load_split, manifest_rows, open_shards  # noqa: E402
-from stages.images import read_many, resize  # noqa: E402
-from stages.imagestats import drift_reference, feature_table  # noqa: E402
-from stages.metrics import choose_threshold  # noqa: E402
-from stages.ood import distances, feature_extractor, fit, serving_model  # noqa: E402
-from stages.perturb import OOD_KINDS, apply  # noqa: E402
-from stages.route import make_rule  # noqa: E402
+from stages import download
+from inspection.evaluation import batteries, scoring
+from stages import shards
+from stages import split
+from inspection.config import set_dotted
+from inspection.data.dataset import load_split, manifest_rows, open_shards
+from inspection.data.images import read_many, resize
+from inspection.data.imagestats import drift_reference, feature_table
+from inspection.decision.metrics import choose_threshold
+from inspection.model.ood import distances, feature_extractor, fit, serving_model
+from inspection.decision.perturb import OOD_KINDS, apply
+from inspection.decision.route import make_rule
 
 from conftest import REPO, make_class_tree, section  # noqa: E402
 
@@ -43,7 +46,7 @@ def built(tmp_path_factory):
         split.main()
         shards.main()
         keras.utils.set_random_seed(0)
-        from stages.models import build
+        from inspection.model.architectures import build
 
         model = build("compact", SIZE, "per_image")
         extractor = feature_extractor(model)
@@ -57,7 +60,7 @@ def setup(built, monkeypatch):
     """In the built project, with the model's batch = CHUNK: as in the stage, whose CHUNK is a multiple of its BATCH,
     the model gets the batches of the one-shot run (other batches change float32 outputs in the last bits)."""
     monkeypatch.chdir(built[0])
-    monkeypatch.setattr(evaluate, "BATCH", CHUNK)
+    monkeypatch.setattr(scoring, "BATCH", CHUNK)
     return built[1:]
 
 
@@ -72,8 +75,8 @@ def test_streamed_shards_equal_the_whole_split(setup):
     for name in ("train", "test"):
         reader = open_shards(name, SIZE, "defect")
         assert len(reader) > 2 * CHUNK
-        got = evaluate.stream_split(reader, {"probability": lambda x: evaluate.predict(model, x),
-                                             "features": lambda x: one_shot(extractor, x, evaluate.BATCH),
+        got = scoring.stream_split(reader, {"probability": lambda x: scoring.predict(model, x),
+                                             "features": lambda x: one_shot(extractor, x, scoring.BATCH),
                                              "stats": feature_table}, chunk=CHUNK)
         images = load_split(name, SIZE, "defect").images  # the whole split in memory, as evaluate did before
         table = feature_table(images)
@@ -102,18 +105,18 @@ def test_photo_chunks_give_the_one_shot_battery_threshold_and_routes(setup):
     def change(kind, value):
         return None if kind is None else (lambda i, img: apply(kind, value, img, np.random.default_rng([r.seed, i])))
 
-    runs = evaluate.battery(r)
-    got = evaluate.perturbed(serving, paths, SIZE, r, runs, chunk=CHUNK)
+    runs = batteries.battery(r)
+    got = batteries.perturbed(serving, paths, SIZE, r, runs, chunk=CHUNK)
     for name, kind, value, _ in runs:
-        want = evaluate.scored(serving, photos, SIZE, change(kind, value))
+        want = scoring.scored(serving, photos, SIZE, change(kind, value))
         np.testing.assert_array_equal(got[name]["probability"], want["probability"], err_msg=name)
         np.testing.assert_array_equal(got[name]["ood"], want["ood"], err_msg=name)
         assert got[name]["stats"] == want["stats"], name
     assert not np.array_equal(got["noise 8"]["probability"], got["clean"]["probability"])
 
-    per = evaluate.robust_threshold(model, paths, y, e, SIZE, chunk=CHUNK)
+    per = batteries.robust_threshold(model, paths, y, e, SIZE, chunk=CHUNK)
     assert list(per) == ["clean", "noise 8", "rotate any"]  # gated only
-    for name, kind, value, _ in evaluate.battery(r, gated_only=True):
+    for name, kind, value, _ in batteries.battery(r, gated_only=True):
         small = np.stack([resize(img if kind is None else change(kind, value)(i, img), SIZE)
                           for i, img in enumerate(photos)])
         assert per[name] == choose_threshold(y, one_shot(model, small)[:, 0].astype(np.float64), e), name
@@ -121,8 +124,8 @@ def test_photo_chunks_give_the_one_shot_battery_threshold_and_routes(setup):
     camera = {k: {"min": v["min"], "max": v["max"]} for k, v in
               drift_reference(load_split("train", SIZE, "defect").images, 0.1)["features"].items()}
     rule = make_rule(per["clean"], (0.02, 0.9), camera, 1e9)
-    rob = evaluate.robustness(got, y, rule, r, 0.95, camera)
+    rob = batteries.robustness(got, y, rule, r, 0.95, camera)
     assert [row["perturbation"] for row in rob] == [name for name, *_ in runs]
     # the OOD battery reads only its first photos: paths after those need not even exist
-    ood = evaluate.ood_battery(serving, paths[:2] + ["data/raw/not-there.png"] * 20, SIZE, rule, 2, r.seed)
+    ood = batteries.ood_battery(serving, paths[:2] + ["data/raw/not-there.png"] * 20, SIZE, rule, 2, r.seed)
     assert [row["index"] for row in ood] == [0, 1] * len(OOD_KINDS)

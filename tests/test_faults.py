@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_repo, make_class_tree, sh
-from stages.config import set_dotted
+from inspection.config import set_dotted
 
 TABLE = Path(os.environ.get("FAULT_TABLE", Path(tempfile.gettempdir()) / "fault_battery.md"))
 RESULTS: list[tuple[str, int | str, float, str]] = []
@@ -409,7 +409,7 @@ def test_disk_full_while_writing(split_project):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny project trained once against a real `mlflow server` that is killed during epoch 2: the run
-    must finish and publish, keep what it could not log, and `python -m stages.relog` must bring it back.
+    must finish and publish, keep what it could not log, and `python -m commands.relog` must bring it back.
     Later tests interrupt re-runs of train in this project and check these outputs stay as they are."""
     base = tmp_path_factory.mktemp("trained")
     root = project(base)
@@ -462,7 +462,7 @@ def test_tracking_server_dies_mid_run_nothing_is_lost(trained):
     root, run = trained["root"], trained["run"]
     assert trained["killed"], run.out[-2000:]
     line = next((ln for ln in run.out.splitlines() if ln.startswith("tracking: cannot log")), "")
-    record("MLflow server killed during epoch 2 (train)", run, 0, (trained["uri"], "python -m stages.relog"), line)
+    record("MLflow server killed during epoch 2 (train)", run, 0, (trained["uri"], "python -m commands.relog"), line)
     info = json.loads((root / "models/mlflow_run.json").read_text())
     assert (root / "models/model.keras").exists() and (root / "reports/train/history.csv").exists()
     assert not partials(root)
@@ -472,7 +472,7 @@ def test_tracking_server_dies_mid_run_nothing_is_lost(trained):
     db_uri = f"sqlite:///{trained['db']}"
     relog = stage(root, "relog", "--uri", db_uri)
     assert relog.rc == 0 and "Traceback" not in relog.err, relog.err
-    RESULTS.append(("... then python -m stages.relog", relog.rc, relog.seconds, relog.out.strip().splitlines()[-1]))
+    RESULTS.append(("... then python -m commands.relog", relog.rc, relog.seconds, relog.out.strip().splitlines()[-1]))
     assert not list((root / ".mlflow-pending").glob("*/journal.jsonl"))
     from mlflow.tracking import MlflowClient
 
@@ -517,9 +517,9 @@ def test_tracking_store_unusable(split_project, fault, uri, expect):
 FAKE_STAGE = """
 import os, sys
 from pathlib import Path
-from stages import tracking
-from stages.errors import cli
-from stages.fsutil import staged_outputs, write_json
+from inspection.tracking import runs as tracking
+from inspection.runner.cli import cli
+from inspection.fsutil import staged_outputs, write_json
 
 OUT = Path(sys.argv[1])
 def main():
@@ -548,7 +548,7 @@ def test_sqlite_store_deleted_mid_run(tmp_path):
     out, err = proc.communicate(timeout=WAIT)
     run = Run(proc.returncode, out, err, time.perf_counter() - t0)
     line = next((ln for ln in out.splitlines() if ln.startswith("tracking: cannot log")), "")
-    record("mlflow.db deleted mid-run", run, 0, ("deleted or replaced", "python -m stages.relog"), line)
+    record("mlflow.db deleted mid-run", run, 0, ("deleted or replaced", "python -m commands.relog"), line)
     assert (tmp_path / "out.json").exists()
     relog = stage(tmp_path, "relog")
     record("... relog into a store without that run", relog, 2, "--new-run")
@@ -619,8 +619,8 @@ def test_interrupt_train(trained, fault, pattern, sig, delay):
 GC_STAGE = """
 import gc, sys, time
 from pathlib import Path
-from stages.errors import cli
-from stages.fsutil import staged_outputs
+from inspection.runner.cli import cli
+from inspection.fsutil import staged_outputs
 
 def busy(phase, info):  # like jax's _xla_gc_callback: Python code that runs inside the garbage collector
     t = time.perf_counter()
@@ -657,9 +657,9 @@ def test_interrupt_inside_a_gc_callback_is_not_lost(tmp_path):
 STUCK_STAGE = """
 import ctypes, signal, sys
 from pathlib import Path
-import stages.errors as errors
-from stages.errors import cli
-from stages.fsutil import staged_outputs
+import inspection.interrupts as errors
+from inspection.runner.cli import cli
+from inspection.fsutil import staged_outputs
 
 errors.GRACE_SECONDS = 2.0
 def main():
@@ -715,7 +715,7 @@ def test_way_back_when_a_stage_fails_under_dvc(dvc_repo):
     outputs, and the message says how to restore them."""
     import re
 
-    from stages.preflight import outputs, stage_spec
+    from inspection.runner.preflight import outputs, stage_spec
 
     root = dvc_repo
     dvc_yaml = yaml.safe_load((root / "dvc.yaml").read_text())

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from stages.fsutil import staged_outputs
+from inspection.fsutil import staged_outputs
 
 
 def test_outputs_published_together(tmp_path):
@@ -48,8 +48,8 @@ def test_sigterm_midway_leaves_no_output(tmp_path):
     code = f"""
 import time
 from pathlib import Path
-from stages.errors import cli
-from stages.fsutil import staged_outputs
+from inspection.runner.cli import cli
+from inspection.fsutil import staged_outputs
 def main():
     with staged_outputs(Path({str(tmp_path)!r}) / "out.csv") as out:
         out.path(Path({str(tmp_path)!r}) / "out.csv").write_text("half")
@@ -69,7 +69,7 @@ cli(main)()
 def test_no_publishing_after_a_stop_signal(tmp_path, monkeypatch):
     import signal
 
-    from stages import errors
+    from inspection import interrupts as errors
 
     a = tmp_path / "a.json"
     a.write_text("old")
@@ -86,7 +86,7 @@ def test_a_signal_during_the_renames_waits_for_them(tmp_path, monkeypatch):
     import os
     import signal
 
-    from stages import errors
+    from inspection import interrupts as errors
 
     monkeypatch.setattr(errors, "_signal", None)
     monkeypatch.setattr(errors, "_published", False)

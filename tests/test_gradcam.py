@@ -41,7 +41,7 @@ def test_model_learned_the_defect(learned):
 
 
 def test_heatmap_peaks_on_the_defect(learned):
-    from stages.gradcam import gradcam, last_feature_layer, overlay
+    from inspection.model.gradcam import gradcam, last_feature_layer, overlay
 
     assert last_feature_layer(learned) == "features"
     x, _, centres = spot_images(20, np.random.default_rng(2))

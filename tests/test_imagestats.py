@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from stages.imagestats import confound_check, drift_flags, drift_reference, feature_table, features
-from stages.perturb import apply
-from stages.synthetic import render_part
+from inspection.data.imagestats import confound_check, drift_flags, drift_reference, feature_table, features
+from inspection.decision.perturb import apply
+from inspection.data.synthetic import render_part
 
 
 def parts(n, seed, defects, gain=1.0):

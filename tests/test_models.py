@@ -3,7 +3,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from stages.models import build  # noqa: E402
+from inspection.model.architectures import build
 
 from conftest import section  # noqa: E402
 
@@ -28,7 +28,8 @@ def test_seed_matches_the_article_and_compact_is_far_smaller():
 def test_train_input_path_augments_only_training_batches():
     from types import SimpleNamespace
 
-    from stages.train import class_weights, make_datasets
+    from inspection.model.training import class_weights
+    from inspection.model.input_pipeline import make_datasets
 
     rng = np.random.default_rng(0)
     data = SimpleNamespace(images=rng.integers(0, 256, (10, 32, 32), dtype=np.uint8), labels=np.array([1] * 7 + [0] * 3))
@@ -44,7 +45,7 @@ def test_train_input_path_augments_only_training_batches():
 
 
 def test_per_image_standardization_makes_the_model_blind_to_exposure_and_survives_saving(tmp_path):
-    from stages.models import PerImageStandardization, load_model
+    from inspection.model.architectures import PerImageStandardization, load_model
 
     model = build("compact", 64, "per_image")
     assert isinstance(model.layers[1], keras.layers.Rescaling)
@@ -62,7 +63,7 @@ def test_per_image_standardization_makes_the_model_blind_to_exposure_and_survive
 def test_photometric_and_geometric_augmentation_are_seeded_and_stay_in_range():
     import tensorflow as tf
 
-    from stages.train import geometric, photometric
+    from inspection.model.augment import geometric, photometric
 
     a = section("train.augment", probability=1.0)
     x = tf.constant(np.random.default_rng(2).integers(0, 256, (6, 32, 32, 1)).astype(np.float32))
@@ -84,7 +85,7 @@ def test_photometric_and_geometric_augmentation_are_seeded_and_stay_in_range():
 def test_perspective_tilt_keeps_the_centre_and_foreshortens_one_side():
     import tensorflow as tf
 
-    from stages.train import geometric
+    from inspection.model.augment import geometric
 
     tilt_only = section("train.augment", flip=False, rotate=False, shift=0.0, zoom=0.0, perspective=0.4)
     x = np.zeros((8, 65, 65, 1), np.float32)

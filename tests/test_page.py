@@ -59,7 +59,7 @@ def tiny_serving_model():
     import keras
     from keras import layers
 
-    from stages.ood import serving_model
+    from inspection.model.ood import serving_model
 
     inp = keras.Input((SIZE, SIZE, 1), name="image")
     x = layers.Rescaling(1 / 255.0)(inp)
@@ -79,9 +79,9 @@ def tiny_serving_model():
 def build_tiny_bundle(root: Path) -> dict:
     """SavedModel + TF.js model + metadata.json + the page bundle under root; returns paths and metadata."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from stages.export import convert_to_tfjs, export_saved_model, graph_output_names, model_version
-    from stages.route import CSV_COLUMNS, make_rule
-    from stages.web import build_bundle
+    from inspection.deploy.saved_model import convert_to_tfjs, export_saved_model, graph_output_names, model_version
+    from inspection.decision.route import CSV_COLUMNS, make_rule
+    from inspection.deploy.bundle import build_bundle
 
     cnn, serving = tiny_serving_model()
     saved, tfjs, web = root / "saved_model", root / "tfjs", root / "web"
@@ -128,7 +128,7 @@ def photos(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tiny):
-    from stages.browser import serve
+    from inspection.deploy.server import serve
 
     with serve(tiny["web"]) as url:
         yield url
@@ -174,7 +174,7 @@ COLOURS = {"PASS": "rgb(26, 127, 55)", "REVIEW": "rgb(242, 169, 0)", "REJECT": "
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_banner_shows_the_route_word_in_its_colour(open_page, photos, width):
-    from stages.browser import upload
+    from inspection.deploy.server import upload
 
     page = open_page(width)
     assert banner(page)["hidden"] and not banner(page)["visible"]  # nothing before the first photo
@@ -193,7 +193,7 @@ def test_banner_shows_the_route_word_in_its_colour(open_page, photos, width):
 
 
 def test_clear_and_unreadable_files_never_leave_a_stale_verdict(open_page, photos):
-    from stages.browser import table, upload
+    from inspection.deploy.server import table, upload
 
     page = open_page(1366)
     upload(page, [photos["reject"]])
@@ -217,8 +217,8 @@ def test_clear_and_unreadable_files_never_leave_a_stale_verdict(open_page, photo
 
 def test_unreadable_files_get_the_batch_clis_reasons(open_page, tmp_path):
     """Empty, undecodable and too-small files: RETAKE rows with the reason stages.images.decode_gray gives."""
-    from stages.browser import upload
-    from stages.images import decode_gray
+    from inspection.deploy.server import upload
+    from inspection.data.images import decode_gray
 
     files = [tmp_path / "empty.jpg", tmp_path / "text.png", write_photo(tmp_path / "tiny.png", photo(100, 1, size=20))]
     files[0].write_bytes(b"")
@@ -239,7 +239,7 @@ def visible_targets(page) -> list[dict]:
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_layout_fits_the_screen_with_big_targets_and_whole_file_names(open_page, photos, width, tmp_path):
-    from stages.browser import upload
+    from inspection.deploy.server import upload
 
     page = open_page(width)
     upload(page, [photos[k] for k in ("pass", "review", "reject", "junk", "long", "formula")])
@@ -260,7 +260,7 @@ def test_layout_fits_the_screen_with_big_targets_and_whole_file_names(open_page,
 
 
 def test_technical_details_live_in_the_about_box(open_page, photos):
-    from stages.browser import upload
+    from inspection.deploy.server import upload
 
     page = open_page(1366)
     upload(page, [photos["pass"]])
@@ -276,7 +276,7 @@ def test_technical_details_live_in_the_about_box(open_page, photos):
 
 
 def test_filter_shows_only_the_parts_that_need_action(open_page, photos):
-    from stages.browser import upload
+    from inspection.deploy.server import upload
 
     page = open_page(1366)
     upload(page, [photos[k] for k in ("pass", "review", "reject", "junk")])
@@ -291,7 +291,7 @@ def test_filter_shows_only_the_parts_that_need_action(open_page, photos):
 
 
 def test_results_survive_a_reload_until_clear(open_page, photos):
-    from stages.browser import table, upload
+    from inspection.deploy.server import table, upload
 
     page = open_page(390)
     shown = upload(page, [photos[k] for k in ("pass", "review", "junk", "reject")])
@@ -313,10 +313,10 @@ def test_results_survive_a_reload_until_clear(open_page, photos):
 
 def python_rows(tiny, files: list[Path]) -> list[dict]:
     """What the batch CLI computes for these files: the SavedModel's outputs, stages.route.decide, csv_row."""
-    from stages.export import saved_model_outputs
-    from stages.images import decode_gray, resize
-    from stages.imagestats import features
-    from stages.route import camera_reasons, csv_row, decide
+    from inspection.deploy.saved_model import saved_model_outputs
+    from inspection.data.images import decode_gray, resize
+    from inspection.data.imagestats import features
+    from inspection.decision.route import camera_reasons, csv_row, decide
 
     meta, rule = tiny["meta"], tiny["meta"]["route"]
     out = []
@@ -337,8 +337,8 @@ def python_rows(tiny, files: list[Path]) -> list[dict]:
 
 
 def test_csv_has_the_cli_columns_words_and_escapes_formulas(open_page, photos, tiny):
-    from stages.browser import upload
-    from stages.route import CSV_COLUMNS
+    from inspection.deploy.server import upload
+    from inspection.decision.route import CSV_COLUMNS
 
     page = open_page(1366)
     files = [photos[k] for k in ("pass", "review", "reject", "blank", "junk", "formula")]
@@ -368,7 +368,7 @@ def test_csv_has_the_cli_columns_words_and_escapes_formulas(open_page, photos, t
 
 
 def test_corrections_zip_holds_the_original_photos_and_who_when_which_model(open_page, photos, tiny, tmp_path):
-    from stages.browser import upload
+    from inspection.deploy.server import upload
 
     page = open_page(390)
     upload(page, [photos[k] for k in ("pass", "review", "reject")])
@@ -435,7 +435,7 @@ def test_a_thousand_photos_leak_no_tensors_and_keep_the_page_painting(open_page,
     """1,000 small photos in one go: tf.memory().numTensors is the same before and after, the page paints
     while it works (animation frames during the batch), every photo has a row, and the rows survive a reload.
     The measured figures are printed (pytest -s) and written to the test's tmp dir."""
-    from stages.browser import table
+    from inspection.deploy.server import table
 
     rng = np.random.default_rng(0)
     files = []
@@ -474,11 +474,11 @@ def test_a_thousand_photos_leak_no_tensors_and_keep_the_page_painting(open_page,
 # ----- parity of both outputs and the route, Node and Chromium (stages/web.py's functions) -------------------
 
 def test_node_and_chromium_match_the_saved_model_on_both_outputs_and_the_route(tiny, browser, server, photos):
-    from stages.browser import open_inspector
-    from stages.images import resize
-    from stages.imagestats import features
-    from stages.route import decide
-    from stages.web import compare, run_chromium, run_node, saved_outputs
+    from inspection.deploy.server import open_inspector
+    from inspection.data.images import resize
+    from inspection.data.imagestats import features
+    from inspection.decision.route import decide
+    from inspection.deploy.parity import compare, run_chromium, run_node, saved_outputs
     import base64
 
     rule = tiny["meta"]["route"]
@@ -510,7 +510,7 @@ def test_node_and_chromium_match_the_saved_model_on_both_outputs_and_the_route(t
 
 def test_web_stage_checks_chromium_before_any_node_work(project, monkeypatch):
     import stages.web as web
-    from stages.errors import UserError
+    from inspection.errors import UserError
 
     project(web__chromium="/nonexistent/chromium")
     called = []
@@ -522,7 +522,7 @@ def test_web_stage_checks_chromium_before_any_node_work(project, monkeypatch):
 
 
 def test_node_modules_come_from_the_main_workspace_in_a_dvc_temp_workspace(tmp_path, monkeypatch):
-    from stages.web import node_modules_dir
+    from inspection.deploy.bundle import node_modules_dir
 
     main = tmp_path / "repo"
     (main / "web/node_modules/@tensorflow").mkdir(parents=True)
@@ -534,12 +534,12 @@ def test_node_modules_come_from_the_main_workspace_in_a_dvc_temp_workspace(tmp_p
     assert node_modules_dir() == Path("web/node_modules")
 
 
-# ----- the bundle server (python -m stages.browser) ------------------------------------------------------------
+# ----- the bundle server (python -m commands.serve) ------------------------------------------------------------
 
 @pytest.fixture
 def served(tiny):
-    """python -m stages.browser on a free port; yields (base URL, process)."""
-    proc = subprocess.Popen([sys.executable, "-m", "stages.browser", str(tiny["web"]), "--port", "0"], cwd=REPO,
+    """python -m commands.serve on a free port; yields (base URL, process)."""
+    proc = subprocess.Popen([sys.executable, "-m", "commands.serve", str(tiny["web"]), "--port", "0"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     url = re.search(r"http://\S+/", line).group(0)
@@ -580,7 +580,7 @@ def test_server_lists_no_folders_and_answers_odd_paths_quietly(served):
     (["--port", "0", "--host", "192.0.2.1"], "cannot listen on 192.0.2.1:0"),
 ])
 def test_server_options_fail_in_one_line(tiny, args, message):
-    res = subprocess.run([sys.executable, "-m", "stages.browser", str(tiny["web"]), *args], cwd=REPO,
+    res = subprocess.run([sys.executable, "-m", "commands.serve", str(tiny["web"]), *args], cwd=REPO,
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2, res
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
@@ -590,7 +590,7 @@ def test_server_options_fail_in_one_line(tiny, args, message):
 
 
 def test_loopback_hosts_need_no_warning():
-    from stages.browser import is_loopback
+    from inspection.deploy.server import is_loopback
 
     assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "127.0.0.2"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "192.168.1.20", "::", "inspector.plant.local"))
@@ -601,7 +601,7 @@ def test_loopback_hosts_need_no_warning():
 @pytest.mark.skipif(not (REPO / "stages/predict.py").exists(), reason="the batch CLI (stages/predict.py) has not landed")
 def test_page_csv_equals_the_batch_cli(e2e_repo, browser, tmp_path):
     from conftest import HAS_BROWSER, sh
-    from stages.browser import serve, upload
+    from inspection.deploy.server import serve, upload
 
     if not HAS_BROWSER or not (e2e_repo / "models/web/index.html").exists():
         pytest.skip("the web stage needs Chromium")
@@ -613,7 +613,7 @@ def test_page_csv_equals_the_batch_cli(e2e_repo, browser, tmp_path):
     junk.write_text("not a photo\n")
     files.append(junk)
     out = tmp_path / "cli.csv"
-    sh([sys.executable, "-m", "stages.predict", *map(str, files), "--model", str(e2e_repo / "models"), "--out", str(out)],
+    sh([sys.executable, "-m", "commands.predict", *map(str, files), "--model", str(e2e_repo / "models"), "--out", str(out)],
        e2e_repo)
     cli_rows = list(csv.DictReader(io.StringIO(out.read_text(), newline="")))
     meta = json.loads((e2e_repo / "models/web/metadata.json").read_text())
@@ -638,7 +638,7 @@ def test_page_csv_equals_the_batch_cli(e2e_repo, browser, tmp_path):
     assert parity["route_mismatches"] == 0 and parity["ood_max_rel_diff"] <= parity["ood_tolerance"]
     assert all((e2e_repo / f"reports/export/inspector-{w}.png").stat().st_size > 10_000 for w in WIDTHS)
     page_rows = list(csv.DictReader(io.StringIO(page_text, newline="")))
-    from stages.route import CSV_COLUMNS
+    from inspection.decision.route import CSV_COLUMNS
 
     assert list(page_rows[0]) == list(cli_rows[0]) == list(CSV_COLUMNS)
     assert len(page_rows) == len(cli_rows) == len(files)

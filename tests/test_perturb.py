@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from stages.perturb import KINDS, apply, apply_all
-from stages.synthetic import render_part
+from inspection.decision.perturb import KINDS, apply, apply_all
+from inspection.data.synthetic import render_part
 
 
 @pytest.fixture(scope="module")

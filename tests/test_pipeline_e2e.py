@@ -82,12 +82,12 @@ def test_metadata_describes_the_deployed_model(repo):
     assert route["words"] == ["PASS", "REVIEW", "REJECT", "RETAKE"] and route["threshold"] == metrics["threshold"]
     assert route["retake"]["ood"]["limit"] == metrics["ood"]["limit"] and route["rule"].startswith("RETAKE when")
     assert set(meta["outputs"]) == {"defect_probability", "ood_score"}
-    from stages.export import saved_model_outputs
-    from stages.images import read_gray, resize
-    from stages.route import decide
-    from stages.imagestats import features
+    from inspection.deploy.saved_model import saved_model_outputs
+    from inspection.data.images import read_gray, resize
+    from inspection.decision.route import decide
+    from inspection.data.imagestats import features
 
-    from stages.fsutil import read_csv
+    from inspection.fsutil import read_csv
 
     rows = [r for r in read_csv(repo / "reports/eval/predictions.csv") if r["split"] == "test"][:6]
     small = np.stack([resize(read_gray(repo / r["path"]), 64) for r in rows])
@@ -141,7 +141,7 @@ def test_bad_param_is_one_line_and_leaves_outputs(repo):
 def test_report_in_a_real_browser_shows_the_metrics_and_every_image(repo, browser):
     """Every number on the page equals metrics.json (or is derived from it), every image loads, no sideways scroll
     at 1280 or 390 px; the PDF has pages; the decision block is at the top."""
-    from stages.report import pdf_pages
+    from inspection.report.page import pdf_pages
     from test_report import check_numbers
 
     for width in (1280, 390):

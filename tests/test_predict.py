@@ -23,10 +23,10 @@ keras = pytest.importorskip("keras")
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """models/-like folder: a two-output SavedModel (untrained compact CNN + a fitted OOD gate) and metadata.json."""
-    from stages.export import export_saved_model, graph_output_names
-    from stages.models import build
-    from stages.ood import feature_extractor, fit, serving_model
-    from stages.route import CSV_COLUMNS, make_rule
+    from inspection.deploy.saved_model import export_saved_model, graph_output_names
+    from inspection.model.architectures import build
+    from inspection.model.ood import feature_extractor, fit, serving_model
+    from inspection.decision.route import CSV_COLUMNS, make_rule
 
     keras.utils.set_random_seed(0)
     root = tmp_path_factory.mktemp("model")
@@ -45,7 +45,7 @@ def model_dir(tmp_path_factory):
 
 
 def test_mahalanobis_layer_equals_numpy_and_ranks_outliers():
-    from stages.ood import MahalanobisScore, distances, fit
+    from inspection.model.ood import MahalanobisScore, distances, fit
 
     rng = np.random.default_rng(0)
     train = rng.normal(0, 1, (500, 6)) @ np.diag([1, 2, 3, 0.5, 1, 1])
@@ -58,7 +58,7 @@ def test_mahalanobis_layer_equals_numpy_and_ranks_outliers():
 
 
 def test_ood_battery_images_are_valid_and_deterministic():
-    from stages.perturb import OOD_KINDS, ood_image
+    from inspection.decision.perturb import OOD_KINDS, ood_image
 
     photo = write_part(__import__("pathlib").Path("/tmp") / "ood_src.png", seed=1, size=96)
     for kind in OOD_KINDS:
@@ -71,12 +71,12 @@ def test_ood_battery_images_are_valid_and_deterministic():
 
 
 def _run(args, cwd):
-    return subprocess.run([sys.executable, "-m", "stages.predict", *map(str, args)], cwd=cwd, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "commands.predict", *map(str, args)], cwd=cwd, capture_output=True,
                           text=True)
 
 
 def test_cli_writes_one_row_per_file_unreadable_ones_as_retake(model_dir, tmp_path):
-    from stages.route import CSV_COLUMNS
+    from inspection.decision.route import CSV_COLUMNS
 
     folder = tmp_path / "line"
     for i in range(5):
@@ -124,8 +124,8 @@ def test_cli_out_to_a_pipe_or_device_writes_into_it(model_dir, tmp_path):
 
 
 def test_cli_rows_follow_the_route_rule(model_dir, tmp_path):
-    from stages.predict import expand, load_predictor, predict_items
-    from stages.route import decide
+    from inspection.deploy.predictor import expand, load_predictor, predict_items
+    from inspection.decision.route import decide
 
     for i in range(6):
         write_part(tmp_path / f"p{i}.png", seed=200 + i, size=64)
@@ -140,7 +140,7 @@ def test_cli_rows_follow_the_route_rule(model_dir, tmp_path):
 
 def test_predict_streams(model_dir, tmp_path):
     """Rows come out while the input is still being produced: an endless input gives its first rows."""
-    from stages.predict import load_predictor, predict_items
+    from inspection.deploy.predictor import load_predictor, predict_items
 
     data = cv2.imencode(".png", write_part(tmp_path / "x.png", seed=3, size=64))[1].tobytes()
     endless = ((f"frame{i}.png", lambda: data) for i in itertools.count())

@@ -14,7 +14,7 @@ from test_registry import NAME, make_store
 
 
 def test_counts_rule_and_mcnemar():
-    from stages.promote import counts, gate, mcnemar
+    from inspection.tracking.champion import counts, gate, mcnemar
 
     labels = ["defect"] * 4 + ["ok"] * 4
     champion = ["REJECT", "REJECT", "REVIEW", "PASS", "PASS", "PASS", "PASS", "REJECT"]

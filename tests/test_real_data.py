@@ -9,7 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from stages import download, split
+from stages import download
+from stages import split
 
 
 def subset_zip(mirror: Path, dest: Path, per_class: int) -> Path:

@@ -1,5 +1,5 @@
-"""MLflow Model + Model Registry (stages/registry.py), `mlflow models serve` parity, registry references for
-consumers, and one MLflow run per experiment (stages.tracking.stage_run: child runs when params changed)."""
+"""MLflow Model + Model Registry (inspection/tracking/registry.py), `mlflow models serve` parity, registry references for
+consumers, and one MLflow run per experiment (inspection.tracking.runs.stage_run: child runs when params changed)."""
 from __future__ import annotations
 
 import json
@@ -29,8 +29,8 @@ def parent_run(root: Path, params, uri: str) -> str:
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
-    from stages.config import flat_params
-    from stages.tracking import mlflow_key
+    from inspection.config import flat_params
+    from inspection.tracking.runs import mlflow_key
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("test") or client.get_experiment(client.create_experiment("test"))
@@ -48,7 +48,7 @@ def parent_run(root: Path, params, uri: str) -> str:
 def make_store(src: Path, root: Path, monkeypatch) -> str:
     """A fresh sqlite store (artifacts beside it) in ``root`` with ``src``'s exported model, manifest, photos and
     params, a train-like parent run, and ``root`` as the working directory. Returns the tracking URI."""
-    from stages.config import load_params
+    from inspection.config import load_params
 
     for rel in COPIED:
         s, d = src / rel, root / rel
@@ -70,9 +70,10 @@ def store(e2e_repo, tmp_path, monkeypatch):
 def test_export_logs_an_mlflow_model_and_registers_it_once(store, tmp_path):
     import mlflow
 
-    from stages import registry
-    from stages.config import load_params
-    from stages.predict import load_predictor
+    from inspection.deploy import resolver
+    from inspection.tracking import registry
+    from inspection.config import load_params
+    from inspection.deploy.predictor import load_predictor
 
     params = load_params()
     first = registry.log_and_register(params)
@@ -94,16 +95,16 @@ def test_export_logs_an_mlflow_model_and_registers_it_once(store, tmp_path):
     (spec,) = info.signature.inputs.inputs
     assert spec.name == "image" and spec.shape == (-1, meta["input"]["height"], meta["input"]["width"], 1)
     assert {o.name for o in info.signature.outputs.inputs} == {"defect_probability", "ood_score"}
-    folder = registry.resolve_model_dir(f"models:/{NAME}/1")
+    folder = resolver.resolve_model_dir(f"models:/{NAME}/1")
     assert (folder / "saved_model").is_dir() and (folder / "tfjs/model.json").is_file()
     assert json.loads((folder / "metadata.json").read_text()) == meta
 
     # a registry reference gives the same verdicts as the folder
     registry.set_alias(NAME, "champion", 1)
-    assert registry.resolve_model_dir(f"models:/{NAME}@champion") == folder
+    assert resolver.resolve_model_dir(f"models:/{NAME}@champion") == folder
     local, remote = load_predictor("models"), load_predictor(f"models:/{NAME}@champion")
-    from stages.fsutil import read_csv
-    from stages.images import load_images
+    from inspection.fsutil import read_csv
+    from inspection.data.images import load_images
 
     paths = [r["path"] for r in read_csv("data/split/manifest.csv") if r["split"] == "test"][:6]
     imgs = load_images(paths, local.size)
@@ -117,22 +118,23 @@ def test_export_logs_an_mlflow_model_and_registers_it_once(store, tmp_path):
 
 
 def test_registry_references_fail_with_one_line(store, tmp_path):
-    from stages import registry
-    from stages.config import load_params
-    from stages.errors import UserError
+    from inspection.deploy import resolver
+    from inspection.tracking import registry
+    from inspection.config import load_params
+    from inspection.errors import UserError
 
     with pytest.raises(UserError, match="not a registry reference"):
         registry.parse_ref("models:/casting-inspector")
     with pytest.raises(UserError, match="no model 'nope'"):
-        registry.resolve_model_dir("models:/nope@champion")
+        resolver.resolve_model_dir("models:/nope@champion")
     registry.log_and_register(load_params())
     with pytest.raises(UserError, match="has no alias 'staging'"):
-        registry.resolve_model_dir(f"models:/{NAME}@staging")
+        resolver.resolve_model_dir(f"models:/{NAME}@staging")
     with pytest.raises(UserError, match="has no version 7"):
-        registry.resolve_model_dir(f"models:/{NAME}/7")
+        resolver.resolve_model_dir(f"models:/{NAME}/7")
     with pytest.raises(UserError, match="not a model folder"):
-        registry.resolve_model_dir(tmp_path)
-    assert registry.resolve_model_dir("models") == Path("models")
+        resolver.resolve_model_dir(tmp_path)
+    assert resolver.resolve_model_dir("models") == Path("models")
 
 
 def free_port() -> int:
@@ -145,9 +147,9 @@ def test_mlflow_models_serve_matches_the_saved_model(e2e_repo, tmp_path):
     """`mlflow models serve -m models:/casting-inspector@champion --env-manager local` on 127.0.0.1, from a copy of
     the end-to-end run's store (its promote stage made version 1 champion), run outside the repository: /invocations
     answers with the SavedModel's numbers."""
-    from stages.export import saved_model_outputs
-    from stages.fsutil import read_csv
-    from stages.images import load_images
+    from inspection.deploy.saved_model import saved_model_outputs
+    from inspection.fsutil import read_csv
+    from inspection.data.images import load_images
 
     promotion = json.loads((e2e_repo / "reports/promotion.json").read_text())
     assert promotion["decision"] == "first model" and promotion["alias"] == "champion"
@@ -202,7 +204,7 @@ def test_mlflow_models_serve_matches_the_saved_model(e2e_repo, tmp_path):
 @pytest.fixture
 def tracked(tmp_path, monkeypatch):
     """params from the repo, a tmp store with a train-like parent run, cwd = tmp_path."""
-    from stages.config import load_params
+    from inspection.config import load_params
 
     shutil.copy2(REPO / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
@@ -213,7 +215,7 @@ def tracked(tmp_path, monkeypatch):
 
 
 def test_unchanged_params_log_into_the_train_run(tracked):
-    from stages.tracking import experiment_run_id, stage_run
+    from inspection.tracking.runs import experiment_run_id, stage_run
 
     params, parent, _ = tracked
     assert experiment_run_id("evaluate", params) == parent
@@ -227,7 +229,7 @@ def test_unchanged_params_log_into_the_train_run(tracked):
 def test_changed_params_log_into_one_child_run_per_experiment(tracked):
     import mlflow
 
-    from stages.tracking import experiment_run_id, stage_run
+    from inspection.tracking.runs import experiment_run_id, stage_run
 
     params, parent, uri = tracked
     changed = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"min_recall": 0.95})})

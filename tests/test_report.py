@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from conftest import REPO, section, write_part
-from stages.metrics import binomial_ci
-from stages.report import (derive, judge_targets, line_costs, lookup, mix_interval, pdf_pages, training_sentence,
-                           verdict)
+from inspection.decision.metrics import binomial_ci
+from inspection.report.numbers import derive, judge_targets, line_costs, lookup, mix_interval, training_sentence, verdict
+from inspection.report.page import pdf_pages
 
 EXPERIMENT = "casting-inspection"
 
@@ -120,9 +120,9 @@ def _route_counts(y, routes):
 
 def fabricate(root: Path, n_per_class: int = 20, wrong: int = 4, promotion: bool = True) -> dict:
     """The outputs of download..export for a tiny model, written under ``root``; returns the MLflow run ids."""
-    from stages.metrics import at_threshold, bootstrap_rates, operating_points, review_band
-    from stages.models import build
-    from stages.route import route
+    from inspection.decision.metrics import at_threshold, bootstrap_rates, operating_points, review_band
+    from inspection.model.architectures import build
+    from inspection.decision.route import route
 
     rng = np.random.default_rng(0)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -180,7 +180,7 @@ def fabricate(root: Path, n_per_class: int = 20, wrong: int = 4, promotion: bool
                       "battery_passed": 0, "battery_images": 8}
     (root / "reports/eval").mkdir(parents=True)
     (root / "reports/metrics.json").write_text(json.dumps(metrics, indent=1))
-    from stages.fsutil import write_csv
+    from inspection.fsutil import write_csv
 
     write_csv(root / "reports/eval/robustness.csv",
               [{"perturbation": k, "gated": k == "blur 1.5px"} for k in rob], ["perturbation", "gated"])
@@ -217,8 +217,8 @@ def fabricate(root: Path, n_per_class: int = 20, wrong: int = 4, promotion: bool
     exp = client.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
     from mlflow.entities import Param
 
-    from stages.config import flat_params, load_params
-    from stages.tracking import mlflow_key
+    from inspection.config import flat_params, load_params
+    from inspection.tracking.runs import mlflow_key
 
     logged = [Param(mlflow_key(k), str(v)) for k, v in flat_params(load_params(root / "params.yaml")).items()]
     ids = []
@@ -273,8 +273,8 @@ def made(tmp_path_factory):
 def check_numbers(page, root: Path) -> int:
     """Every number the page shows equals reports/metrics.json (data-metric), data.json (data-metric 'data.…'),
     promotion.json (data-promotion) or what stages.report.derive computes from metrics.json (data-derived)."""
-    from stages.config import load_params
-    from stages.fsutil import read_csv
+    from inspection.config import load_params
+    from inspection.fsutil import read_csv
 
     metrics = json.loads((root / "reports/metrics.json").read_text())
     data = json.loads((root / "reports/data.json").read_text())
@@ -396,7 +396,7 @@ def test_stage_logs_html_and_pdf_to_mlflow_and_is_quick(made):
 
 
 def test_trend_reads_the_last_runs_newest_first(made):
-    from stages.report import trend
+    from inspection.report.trend import trend
 
     t = trend(EXPERIMENT, 10, made["runs"][-1], tracking_uri=made["uri"])
     assert [r["run_id"] for r in t["rows"]] == made["runs"][::-1]
@@ -410,8 +410,9 @@ def test_trend_reads_the_last_runs_newest_first(made):
 def test_without_promotion_or_route_the_report_says_so(made, tmp_path, monkeypatch):
     """No reports/promotion.json: 'No champion yet'; a metrics.json from before the route: counts derived from the
     threshold and review band, and every number still traceable."""
-    from stages.config import load_params
-    from stages.report import collect, render
+    from inspection.config import load_params
+    from stages.report import collect
+    from inspection.report.page import render
 
     root = tmp_path / "copy"
     shutil.copytree(made["root"], root, ignore=shutil.ignore_patterns("mlartifacts", ".git"))
@@ -434,7 +435,7 @@ def test_without_promotion_or_route_the_report_says_so(made, tmp_path, monkeypat
 def test_commit_is_dirty_for_code_and_params_not_for_dvc_bookkeeping(tmp_path, monkeypatch):
     """The sign-off's commit: dvc.lock and the .gitignore files DVC rewrites on every run do not make the tree
     dirty; params.yaml and code do."""
-    from stages.tracking import git_commit
+    from inspection.tracking.runs import git_commit
 
     (tmp_path / "models").mkdir()
     for name, text in (("dvc.lock", "a\n"), ("models/.gitignore", "/x\n"), ("params.yaml", "p: 1\n"), ("code.py", "")):

@@ -91,7 +91,7 @@ def test_retrain_loop(tmp_path):
     # 2. photos from the line through the batch CLI with the champion from the registry
     line = line_photos(tmp_path / "line")
     verdicts = tmp_path / "verdicts.csv"
-    sh(["python", "-m", "stages.predict", str(tmp_path / "line"), "--model", f"models:/{NAME}@champion",
+    sh(["python", "-m", "commands.predict", str(tmp_path / "line"), "--model", f"models:/{NAME}@champion",
         "--out", str(verdicts)], root)
     rows = {Path(r["file"]).name: r for r in csv.DictReader(open(verdicts))}
     assert len(rows) == len(line)
@@ -151,7 +151,7 @@ def test_retrain_loop(tmp_path):
 
 
 def test_extra_sources_are_fingerprinted_by_content(tmp_path):
-    from stages.extras import class_folders, fingerprint
+    from inspection.data.extras import class_folders, fingerprint
 
     folder = tmp_path / "corrections"
     write_part(folder / "defect" / "a.png", seed=1, defects=1)
@@ -166,8 +166,8 @@ def test_extra_sources_are_fingerprinted_by_content(tmp_path):
 
 
 def test_extra_folder_with_an_unknown_class_is_one_line(tmp_path):
-    from stages.errors import UserError
-    from stages.extras import class_folders
+    from inspection.errors import UserError
+    from inspection.data.extras import class_folders
 
     write_part(tmp_path / "defect" / "a.png", seed=1, defects=1)
     write_part(tmp_path / "scratched" / "b.png", seed=2, defects=1)

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from conftest import REPO
-from stages.route import ROUTES, camera_reasons, decide, ood_reason, route
+from inspection.decision.route import ROUTES, camera_reasons, decide, ood_reason, route
 
 CASES = json.loads((REPO / "tests/cases/route_cases.json").read_text())["cases"]
 
@@ -39,7 +39,7 @@ def test_reasons_name_the_feature_and_the_limit():
 
 
 def test_csv_cells_never_start_a_formula():
-    from stages.route import csv_row, csv_safe
+    from inspection.decision.route import csv_row, csv_safe
 
     assert csv_safe("=SUM(1+1)*cmd|' -C calc'!A0.jpg") == "'=SUM(1+1)*cmd|' -C calc'!A0.jpg"
     assert [csv_safe(v) for v in ("+1x", "-x", "@a", "\tz", "-0.5", "12", "ok")] == ["'+1x", "'-x", "'@a", "'\tz", "-0.5", "12", "ok"]

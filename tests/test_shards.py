@@ -6,10 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from stages import download, shards, split
-from stages.dataset import iter_split, load_split, manifest_rows, open_shards
-from stages.errors import UserError
-from stages.images import read_gray, resize
+from stages import download
+from stages import shards
+from stages import split
+from inspection.data.dataset import iter_split, load_split, manifest_rows, open_shards
+from inspection.errors import UserError
+from inspection.data.images import read_gray, resize
 
 from conftest import make_class_tree
 

@@ -6,12 +6,13 @@ import cv2
 import numpy as np
 import pytest
 
-from stages import download, split
-from stages.dedup import d4_variants, group_ids, near_duplicate_pairs, thumbnails
-from stages.errors import UserError
+from stages import download
+from stages import split
+from inspection.data.dedup import d4_variants, group_ids, near_duplicate_pairs, thumbnails
+from inspection.errors import UserError
 
 from conftest import make_class_tree
-from stages.synthetic import render_part
+from inspection.data.synthetic import render_part
 
 
 def manifest():

@@ -12,8 +12,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from stages.dataset import SHARD_FORMAT, open_shards  # noqa: E402
-from stages.fsutil import sha256_file, write_csv, write_json  # noqa: E402
+from inspection.data.dataset import SHARD_FORMAT, open_shards
+from inspection.fsutil import sha256_file, write_csv, write_json
 
 from conftest import REPO, make_class_tree, section  # noqa: E402
 
@@ -51,7 +51,7 @@ def ids_of(batch) -> np.ndarray:
 
 
 def epochs(p, reader, count: int = 2) -> list[list[int]]:
-    from stages.train import stream
+    from inspection.model.input_pipeline import stream
 
     keras.utils.set_random_seed(p.seed)  # as stages.train.main does
     ds = stream(reader, p, training=True)
@@ -79,7 +79,7 @@ def test_training_stream_covers_every_image_once_and_is_deterministic(project):
     # the chunk order is shuffled too: the first batch does not come from the first few chunks only
     assert max(first[:16]) > 4 * 32
 
-    from stages.train import stream
+    from inspection.model.input_pipeline import stream
 
     val = open_shards("val", 32, "defect")
     got = np.concatenate([ids_of(b) for b in stream(val, p, training=False)])
@@ -156,7 +156,9 @@ STRATEGY_CHILD = textwrap.dedent("""
 def test_mirrored_strategy_trains_on_two_logical_cpus(project, tmp_path):
     """The multi-GPU path, exercised on two logical CPU devices in a fresh process (logical devices must be
     configured before TensorFlow initialises)."""
-    from stages import download, shards, split
+    from stages import download
+    from stages import shards
+    from stages import split
 
     src = tmp_path / "plant"
     make_class_tree(src, {"defect": "defect", "ok": "ok"}, n=30)
@@ -173,7 +175,7 @@ def test_mirrored_strategy_trains_on_two_logical_cpus(project, tmp_path):
     assert "MirroredStrategy over 2 devices" in res.stdout
     run = json.loads(Path("models/mlflow_run.json").read_text())
     assert run["replicas"] == 2 and run["epochs_run"] == 1
-    from stages.models import load_model
+    from inspection.model.architectures import load_model
 
     model = load_model(Path("models/model.keras"))  # saved from the mirrored variables, loads without the strategy
     p = model.predict(np.full((2, 32, 32, 1), 128.0, np.float32), verbose=0)

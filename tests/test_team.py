@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from conftest import REPO, copy_repo, make_class_tree, sh
-from stages.config import set_dotted
+from inspection.config import set_dotted
 
 GIT_ID = ["-c", "user.email=ci@example.com", "-c", "user.name=ci"]
 HANG_GUARD = 1200  # seconds: only so that a broken queue fails the test instead of hanging CI
@@ -321,7 +321,7 @@ def test_mlflow_server_on_postgresql(e2e_repo, tmp_path):
 def test_one_licence_everywhere_and_the_vendored_notices_ship_with_the_bundle(tmp_path):
     import tomllib
 
-    from stages.web import VENDOR_LICENSES, build_bundle, node_modules_dir
+    from inspection.deploy.bundle import VENDOR_LICENSES, build_bundle, node_modules_dir
 
     licence = (REPO / "LICENSE").read_text()
     assert "Apache License" in licence and "Version 2.0, January 2004" in licence

@@ -14,8 +14,8 @@ import pytest
 
 from conftest import REPO
 
-from stages.imagestats import features
-from stages.route import CSV_COLUMNS, csv_row
+from inspection.data.imagestats import features
+from inspection.decision.route import CSV_COLUMNS, csv_row
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
 

@@ -38,7 +38,8 @@ def machine() -> dict:
 def saved_model_speed(images: np.ndarray, batch: int = 64, repeats: int = 7, single: int = 300) -> dict:
     import tensorflow as tf
 
-    from stages.export import INPUT_NAME, SAVED_MODEL, SIGNATURE
+    from inspection.deploy.saved_model import INPUT_NAME, SIGNATURE
+    from inspection.artifacts import SAVED_MODEL
 
     fn = tf.saved_model.load(str(SAVED_MODEL)).signatures[SIGNATURE]
     x = images[..., None].astype(np.float32)
@@ -145,8 +146,8 @@ def main() -> None:
                f"data.local.path={args.data}", *(x for kv in args.set for x in ("-S", kv))]
         if subprocess.run(cmd).returncode:
             sys.exit("error: the pipeline failed; see the output above")
-    from stages.config import load_params
-    from stages.dataset import load_split
+    from inspection.config import load_params
+    from inspection.data.dataset import load_split
 
     params = load_params()
     timings = json.loads(Path("reports/timings.json").read_text())

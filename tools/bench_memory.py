@@ -30,7 +30,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from stages.config import set_dotted  # noqa: E402
+from inspection.config import set_dotted
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 METHOD = ("1 epoch per run, each stage its own process in a scratch copy of the repository, peak RSS from os.wait4; "
           "the larger set = every source image + re-encoded variants (D4 flip/rotation, gain 0.85-1.15, offset -8..8, "

@@ -1,4 +1,4 @@
-"""Benchmark of the batch CLI (python -m stages.predict): throughput on 300x300 JPEGs including decoding, and
+"""Benchmark of the batch CLI (python -m commands.predict): throughput on 300x300 JPEGs including decoding, and
 peak memory at two input sizes (it must stay flat: the CLI streams).
 
 Usage: python tools/bench_predict.py [--model models] [--images 2000] [--large 20000] [--repeats 3]
@@ -27,14 +27,14 @@ def photos(folder: Path, n: int) -> list[Path]:
     src: list[Path] = []
     manifest = ROOT / "data/split/manifest.csv"
     if manifest.exists():
-        from stages.fsutil import read_csv
+        from inspection.fsutil import read_csv
 
         src = [ROOT / r["path"] for r in read_csv(manifest) if r["split"] == "test"]
     if not src:
         import numpy as np
 
-        from stages.images import encode_jpeg
-        from stages.synthetic import render_part
+        from inspection.data.images import encode_jpeg
+        from inspection.data.synthetic import render_part
 
         for i in range(64):
             p = folder / f"src_{i}.jpeg"
@@ -51,7 +51,7 @@ def photos(folder: Path, n: int) -> list[Path]:
 
 
 def throughput(model: str, files: list[Path], repeats: int) -> dict:
-    from stages.predict import expand, load_predictor, predict_items
+    from inspection.deploy.predictor import expand, load_predictor, predict_items
 
     pred = load_predictor(model)
     list(predict_items(expand([str(f) for f in files[:128]]), pred))  # warm-up: graph tracing, thread pools
@@ -67,7 +67,7 @@ def throughput(model: str, files: list[Path], repeats: int) -> dict:
 def peak_rss_mib(model: str, folder: Path) -> float:
     """Peak resident memory of one CLI process over the whole folder (ru_maxrss of the child, measured from a fresh
     wrapper process so that earlier children do not count)."""
-    code = ("import os, resource, subprocess, sys; subprocess.run([sys.executable, '-m', 'stages.predict', sys.argv[1], "
+    code = ("import os, resource, subprocess, sys; subprocess.run([sys.executable, '-m', 'commands.predict', sys.argv[1], "
             "'--model', sys.argv[2], '--out', os.devnull], check=True, stderr=subprocess.DEVNULL); "
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)")
     res = subprocess.run([sys.executable, "-c", code, str(folder), model], cwd=ROOT, capture_output=True, text=True,

@@ -5,7 +5,7 @@
 
 export const ROUTES = ['PASS', 'REVIEW', 'REJECT', 'RETAKE'];
 export const NOT_PASSED = ['REVIEW', 'REJECT', 'RETAKE'];
-// One row per file, the same columns and words as the batch CLI (python -m stages.predict).
+// One row per file, the same columns and words as the batch CLI (python -m commands.predict).
 export const CSV_COLUMNS = ['file', 'route', 'reason', 'defect_probability', 'threshold', 'ood_score', 'camera_check',
   'brightness', 'contrast', 'sharpness', 'model_version', 'timestamp'];
 export const ACTION = {

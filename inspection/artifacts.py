@@ -1,0 +1,82 @@
+"""Where the repository is, also from a DVC temporary workspace.
+
+`dvc exp run --temp` and `dvc queue start` run the pipeline in a throw-away copy of the
+repository under ``<repo>/.dvc/tmp/exps/<tmpdir>/``. Things that live outside git (the MLflow
+store, web/node_modules, data named by a relative path such as ../shared/...) are found in the
+main workspace, so every experiment logs into one store and sees the same files.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def stage_name() -> str | None:
+    """The dvc.yaml stage this process runs: $DVC_STAGE under DVC, else from `python -m stages.<name>`."""
+    name = os.environ.get("DVC_STAGE")
+    if name:
+        return name.rsplit(":", 1)[-1]
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    mod = getattr(spec, "name", "") or ""
+    return mod.split(".", 1)[1] if mod.startswith("stages.") else None
+
+
+REPO = Path(__file__).resolve().parents[1]   # the checkout this code runs from (dvc.yaml, web/, LICENSE)
+TEMP_WORKSPACES = (".dvc", "tmp", "exps")
+
+
+def main_root(cwd: Path | str | None = None) -> Path:
+    """The main workspace: cwd, or the repository that holds cwd as a DVC temporary workspace."""
+    here = Path(cwd or os.getcwd()).resolve()
+    parts = here.parts
+    n = len(TEMP_WORKSPACES)
+    for i in range(len(parts) - n):
+        if parts[i:i + n] == TEMP_WORKSPACES:
+            return Path(*parts[:i])
+    return here
+
+
+def in_temp_workspace(cwd: Path | str | None = None) -> bool:
+    return main_root(cwd) != Path(cwd or os.getcwd()).resolve()
+
+
+def resolve_user_path(path: str | Path) -> Path:
+    """A path from params.yaml: absolute as is; relative to the main workspace (so `../shared/...` means
+    the same folder from a temporary workspace)."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else main_root() / p
+
+
+RAW = Path("data/raw")
+TEST_SUBFOLDER = "source-test"
+EXTRA_HASHES = Path("data/extra.json")
+GOLDEN_HASH = Path("data/golden.json")
+EXTRA_SUBFOLDER = "extra"
+ORIGINS = "ORIGINS.csv"   # in data/raw: path (relative to data/raw), origin
+SHARDS = Path("data/shards")
+SHARD_INDEX = "index.json"
+MANIFEST = Path("data/split/manifest.csv")
+DATA_REPORT = Path("reports/data.json")
+SPLITS = ("train", "val", "test")
+MODEL = Path("models/model.keras")
+HISTORY = Path("reports/train/history.csv")
+GATE = Path("models/ood_gate.npz")
+METRICS = Path("reports/metrics.json")
+EVAL = Path("reports/eval")
+DRIFT_REFERENCE = EVAL / "drift_reference.json"
+RUN_FILE = Path("models/mlflow_run.json")
+PENDING = ".mlflow-pending"  # under the main workspace, beside mlflow.db; not a DVC output
+SAVED_MODEL = Path("models/saved_model")
+TFJS = Path("models/tfjs")
+METADATA = Path("models/metadata.json")
+HEADLINE = Path("reports/headline.json")
+WEB_SRC = Path("web/src")
+NODE_MODULES = Path("web/node_modules")
+BUNDLE = Path("models/web")
+PARITY = Path("reports/export/parity.json")
+BROWSER_BENCHMARK = Path("reports/export/browser_benchmark.json")
+SCREENSHOTS = {1366: Path("reports/export/inspector-1366.png"), 390: Path("reports/export/inspector-390.png")}
+PROMOTION = Path("reports/promotion.json")
+REPORT = Path("reports/report.html")
+PDF = Path("reports/report.pdf")

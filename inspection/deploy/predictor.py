@@ -1,0 +1,161 @@
+"""Batch prediction for the plant: one CSV row per file with its route (PASS / REVIEW / REJECT / RETAKE).
+
+    python -m commands.predict PATH... [--model models/ | models:/casting-inspector@champion] [--out verdicts.csv]
+
+PATH: image files, folders (searched recursively for images), zips (their image members) or globs
+("line3/**/*.jpg"). Every named file gets a row; an unreadable one is a RETAKE row with the reason,
+never skipped. The columns and words are the inspector page's CSV (stages.route.CSV_COLUMNS):
+file, route, reason, defect probability, threshold, OOD score, camera check, statistics, model version,
+timestamp. The decision is stages.route.decide with the model's own metadata.json route block.
+
+Streams: files are decoded by a small thread pool one batch ahead of the model, so memory does not
+grow with the number of files; a progress bar goes to stderr; rows are written as they are decided.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import os
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+import numpy as np
+from inspection.errors import UserError
+from inspection.data.images import IMAGE_EXTENSIONS, decode_gray, resize
+from inspection.data.imagestats import features
+from inspection.decision.route import camera_reasons, csv_row, decide
+from inspection.deploy.resolver import model_folder
+
+
+Item = tuple[str, Callable[[], bytes]]   # (name shown in the CSV, loader of the file's bytes)
+
+
+@dataclass
+class Predictor:
+    """A deployed model folder: the two-output SavedModel and the metadata.json it was exported with."""
+    folder: Path
+    metadata: dict
+    fn: object
+
+    @property
+    def size(self) -> int:
+        return int(self.metadata["input"]["height"])
+
+    def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import tensorflow as tf
+
+        out = self.fn(image=tf.constant(batch[..., None].astype(np.float32)))
+        return out["defect_probability"].numpy()[:, 0].astype(float), out["ood_score"].numpy()[:, 0].astype(float)
+
+
+def load_predictor(ref: str = "models") -> Predictor:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    folder = model_folder(ref)
+    meta_path, saved = folder / "metadata.json", folder / "saved_model"
+    if not meta_path.exists() or not saved.is_dir():
+        raise UserError(f"{folder} is not a model folder (needs metadata.json and saved_model/); run `dvc repro export` "
+                        f"or pass --model <folder> / --model models:/casting-inspector@champion")
+    import json
+
+    metadata = json.loads(meta_path.read_text())
+    if "route" not in metadata:
+        raise UserError(f"{meta_path} has no route block (exported by an older version); re-run `dvc repro export`")
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(saved)).signatures["serving_default"]
+    return Predictor(folder, metadata, fn)
+
+
+def expand(paths: Iterable[str]) -> Iterator[Item]:
+    """Files, folders, zips and globs -> (name, loader) in a stable order. Named files always yield an item."""
+    for arg in paths:
+        matches = sorted(glob.glob(arg, recursive=True)) if glob.has_magic(arg) else [arg]
+        if not matches:
+            raise UserError(f"{arg} matches no file; check the pattern (quote it so the shell does not expand it)")
+        for m in matches:
+            p = Path(m)
+            if p.is_dir():
+                for f in sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS
+                                and not any(part.startswith(".") for part in q.relative_to(p).parts)):
+                    yield str(f), f.read_bytes
+            elif p.suffix.lower() == ".zip" and p.is_file():
+                yield from _zip_items(p)
+            elif p.exists() or not glob.has_magic(arg):
+                yield str(p), (lambda p=p: p.read_bytes())
+
+
+def _zip_items(path: Path) -> Iterator[Item]:
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile:
+        yield str(path), (lambda: b"")   # a broken archive is one RETAKE row, not a crash
+        return
+    for m in sorted(zf.infolist(), key=lambda m: m.filename):
+        if not m.is_dir() and Path(m.filename).suffix.lower() in IMAGE_EXTENSIONS:
+            yield f"{path}/{m.filename}", (lambda m=m: zf.read(m))
+
+
+def _prepare(item: Item, size: int) -> tuple[str, np.ndarray | None, dict | None, str]:
+    name, load = item
+    try:
+        data = load()
+    except (OSError, zipfile.BadZipFile, RuntimeError) as exc:  # unreadable file or zip member (bad CRC, ...)
+        return name, None, None, f"unreadable: {getattr(exc, 'strerror', None) or exc}"
+    img, why = decode_gray(data)
+    if img is None:
+        return name, None, None, f"unreadable: {why}"
+    h, w = img.shape
+    if w < size or h < size:  # as the page: the model's resize only shrinks (line photos are larger than its input)
+        return name, None, None, f"unreadable: too small for the model ({w}x{h} px, need >= {size}x{size})"
+    small = resize(img, size)
+    return name, small, features(small), ""
+
+
+def _chunks(items: Iterator[Item], n: int) -> Iterator[list[Item]]:
+    chunk: list[Item] = []
+    for it in items:
+        chunk.append(it)
+        if len(chunk) == n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def predict_items(items: Iterable[Item], predictor: Predictor, batch: int = 64, workers: int = 2,
+                  progress=None) -> Iterator[dict]:
+    """CSV rows (dicts with CSV_COLUMNS) in input order; decoding runs one batch ahead of the model."""
+    meta, rule = predictor.metadata, predictor.metadata["route"]
+    camera = (rule.get("retake") or {}).get("camera") or {}
+    with ThreadPoolExecutor(workers) as pool:
+        for decoded in _decoded(pool, _chunks(iter(items), batch), predictor.size):
+            ok = [d for d in decoded if d[1] is not None]
+            probs, oods = predictor(np.stack([d[1] for d in ok])) if ok else ([], [])
+            scores = {id(d): (p, o) for d, p, o in zip(ok, probs, oods)}
+            for d in decoded:
+                name, small, stats, why = d
+                now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+                if small is None:
+                    row = csv_row(name, "RETAKE", why, None, rule["threshold"], None, None, [], meta["version"], now)
+                else:
+                    p, o = scores[id(d)]
+                    route, reason = decide(p, stats, o, rule)
+                    row = csv_row(name, route, reason, p, rule["threshold"], o, stats,
+                                  camera_reasons(stats, camera), meta["version"], now)
+                if progress is not None:
+                    progress.update(1)
+                yield row
+
+
+def _decoded(pool: ThreadPoolExecutor, chunks: Iterator[list[Item]], size: int):
+    """Decode batch k+1 in the pool while the caller runs the model on batch k."""
+    prepare = lambda it: _prepare(it, size)  # noqa: E731
+    nxt = next(chunks, None)
+    future = pool.map(prepare, nxt) if nxt else None
+    while future is not None:
+        current = list(future)
+        nxt = next(chunks, None)
+        future = pool.map(prepare, nxt) if nxt else None
+        yield current

@@ -1,0 +1,175 @@
+"""Checks every stage runs before any work (from ``stages.errors.cli``), each failing in about a second.
+
+Under ``dvc repro`` DVC deletes a stage's previous outputs right before running it, so whatever can be
+checked is checked by the first stage that runs: all of params.yaml, the tracking store, the tools the web
+stage needs (when the web stage is part of the run), this stage's inputs (named with the stage that makes
+them) and whether its outputs can be written.
+"""
+from __future__ import annotations
+
+from inspection.artifacts import REPO
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+import yaml
+from inspection.errors import UserError, disk_error_message
+
+
+PACKAGE_DVC_YAML = REPO / "dvc.yaml"
+WEB_STAGE = "web"
+
+
+def _dvc_yaml() -> dict:
+    for candidate in (Path(os.environ.get("DVC_ROOT", ".")) / "dvc.yaml", Path("dvc.yaml"), PACKAGE_DVC_YAML):
+        if candidate.is_file():
+            try:
+                return yaml.safe_load(candidate.read_text()) or {}
+            except (OSError, yaml.YAMLError):
+                return {}
+    return {}
+
+
+def _paths(entries) -> list[str]:
+    """dvc.yaml outs/deps/metrics/plots entries: "path" or {"path": {options}}."""
+    out = []
+    for e in entries or []:
+        if isinstance(e, str):
+            out.append(e)
+        elif isinstance(e, dict):
+            out.extend(str(k) for k in e)
+    return out
+
+
+def stage_spec(name: str | None, dvc: dict | None = None) -> dict | None:
+    if not name:
+        return None
+    stages = (dvc if dvc is not None else _dvc_yaml()).get("stages") or {}
+    spec = stages.get(name)
+    if spec is None:  # python -m stages.<module> whose stage has another name
+        spec = next((s for s in stages.values() if str(s.get("cmd", "")).strip() == f"python -m stages.{name}"), None)
+    return spec
+
+
+def outputs(spec: dict) -> list[str]:
+    return _paths(spec.get("outs")) + _paths(spec.get("metrics")) + _paths(spec.get("plots"))
+
+
+# inputs a stage reads only when present (DVC still tracks them, so a change re-runs the stage)
+OPTIONAL_INPUTS = {"report": {"reports/eval/robustness.csv", "models/metadata.json", "reports/promotion.json"}}
+
+
+def check_inputs(spec: dict, dvc: dict, stage: str | None = None) -> None:
+    """An input another stage makes is missing: name that stage. Outputs of `always_changed` stages are
+    fingerprints for DVC's change detection (e.g. data/extra.json), not data a stage reads: not required."""
+    producers = {p: name for name, s in (dvc.get("stages") or {}).items() if not s.get("always_changed")
+                 for p in outputs(s)}
+    optional = OPTIONAL_INPUTS.get(stage or "", set())
+    for dep in _paths(spec.get("deps")):
+        producer = None if dep in optional else producers.get(dep)
+        if producer and not Path(dep).exists():
+            raise UserError(f"{dep} is missing; run the {producer} stage first (dvc repro {producer})")
+
+
+def check_writable(spec: dict) -> None:
+    """Every output folder can take a file (a read-only checkout fails here, not after the work)."""
+    seen: set[Path] = set()
+    for out in outputs(spec):
+        folder = Path(out).parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if folder in seen:
+            continue
+        seen.add(folder)
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            exc.filename = str(folder)
+            raise UserError(disk_error_message(exc) or f"cannot write {folder} ({exc.strerror}); "
+                            "run the stage from a writable checkout") from None
+
+
+def _dvc_targets() -> list[str] | None:
+    """The stage targets of the `dvc repro` / `dvc exp run` that started us ([] = the whole pipeline),
+    None when the parent is not a dvc command we can read."""
+    from inspection.runner.watchdog import SHELLS, _proc_name, _proc_parent
+
+    pid = os.getppid()
+    if _proc_name(pid) in SHELLS:  # DVC runs the cmd through $SHELL (or /bin/sh), which may not exec it
+        pid = _proc_parent(pid) or pid
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return None
+    argv = [a for a in argv if a]
+    names = [Path(a).name for a in argv[:3]]
+    if "dvc" not in names and not any(n.startswith("dvc") for n in names):
+        return None
+    if "repro" in argv:
+        rest = argv[argv.index("repro") + 1:]
+    elif "exp" in argv and "run" in argv:
+        rest = argv[argv.index("run") + 1:]
+    else:
+        return []  # a queue worker or another dvc command: assume the whole pipeline
+    if "-P" in rest or "--all-pipelines" in rest or "--downstream" in rest:
+        return []
+    with_value = {"-S", "--set-param", "-n", "--name", "-j", "--jobs", "-m", "--message", "-C", "--copy-paths",
+                  "-r", "--rev"}
+    targets, skip = [], False
+    for a in rest:
+        if skip:
+            skip = False
+        elif a in with_value:
+            skip = True
+        elif not a.startswith("-"):
+            targets.append(a.rsplit(":", 1)[-1])
+    return targets
+
+
+def web_will_run(stage: str | None, dvc: dict) -> bool:
+    if stage == WEB_STAGE:
+        return True
+    if WEB_STAGE not in (dvc.get("stages") or {}) or not os.environ.get("DVC_STAGE"):
+        return False
+    targets = _dvc_targets()
+    return targets is not None and (not targets or WEB_STAGE in targets)
+
+
+def check_web_tools(params) -> None:
+    chromium = Path(params.web.chromium).expanduser()
+    if not (chromium.is_file() and os.access(chromium, os.X_OK)):
+        raise UserError(f"web.chromium {chromium} is not an executable Chromium (the web stage needs it); install it "
+                        "(apt-get install chromium), set web.chromium in params.yaml, or run without the web stage "
+                        "(dvc repro report export)")
+    if shutil.which("node") is None:
+        raise UserError("node not found on PATH (the web stage needs Node.js 18+); install Node.js, or run without "
+                        "the web stage (dvc repro report export)")
+    if not Path("web/node_modules").is_dir() and shutil.which("npm") is None:
+        raise UserError("npm not found and web/node_modules is not installed (the web stage needs them); install "
+                        "Node.js with npm and run: npm ci --prefix web")
+
+
+def preflight(stage: str | None) -> None:
+    """Run by ``cli`` before a stage's main. Stages outside dvc.yaml (tools, servers) skip it."""
+    dvc = _dvc_yaml()
+    spec = stage_spec(stage, dvc)
+    if spec is None:
+        return
+    from inspection.config import load_params
+    from inspection.artifacts import RUN_FILE
+    from inspection.tracking.store import check_store, configure_http
+    from inspection.tracking.journal import pending_notice
+
+    params = load_params()  # all of it: a typo in any section fails the first stage that runs
+    if web_will_run(stage, dvc):
+        check_web_tools(params)
+    check_inputs(spec, dvc, stage)
+    check_writable(spec)
+    configure_http()
+    check_store(RUN_FILE if RUN_FILE.as_posix() in _paths(spec.get("deps")) else None)
+    notice = pending_notice()
+    if notice:
+        print(notice)
