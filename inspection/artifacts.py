@@ -1,25 +1,17 @@
-"""Where the repository is, also from a DVC temporary workspace.
+"""Every pipeline path, once, and where the repository is, also from a DVC temporary workspace.
+
+The paths below are the DVC outputs each stage writes (dvc.yaml lists the same names); a consumer imports
+the path from here, never from the stage that writes it.
 
 `dvc exp run --temp` and `dvc queue start` run the pipeline in a throw-away copy of the
 repository under ``<repo>/.dvc/tmp/exps/<tmpdir>/``. Things that live outside git (the MLflow
 store, web/node_modules, data named by a relative path such as ../shared/...) are found in the
-main workspace, so every experiment logs into one store and sees the same files.
-"""
+main workspace, so every experiment logs into one store and sees the same files."""
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-
-
-def stage_name() -> str | None:
-    """The dvc.yaml stage this process runs: $DVC_STAGE under DVC, else from `python -m stages.<name>`."""
-    name = os.environ.get("DVC_STAGE")
-    if name:
-        return name.rsplit(":", 1)[-1]
-    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-    mod = getattr(spec, "name", "") or ""
-    return mod.split(".", 1)[1] if mod.startswith("stages.") else None
 
 
 REPO = Path(__file__).resolve().parents[1]   # the checkout this code runs from (dvc.yaml, web/, LICENSE)
@@ -48,35 +40,59 @@ def resolve_user_path(path: str | Path) -> Path:
     return p if p.is_absolute() else main_root() / p
 
 
-RAW = Path("data/raw")
-TEST_SUBFOLDER = "source-test"
-EXTRA_HASHES = Path("data/extra.json")
-GOLDEN_HASH = Path("data/golden.json")
-EXTRA_SUBFOLDER = "extra"
-ORIGINS = "ORIGINS.csv"   # in data/raw: path (relative to data/raw), origin
-SHARDS = Path("data/shards")
-SHARD_INDEX = "index.json"
+def stage_name() -> str | None:
+    """The dvc.yaml stage this process runs: $DVC_STAGE under DVC, else from `python -m stages.<name>`."""
+    name = os.environ.get("DVC_STAGE")
+    if name:
+        return name.rsplit(":", 1)[-1]
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    mod = getattr(spec, "name", "") or ""
+    return mod.split(".", 1)[1] if mod.startswith("stages.") else None
+
+
+
+# ---- the pipeline's files, in the order the stages write them (dvc.yaml: each stage's outs) ------------
+# sources
+EXTRA_HASHES = Path("data/extra.json")      # content hashes of data.extra (re-runs download when they change)
+GOLDEN_HASH = Path("data/golden.json")      # content hash of promote.golden
+# download
+RAW = Path("data/raw")                      # <class>/<file> images, SOURCE.json, ORIGINS.csv
+TEST_SUBFOLDER = "source-test"              # data/raw/source-test/<class>/...: a source's own test folder
+EXTRA_SUBFOLDER = "extra"                   # data/raw/<class>/extra/...: images from data.extra
+ORIGINS = "ORIGINS.csv"                     # in data/raw: path (relative to data/raw), origin
+# split
 MANIFEST = Path("data/split/manifest.csv")
 DATA_REPORT = Path("reports/data.json")
 SPLITS = ("train", "val", "test")
+# shards
+SHARDS = Path("data/shards")
+SHARD_INDEX = "index.json"                  # in data/shards
+# train
 MODEL = Path("models/model.keras")
 HISTORY = Path("reports/train/history.csv")
-GATE = Path("models/ood_gate.npz")
+RUN_FILE = Path("models/mlflow_run.json")   # the MLflow run later stages log into
+# evaluate
 METRICS = Path("reports/metrics.json")
 EVAL = Path("reports/eval")
 DRIFT_REFERENCE = EVAL / "drift_reference.json"
-RUN_FILE = Path("models/mlflow_run.json")
-PENDING = ".mlflow-pending"  # under the main workspace, beside mlflow.db; not a DVC output
+GATE = Path("models/ood_gate.npz")
+# export
 SAVED_MODEL = Path("models/saved_model")
 TFJS = Path("models/tfjs")
 METADATA = Path("models/metadata.json")
 HEADLINE = Path("reports/headline.json")
-WEB_SRC = Path("web/src")
-NODE_MODULES = Path("web/node_modules")
+# promote
+PROMOTION = Path("reports/promotion.json")
+# report
+REPORT = Path("reports/report.html")
+PDF = Path("reports/report.pdf")
+# web
 BUNDLE = Path("models/web")
 PARITY = Path("reports/export/parity.json")
 BROWSER_BENCHMARK = Path("reports/export/browser_benchmark.json")
 SCREENSHOTS = {1366: Path("reports/export/inspector-1366.png"), 390: Path("reports/export/inspector-390.png")}
-PROMOTION = Path("reports/promotion.json")
-REPORT = Path("reports/report.html")
-PDF = Path("reports/report.pdf")
+
+# ---- inputs in git and local state outside DVC --------------------------------------------------------
+WEB_SRC = Path("web/src")
+NODE_MODULES = Path("web/node_modules")
+PENDING = ".mlflow-pending"  # under the main workspace, beside mlflow.db; not a DVC output

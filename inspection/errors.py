@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""Errors a user can fix, and the one line that reports them.
+
+A ``UserError`` carries a message that says what went wrong and what to do; the stage runner
+(inspection.runner.cli) prints it as one line and exits 2. ``disk_error_message`` turns a read-only, full or
+forbidden disk into such a line, naming the output rather than its temporary name. Imports nothing of ours."""
 from __future__ import annotations
 
 import errno
@@ -18,16 +22,16 @@ DISK_ERRORS = {errno.EROFS: "read-only file system", errno.ENOSPC: "no space lef
                errno.EDQUOT: "disk quota exceeded", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
-def _write_stderr(line: str) -> None:
+def write_stderr(line: str) -> None:
     try:
-        sys.stderr.write(_one_line(line) + "\n")
+        sys.stderr.write(one_line(line) + "\n")
         sys.stderr.flush()
     except Exception:
-        os.write(2, (_one_line(line) + "\n").encode("utf-8", "backslashreplace"))
+        os.write(2, (one_line(line) + "\n").encode("utf-8", "backslashreplace"))
 
 
 def disk_error_message(exc: OSError, action: str = "write") -> str | None:

@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""Stop signals: SIGINT and SIGTERM end a stage at a safe moment, with nothing half-published.
+
+A handler records the signal and raises KeyboardInterrupt; if that exception is swallowed (an interrupt
+that lands in a garbage-collector callback, e.g. jax's ``_xla_gc_callback``, is only printed as "Exception
+ignored"), it is raised again. ``publishing()`` surrounds the renames that publish a stage's outputs: it
+refuses once a signal was seen and defers a signal that arrives during them. Inside ``at_safe_points()``
+a signal is only recorded and code raises it at its own safe points (``check_interrupted``). A stage still
+running ``GRACE_SECONDS`` after the signal (stuck in native code) is ended without publishing."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +15,7 @@ import sys
 import threading
 import time
 from typing import Callable, Iterator
-from inspection.errors import _write_stderr
+from inspection.errors import write_stderr
 
 
 GRACE_SECONDS = 15.0  # after a signal, a stage stuck in native code is ended this much later
@@ -107,7 +114,7 @@ def _watch_wakeup_fd(fd: int) -> None:
 def _force_exit_later() -> None:
     time.sleep(GRACE_SECONDS)
     with publish_lock:  # never cut a publication in half
-        _write_stderr(f"interrupted: still running {GRACE_SECONDS:.0f} s after {signal.Signals(_signal).name}; "
+        write_stderr(f"interrupted: still running {GRACE_SECONDS:.0f} s after {signal.Signals(_signal).name}; "
                       f"stopping now. {nothing_published()}")
         os._exit(EXIT_STATUS.get(_signal, 130))
 

@@ -1,15 +1,13 @@
-"""User-facing errors and the stage entry point: one line that says what went wrong and what to do.
+"""The stage entry point: one line that says what went wrong and what to do, and a clean stop.
 
 ``cli(main)`` wraps every stage's ``main`` (``python -m stages.<name>``):
 
-* SIGINT and SIGTERM stop the stage at any moment with exit status 130 / 143 and nothing published.
-  The handlers are installed before TensorFlow is imported (stages import it inside ``main``). A handler
-  records the signal and raises KeyboardInterrupt; if that exception is swallowed (an interrupt that lands
-  in a garbage-collector callback, e.g. jax's ``_xla_gc_callback``, is only printed as "Exception ignored"),
-  it is raised again, ``StagedOutputs.commit`` refuses to publish once a signal was seen, and a stage still
-  running ``GRACE_SECONDS`` after the signal (stuck in native code) is ended without publishing.
-* A stage run by ``dvc`` stops when dvc dies: PR_SET_PDEATHSIG on Linux plus a parent-PID watchdog.
-* Before ``main`` runs, ``stages.preflight`` checks what can be checked in a second: all of params.yaml,
+* SIGINT and SIGTERM stop the stage at any moment with exit status 130 / 143 and nothing published
+  (inspection.interrupts). The handlers are installed before TensorFlow is imported (stages import it
+  inside ``main``).
+* A stage run by ``dvc`` stops when dvc dies: PR_SET_PDEATHSIG on Linux plus a parent watch
+  (inspection.runner.watchdog).
+* Before ``main`` runs, ``inspection.runner.preflight`` checks what can be checked in a second: all of params.yaml,
   the tracking store, missing inputs, writable outputs, and the web stage's tools when it will run.
 * A ``UserError``, a read-only or full disk print one line (exit 2); under ``dvc repro`` the line says how
   to get the previous outputs back (DVC removes a stage's outputs before running it).
@@ -23,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 from inspection.artifacts import stage_name
-from inspection.errors import UserError, _write_stderr, disk_error_message
+from inspection.errors import UserError, write_stderr, disk_error_message
 from inspection import interrupts
 from inspection.interrupts import EXIT_STATUS, install_signal_handlers
 from inspection.runner.watchdog import watch_parent
@@ -66,16 +64,16 @@ def _stop_exit() -> SystemExit:
         name = stage_name() or "<stage>"
         dvc = (f", but DVC has not recorded them: `dvc commit {name}` records them, `dvc checkout {name}` goes back"
                if os.environ.get("DVC_STAGE") else "")
-        _write_stderr(f"interrupted ({signal.Signals(sig).name}) after the outputs were published: they are "
+        write_stderr(f"interrupted ({signal.Signals(sig).name}) after the outputs were published: they are "
                       f"complete{dvc}")
     else:
-        _write_stderr(f"interrupted ({signal.Signals(sig).name}): {_nothing_published()}")
+        write_stderr(f"interrupted ({signal.Signals(sig).name}): {_nothing_published()}")
     return SystemExit(EXIT_STATUS.get(sig, 130))
 
 
 def _fail(message: str) -> SystemExit:
     back = way_back()
-    _write_stderr(f"error: {message}" + (f" ({back})" if back else ""))
+    write_stderr(f"error: {message}" + (f" ({back})" if back else ""))
     return SystemExit(2)
 
 
@@ -97,7 +95,7 @@ def _unexpected() -> None:
     traceback.print_exc()
     back = way_back()
     if back:
-        _write_stderr(f"note: {back}")
+        write_stderr(f"note: {back}")
     raise SystemExit(1)
 
 

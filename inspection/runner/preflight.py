@@ -1,4 +1,4 @@
-"""Checks every stage runs before any work (from ``stages.errors.cli``), each failing in about a second.
+"""Checks every stage runs before any work (from ``inspection.runner.cli``), each failing in about a second.
 
 Under ``dvc repro`` DVC deletes a stage's previous outputs right before running it, so whatever can be
 checked is checked by the first stage that runs: all of params.yaml, the tracking store, the tools the web
@@ -7,13 +7,13 @@ them) and whether its outputs can be written.
 """
 from __future__ import annotations
 
-from inspection.artifacts import REPO
-
 import os
 import shutil
 import tempfile
 from pathlib import Path
 import yaml
+
+from inspection.artifacts import REPO
 from inspection.errors import UserError, disk_error_message
 
 
@@ -95,16 +95,17 @@ def check_writable(spec: dict) -> None:
 def _dvc_targets() -> list[str] | None:
     """The stage targets of the `dvc repro` / `dvc exp run` that started us ([] = the whole pipeline),
     None when the parent is not a dvc command we can read."""
-    from inspection.runner.watchdog import SHELLS, _proc_name, _proc_parent
+    import psutil
 
-    pid = os.getppid()
-    if _proc_name(pid) in SHELLS:  # DVC runs the cmd through $SHELL (or /bin/sh), which may not exec it
-        pid = _proc_parent(pid) or pid
+    from inspection.runner.watchdog import launcher
+
+    proc = launcher()  # DVC runs the cmd through $SHELL (or /bin/sh), which may not exec it: the shell's parent
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-    except OSError:
+        argv = [a for a in (proc.cmdline() if proc else []) if a]
+    except psutil.Error:
         return None
-    argv = [a for a in argv if a]
+    if not argv:
+        return None
     names = [Path(a).name for a in argv[:3]]
     if "dvc" not in names and not any(n.startswith("dvc") for n in names):
         return None
