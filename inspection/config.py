@@ -63,6 +63,11 @@ class DataParams(_Strict):
     def negative_class(self) -> str:
         return next(c for c in self.classes if c != self.positive_class)
 
+    def class_of(self, folder_name: str) -> str | None:
+        """The class a folder name stands for (the class itself or one of its aliases, any case), or None."""
+        name = folder_name.lower()
+        return next((c for c, aliases in self.classes.items() if name in {a.lower() for a in [c, *aliases]}), None)
+
 
 class NearDupParams(_Strict):
     method: Literal["thumb_d4", "none"]

@@ -51,9 +51,8 @@ def main() -> None:
             info.update(per_class=data.synthetic.per_class, size=data.synthetic.size, seed=data.synthetic.seed)
             archive_sha = None
         copied = copy_tree(data, root, out, quarantined)
-        lookup = {a.lower(): c for c, aliases in data.classes.items() for a in [c, *aliases]}
         for q in quarantined:
-            q.setdefault("label", next((lookup[p.lower()] for p in Path(q["path"]).parts if p.lower() in lookup), ""))
+            q.setdefault("label", next(filter(None, map(data.class_of, Path(q["path"]).parts)), ""))
             print(f"download: quarantined {q['path']}: {q['reason']}")
         info["quarantined"] = quarantined
         info["archive_sha256"] = archive_sha

@@ -101,12 +101,10 @@ def find_class_folders(root: Path, data: DataParams) -> ClassFolders:
     """Map the folder tree under ``root`` to the classes in params, or explain what is wrong."""
     if not root.exists():
         raise UserError(f"{root} does not exist; set data.local.path to a .zip or a folder with one sub-folder per class")
-    lookup = {alias.lower(): cls for cls, aliases in data.classes.items() for alias in [cls, *aliases]}
     leaves = _image_dirs(root)
     # Empty class folders (a folder named like a class but with no files) are a user error too.
     for dirpath, dirnames, filenames in os.walk(root):
-        name = Path(dirpath).name.lower()
-        if name in lookup and not any(not f.startswith(".") for f in filenames) and not dirnames:
+        if data.class_of(Path(dirpath).name) and not any(not f.startswith(".") for f in filenames) and not dirnames:
             raise UserError(f"class folder {dirpath} is empty; add images to it or remove it")
     if not leaves:
         raise UserError(f"no files found under {root}; point data.local.path at the image folders")
@@ -126,7 +124,7 @@ def find_class_folders(root: Path, data: DataParams) -> ClassFolders:
         if len(groups) != 1:
             # e.g. the Kaggle archive's extra 512x512 copy beside the class folders; prefer the shallowest
             # folder whose children all map to classes.
-            mapped = [g for g in groups if all(c.name.lower() in lookup for c in leaves if c.parent == g)]
+            mapped = [g for g in groups if all(data.class_of(c.name) for c in leaves if c.parent == g)]
             if len(mapped) != 1:
                 raise UserError(
                     f"cannot tell which folders under {root} are the classes (candidates: "
@@ -138,23 +136,30 @@ def find_class_folders(root: Path, data: DataParams) -> ClassFolders:
 
     out = ClassFolders(root=root)
     for role, parent in parents.items():
-        mapping: dict[str, list[Path]] = {}
-        for leaf in sorted(d for d in leaves if d.parent == parent):
-            cls = lookup.get(leaf.name.lower())
-            if cls is None:
-                raise UserError(
-                    f"folder {leaf} does not map to a class; add {leaf.name!r} to data.classes.<class> in params.yaml "
-                    "or move it out of the data folder"
-                )
-            mapping.setdefault(cls, []).append(leaf)
-        missing = sorted(set(data.classes) - set(mapping))
-        if missing:
-            raise UserError(
-                f"no folder for class(es) {missing} under {parent}; expected one of "
-                f"{[a for m in missing for a in data.classes[m]]}"
-            )
-        setattr(out, role, mapping)
+        setattr(out, role, map_class_folders(sorted(d for d in leaves if d.parent == parent), data, parent))
     return out
+
+
+def map_class_folders(folders: list[Path], data: DataParams, parent: Path, require_all: bool = True
+                      ) -> dict[str, list[Path]]:
+    """class -> the folders named like it (data.classes aliases). A folder that names no class is an error;
+    so is a class without a folder when ``require_all`` (the main source; an extra source may hold a subset)."""
+    mapping: dict[str, list[Path]] = {}
+    for folder in folders:
+        cls = data.class_of(folder.name)
+        if cls is None:
+            raise UserError(
+                f"folder {folder} does not map to a class; add {folder.name!r} to data.classes.<class> in params.yaml "
+                "or move it out of the data folder"
+            )
+        mapping.setdefault(cls, []).append(folder)
+    missing = sorted(set(data.classes) - set(mapping))
+    if require_all and missing:
+        raise UserError(
+            f"no folder for class(es) {missing} under {parent}; expected one of "
+            f"{[a for m in missing for a in data.classes[m]]}"
+        )
+    return mapping
 
 
 def copy_tree(data: DataParams, source_root: Path, out: Path, quarantined: list | None = None) -> dict:

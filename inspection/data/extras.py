@@ -52,19 +52,12 @@ def class_folders(root: Path, data) -> dict[str, list[Path]]:
     """class -> folders of an extra source: sub-folders of ``root`` named like a class (data.classes aliases);
     a single wrapping folder (a zip of the folder) is looked through. Other files (corrections.json) are ignored;
     a source may hold only some of the classes."""
-    lookup = {a.lower(): c for c, aliases in data.classes.items() for a in [c, *aliases]}
+    from inspection.data.acquire import map_class_folders
+
     for _ in range(3):
         subs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name != "__MACOSX")
-        mapped = {d: lookup.get(d.name.lower()) for d in subs}
-        if any(mapped.values()):
-            unknown = [d.name for d, c in mapped.items() if c is None]
-            if unknown:
-                raise UserError(f"{root}: folder(s) {unknown} do not map to a class; name them like data.classes "
-                                f"({', '.join(sorted(lookup))}) or remove them")
-            out: dict[str, list[Path]] = {}
-            for d, c in mapped.items():
-                out.setdefault(c, []).append(d)
-            return out
+        if any(data.class_of(d.name) for d in subs):
+            return map_class_folders(subs, data, root, require_all=False)
         if len(subs) != 1:
             break
         root = subs[0]
@@ -72,21 +65,13 @@ def class_folders(root: Path, data) -> dict[str, list[Path]]:
                     "data.extra sources use the one-folder-per-class layout")
 
 
-def _extract(zip_path: Path, dest: Path, quarantined: list) -> None:
-    from inspection.data.acquire import extract_zip
-
-    try:
-        extract_zip(zip_path, dest, None, quarantined)
-    except TypeError:  # an extract_zip without the quarantine list
-        extract_zip(zip_path, dest, None)
-
-
 def copy_extras(data, out: Path, tmp: Path, info: dict) -> None:
     """Copy every data.extra source into ``out`` (data/raw) under <class>/extra/<n>-<name>/, write
     ORIGINS.csv, and record them in ``info`` (SOURCE.json): "extra", updated "counts" and "dataset_sha256"
     (the main source's hash combined with the extras')."""
-    from inspection.data.images import iter_image_files
     from inspection.artifacts import resolve_user_path
+    from inspection.data.acquire import extract_zip
+    from inspection.data.images import iter_image_files
 
     if not data.extra:
         return
@@ -102,7 +87,7 @@ def copy_extras(data, out: Path, tmp: Path, info: dict) -> None:
                 raise UserError(f"data.extra[{i}] {spec} is a file but not a .zip; give a .zip or a folder")
             root = tmp / f"extra-{i}"
             before = len(quarantined)
-            _extract(path, root, quarantined)
+            extract_zip(path, root, None, quarantined)
             for q in quarantined[before:]:
                 q["path"] = f"{spec}: {q['path']}"
                 print(f"download: quarantined {q['path']}: {q['reason']}")
