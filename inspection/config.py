@@ -284,22 +284,28 @@ def load_params(path: Path | str | None = None) -> Params:
         raise UserError(_format(exc, source)) from None
 
 
-def committed_params(path: Path | str | None = None) -> dict:
-    """params.yaml as committed at git HEAD ({} outside git or when it is not committed)."""
+def baseline_rev() -> str:
+    """The commit a run's params are compared with: the experiment's baseline under `dvc exp run` (DVC sets
+    DVC_EXP_BASELINE_REV), else HEAD. The report names it, so the comparison is a recorded fact of the run."""
+    return os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD"
+
+
+def committed_params(path: Path | str | None = None, rev: str | None = None) -> dict:
+    """params.yaml as committed at ``rev`` (default: baseline_rev()); {} outside git or when not committed."""
     import subprocess
 
     source = Path(path) if path is not None else PARAMS_FILE
     try:
-        text = subprocess.run(["git", "show", f"HEAD:./{source.as_posix()}"], capture_output=True, text=True,
-                              check=True).stdout
+        text = subprocess.run(["git", "show", f"{rev or baseline_rev()}:./{source.as_posix()}"], capture_output=True,
+                              text=True, check=True).stdout
         return yaml.safe_load(text) or {}
     except (OSError, subprocess.CalledProcessError, yaml.YAMLError):
         return {}
 
 
 def changed_params(params: Params, reference: dict | None = None) -> dict[str, object]:
-    """Dotted keys whose value differs from the committed params.yaml (the project's defaults), e.g. the
-    overrides of a `dvc exp run -S`; for the report and run names."""
+    """Dotted keys whose value differs from params.yaml at the baseline commit (the project's defaults), e.g.
+    the overrides of a `dvc exp run -S`; for the report and run names."""
     ref = committed_params() if reference is None else reference
     if not ref:
         return {}
