@@ -1,8 +1,8 @@
-"""Stage 1, download: get the images from the configured source into data/raw/<class>/.
+"""Stage download: get the images from the configured source into data/raw/<class>/.
 
-Output: data/raw/<class>/<file> (a source's own test images under
-data/raw/<class>/source-test/) and data/raw/SOURCE.json describing the source.
-"""
+Reads params ``data`` (Kaggle, a local zip or folder, or synthetic parts, plus data.extra). Writes
+data/raw/<class>/<file> (a source's own test images under data/raw/<class>/source-test/, extras under
+data/raw/<class>/extra/) and data/raw/SOURCE.json describing the source."""
 from __future__ import annotations
 
 import tempfile

@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""Stage sources: fingerprint the image sources that live outside the repository.
+
+data.extra (folders or zips) and promote.golden may be absent on another machine, so DVC cannot hash them as
+deps. This stage (always run) writes their content hashes to data/extra.json and data/golden.json, deps of
+download and promote, so those re-run exactly when the content changes."""
 from __future__ import annotations
 
 from inspection.runner.cli import cli

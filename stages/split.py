@@ -1,4 +1,8 @@
-"""TODO docstring."""
+"""Stage split: decode every image once, quarantine bad files, group duplicates, split by group.
+
+Reads data/raw and params ``split``. Writes data/split/manifest.csv (path, label, split, group, sha256,
+origin) and reports/data.json (counts per split and class, duplicate groups, quarantined files, and the
+confound check: how well global image statistics alone separate the classes)."""
 from __future__ import annotations
 
 from inspection.config import load_params
@@ -13,32 +17,32 @@ from inspection.data.splitting import assign_groups, assign_splits, confound, sc
 
 def main() -> None:
     params = load_params()
-    p = params.split
+    cfg = params.split
     if not (RAW / "SOURCE.json").exists():
         raise UserError(f"{RAW}/SOURCE.json is missing; run the download stage first (dvc repro download)")
     records, thumbs, quarantined = scan(RAW, params.data.max_image_pixels)
     total = len(records) + len(quarantined)
     for q in quarantined:
         print(f"split: quarantined {q['path']}: {q['reason']}")
-    if len(quarantined) > p.max_quarantined_fraction * total:
+    if len(quarantined) > cfg.max_quarantined_fraction * total:
         raise UserError(
             f"{len(quarantined)} of {total} files are unreadable (limit split.max_quarantined_fraction="
-            f"{p.max_quarantined_fraction}); fix or remove them (first: {quarantined[0]['path']}: {quarantined[0]['reason']})"
+            f"{cfg.max_quarantined_fraction}); fix or remove them (first: {quarantined[0]['path']}: {quarantined[0]['reason']})"
         )
-    dup = assign_groups(records, thumbs, p)
-    assign_splits(records, p)
+    dup = assign_groups(records, thumbs, cfg)
+    assign_splits(records, cfg)
     labels = sorted({r["label"] for r in records})
     counts = {s: {c: sum(1 for r in records if r["split"] == s and r["label"] == c) for c in labels} for s in SPLITS}
     for s in SPLITS:
         for c in labels:
-            if counts[s][c] < p.min_images_per_class:
+            if counts[s][c] < cfg.min_images_per_class:
                 raise UserError(f"split {s} has {counts[s][c]} {c!r} images, fewer than split.min_images_per_class="
-                                f"{p.min_images_per_class} ({len(records)} usable images); add images, or change "
+                                f"{cfg.min_images_per_class} ({len(records)} usable images); add images, or change "
                                 "the split fractions or split.min_images_per_class")
-    conf = confound(records, params.data.positive_class, p.confound_warn_auc)
+    conf = confound(records, params.data.positive_class, cfg.confound_warn_auc)
     report = {"images": len(records), "counts": counts, "duplicates": dup, "confound": conf,
               "quarantined": quarantined, "quarantined_count": len(quarantined),
-              "use_source_test": p.use_source_test, "seed": p.seed}
+              "use_source_test": cfg.use_source_test, "seed": cfg.seed}
     with staged_outputs(MANIFEST, DATA_REPORT) as out:
         rows = [{"path": (RAW / r["path"]).as_posix(), "label": r["label"], "split": r["split"],
                  "group": r["group"], "sha256": r["sha256"]} for r in records]

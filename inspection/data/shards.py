@@ -1,12 +1,12 @@
-"""Stage shards (between split and train): every manifest image, decoded and resized once, in on-disk shards.
+"""On-disk shards: every manifest image, decoded and resized once to the model's input size.
 
-The pixels are exactly ``stages.images.resize(read_gray(path), train.image_size)`` (OpenCV INTER_AREA, the
+The pixels are exactly ``inspection.data.images.resize(read_gray(path), train.image_size)`` (OpenCV INTER_AREA, the
 resize the browser page and the exported model's consumers reproduce), so training reads what deployment
 feeds. Storing at the input size, not at full resolution, keeps the bytes small (128 px: 16 KiB per image,
 1/5.5 of a 300 px original) and leaves no resize to do (or to get subtly different) inside ``tf.data``.
 Shards are written one at a time: the stage's memory holds one shard, whatever the dataset's size.
 Outputs: data/shards/<split>-NNN.npy (uint8 [n, size, size], n <= train.shard_images, manifest order) and
-data/shards/index.json (see stages.dataset).
+data/shards/index.json (read by inspection.data.dataset).
 """
 from __future__ import annotations
 

@@ -1,11 +1,8 @@
-"""Stage 2, split: decode every image once, quarantine bad files, group duplicates, split.
+"""The split rules: scan data/raw, group exact and near duplicates, assign whole groups to splits.
 
-Images with identical decoded pixels, and near-duplicates (see stages.dedup),
-share a group; whole groups go to one split, stratified by label, from a seed.
-Outputs: data/split/manifest.csv (path, label, split, group, sha256, origin) and
-reports/data.json (counts per split and class, duplicate groups, quarantined files, and the
-confound check: how well global image statistics alone separate the classes).
-"""
+Images with identical decoded pixels, and near-duplicates (inspection.data.dedup), share a group; whole groups
+go to one split, stratified by label, from a seed, so no casting is both trained on and tested on.
+``confound`` measures how well global image statistics alone separate the classes."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
