@@ -59,7 +59,7 @@ def scan(raw: Path, max_pixels: int | None = None) -> tuple[list[dict], np.ndarr
     return records, (np.stack(thumbs) if thumbs else np.empty((0, THUMB, THUMB), np.uint8)), quarantined
 
 
-def assign_groups(records: list[dict], thumbs: np.ndarray, p: SplitParams) -> dict:
+def assign_groups(records: list[dict], thumbs: np.ndarray, cfg: SplitParams) -> dict:
     """Set record['group']; return duplicate statistics."""
     n = len(records)
     by_hash: dict[str, list[int]] = defaultdict(list)
@@ -70,9 +70,9 @@ def assign_groups(records: list[dict], thumbs: np.ndarray, p: SplitParams) -> di
         rows += [members[0]] * (len(members) - 1)
         cols += members[1:]
     exact_groups = sum(1 for m in by_hash.values() if len(m) > 1)
-    if p.near_duplicates.method == "thumb_d4":
-        print(f"split: near-duplicate search over {n} images (thumb_d4, max_distance {p.near_duplicates.max_distance})")
-        r2, c2 = near_duplicate_pairs(thumbs.astype(np.float32), p.near_duplicates.max_distance)
+    if cfg.near_duplicates.method == "thumb_d4":
+        print(f"split: near-duplicate search over {n} images (thumb_d4, max_distance {cfg.near_duplicates.max_distance})")
+        r2, c2 = near_duplicate_pairs(thumbs.astype(np.float32), cfg.near_duplicates.max_distance)
         rows += r2.tolist()
         cols += c2.tolist()
     labels = group_ids(n, np.asarray(rows, int), np.asarray(cols, int))
@@ -89,22 +89,22 @@ def assign_groups(records: list[dict], thumbs: np.ndarray, p: SplitParams) -> di
         "images_in_such_groups": sum(sizes[g] for g in multi),
         "largest_group": max(sizes.values()),
         "groups_with_both_labels": len(mixed),
-        "method": p.near_duplicates.method,
-        "max_distance": p.near_duplicates.max_distance,
+        "method": cfg.near_duplicates.method,
+        "max_distance": cfg.near_duplicates.max_distance,
     }
 
 
-def assign_splits(records: list[dict], p: SplitParams) -> None:
+def assign_splits(records: list[dict], cfg: SplitParams) -> None:
     """Stratified, group-aware, deterministic split: whole groups go to one split."""
     groups: dict[int, list[dict]] = defaultdict(list)
     for r in records:
         groups[r["group"]].append(r)
-    rng = np.random.default_rng(p.seed)
+    rng = np.random.default_rng(cfg.seed)
     forced_test = set()
-    if p.use_source_test:
+    if cfg.use_source_test:
         forced_test = {g for g, members in groups.items() if any(m["source_test"] for m in members)}
         if not forced_test:
-            raise UserError("split.use_source_test is true but the source has no test folder; set it to false")
+            raise UserError("cfg.use_source_test is true but the source has no test folder; set it to false")
     by_label: dict[str, list[int]] = defaultdict(list)
     for g, members in sorted(groups.items()):
         label = Counter(m["label"] for m in members).most_common(1)[0][0]
@@ -112,9 +112,9 @@ def assign_splits(records: list[dict], p: SplitParams) -> None:
     for label, gids in sorted(by_label.items()):
         order = [gids[i] for i in rng.permutation(len(gids))]
         total = sum(len(groups[g]) for g in gids)
-        quota = {"val": round(total * p.val_fraction)}
-        if not p.use_source_test:
-            quota["test"] = round(total * p.test_fraction)
+        quota = {"val": round(total * cfg.val_fraction)}
+        if not cfg.use_source_test:
+            quota["test"] = round(total * cfg.test_fraction)
         filled = Counter()
         for g in order:
             if g in forced_test:

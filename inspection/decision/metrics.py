@@ -10,13 +10,13 @@ from sklearn.metrics import (accuracy_score, average_precision_score, confusion_
 from inspection.config import EvaluateParams
 
 
-def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, e: EvaluateParams) -> float:
-    if e.policy == "fixed":
-        return float(e.fixed_threshold)
+def choose_threshold(y_val: np.ndarray, p_val: np.ndarray, evaluate: EvaluateParams) -> float:
+    if evaluate.policy == "fixed":
+        return float(evaluate.fixed_threshold)
     precision, recall, thresholds = precision_recall_curve(y_val, p_val)
     precision, recall = precision[:-1], recall[:-1]  # align with thresholds (ascending)
-    if e.policy == "min_recall":
-        ok = np.flatnonzero(recall >= e.min_recall)
+    if evaluate.policy == "min_recall":
+        ok = np.flatnonzero(recall >= evaluate.min_recall)
         return float(thresholds[ok[-1]])  # recall is non-increasing in the threshold; never empty (t_min -> 1.0)
     f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0)
     return float(thresholds[int(np.argmax(f1))])
