@@ -1,4 +1,4 @@
-"""Regenerate tests/cases/route_cases.json from stages/route.py (then review the diff: it is the line's rule)."""
+"""Regenerate tests/cases/route_cases.json from inspection/decision/route.py (then review the diff: it is the line's rule)."""
 import json, sys
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 from inspection.decision.route import decide, route
@@ -25,7 +25,7 @@ add("noise: sharpness high", 0.3, {"brightness": 120.0, "contrast": 40.0, "sharp
 add("out of distribution only", 0.001, ok_stats, 25.01, 0.18, band)
 add("ood at the limit is fine", 0.001, ok_stats, 25.0, 0.18, band)
 add("no gate in metadata", 0.001, {"brightness": 0.0, "contrast": 0.0, "sharpness": 0.0}, 99.0, 0.18, band, {})
-json.dump({"about": "Shared table of route cases: stages/route.py (tests/test_route.py) and web/src/route.js "
+json.dump({"about": "Shared table of route cases: inspection/decision/route.py (tests/test_route.py) and web/src/route.js "
            "(web/tools/route_cases.mjs) must both give these routes and reasons. Regenerate with care: "
            "every change here is a change of the line's decision rule.", "cases": cases},
           open("tests/cases/route_cases.json", "w"), indent=1)

@@ -1,1 +1,1 @@
-"""x"""
+"""Images in: sources and their layouts, decoding, synthetic parts, duplicates, splitting, shards."""

@@ -1,1 +1,1 @@
-"""x"""
+"""MLflow: store checks, runs, the offline journal, the model registry and the champion gate."""
