@@ -161,7 +161,7 @@ def preflight(stage: str | None) -> None:
         return
     from inspection.config import load_params
     from inspection.artifacts import RUN_FILE
-    from inspection.tracking.store import check_store, configure_http
+    from inspection.tracking.store import check_store
     from inspection.tracking.journal import pending_notice
 
     params = load_params()  # all of it: a typo in any section fails the first stage that runs
@@ -169,7 +169,6 @@ def preflight(stage: str | None) -> None:
         check_web_tools(params)
     check_inputs(spec, dvc, stage)
     check_writable(spec)
-    configure_http()
     check_store(RUN_FILE if RUN_FILE.as_posix() in _paths(spec.get("deps")) else None)
     notice = pending_notice()
     if notice:
