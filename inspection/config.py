@@ -37,7 +37,7 @@ class SyntheticParams(_Strict):
 
 
 class DataParams(_Strict):
-    source: Literal["kaggle", "local", "synthetic"]
+    source: Literal["auto", "kaggle", "local", "synthetic"]
     kaggle: KaggleParams
     local: LocalParams
     synthetic: SyntheticParams

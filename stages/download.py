@@ -13,7 +13,7 @@ from inspection.runner.cli import cli
 from inspection.data.extras import copy_extras
 from inspection.fsutil import staged_outputs, write_json
 from inspection.artifacts import resolve_user_path
-from inspection.data.acquire import extract_zip, kaggle_download
+from inspection.data.acquire import extract_zip, kaggle_download, resolve_source
 from inspection.artifacts import RAW
 from inspection.data.acquire import copy_tree, write_synthetic
 
@@ -23,14 +23,19 @@ def main() -> None:
     with staged_outputs(RAW) as staged, tempfile.TemporaryDirectory(prefix="download-") as tmp:
         out = staged.path(RAW)
         out.mkdir()
-        info: dict = {"source": data.source}
+        source = resolve_source(data)  # data.source, or for auto the one actually used (SOURCE.json says which)
+        if data.source == "auto":
+            print(f"download: data.source auto: using {source}"
+                  + (f" ({data.local.path})" if source == "local" else f" ({data.kaggle.dataset})"))
+        info: dict = {"source": source}
         quarantined: list[dict] = []  # corrupt archive members, file names that are not UTF-8
-        if data.source == "kaggle":
-            root = kaggle_download(data.kaggle.dataset, data.kaggle.version)
+        if source == "kaggle":
+            root = kaggle_download(data.kaggle.dataset, data.kaggle.version,
+                                   auto_local=data.local.path if data.source == "auto" else None)
             # not the cache folder: SOURCE.json (and so data/raw's hash in dvc.lock) must not depend on the machine
             info.update(dataset=data.kaggle.dataset, version=data.kaggle.version)
             archive_sha = None
-        elif data.source == "local":
+        elif source == "local":
             # relative to the main workspace, also from a `dvc exp run --temp`/queue workspace (stages/paths.py)
             path = resolve_user_path(data.local.path)
             if not path.exists():
@@ -60,7 +65,7 @@ def main() -> None:
         info.update(copied)
         copy_extras(data, out, Path(tmp), info)  # data.extra: further sources, merged (stages/extras.py)
         write_json(out / "SOURCE.json", info)
-        print(f"download: {sum(copied['counts'].values())} files {copied['counts']} from {data.source} "
+        print(f"download: {sum(copied['counts'].values())} files {copied['counts']} from {source} "
               f"(sha256 {info['dataset_sha256'][:12]}), source test folder: {copied['has_test_folder']}")
 
 

@@ -25,7 +25,7 @@ def test_invalid_value_is_named(project):
 
 def test_bad_choice_is_named(project):
     project(data__source="ftp")
-    with pytest.raises(UserError, match=r"data\.source: Input should be 'kaggle', 'local' or 'synthetic'"):
+    with pytest.raises(UserError, match=r"data\.source: Input should be 'auto', 'kaggle', 'local' or 'synthetic'"):
         load_params()
 
 

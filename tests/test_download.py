@@ -124,3 +124,46 @@ def test_kaggle_uses_pinned_cached_version_offline(project, tmp_path, monkeypatc
     Cache().mark_as_complete(handle)
     info = run(project, data__source="kaggle")
     assert info["counts"] == {"defect": 3, "ok": 3} and info["version"] == 2
+
+
+def _fake_kaggle_cache(tmp_path, monkeypatch, n=3):
+    """A complete kagglehub cache of the pinned version (the layout kagglehub itself writes), network off."""
+    from kagglehub.cache import Cache
+    from kagglehub.handle import parse_dataset_handle
+
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("KAGGLE_API_ENDPOINT", "http://127.0.0.1:9")  # any network use would fail
+    handle = parse_dataset_handle("ravirajsinh45/real-life-industrial-dataset-of-casting-product/versions/2")
+    cached = Path(Cache().get_path(handle))
+    make_class_tree(cached / "casting_data" / "casting_data" / "train", {"def_front": "defect", "ok_front": "ok"}, n=n)
+    Cache().mark_as_complete(handle)
+
+
+def test_auto_uses_the_local_copy_when_it_exists(project, tmp_path, monkeypatch, capsys):
+    src = tmp_path / "mirror"
+    make_class_tree(src, {"def_front": "defect", "ok_front": "ok"}, n=2)
+    _fake_kaggle_cache(tmp_path, monkeypatch, n=3)
+    info = run(project, data__source="auto", data__local__path=str(src))
+    assert info["source"] == "local" and info["counts"] == {"defect": 2, "ok": 2}
+    assert "data.source auto: using local" in capsys.readouterr().out
+
+
+def test_auto_falls_back_to_a_cached_kaggle_copy(project, tmp_path, monkeypatch):
+    _fake_kaggle_cache(tmp_path, monkeypatch, n=3)
+    info = run(project, data__source="auto", data__local__path=str(tmp_path / "no-mirror.zip"))
+    assert info["source"] == "kaggle" and info["counts"] == {"defect": 3, "ok": 3} and info["version"] == 2
+
+
+def test_auto_without_mirror_or_kaggle_names_both_fixes_and_the_demo(project, tmp_path, monkeypatch):
+    import kagglehub
+
+    def offline(handle, *a, **k):
+        raise ConnectionError("Failed to resolve api.kaggle.com")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(UserError) as err:
+        run(project, data__source="auto", data__local__path=str(tmp_path / "no-mirror.zip"))
+    msg = str(err.value)
+    assert "no-mirror.zip does not exist" in msg and "ConnectionError" in msg
+    assert "data.local.path=<zip or folder>" in msg and "-S data.source=synthetic" in msg

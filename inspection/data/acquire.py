@@ -32,8 +32,19 @@ class ClassFolders:
     test: dict[str, list[Path]] = field(default_factory=dict)   # class -> the source's own test folders
 
 
-def kaggle_download(dataset: str, version: int) -> Path:
-    """Download (or reuse from KAGGLEHUB_CACHE) one pinned version of a public Kaggle dataset."""
+def resolve_source(data: DataParams) -> str:
+    """The source a run uses: data.source, or for ``auto`` the local copy when data.local.path exists, else
+    Kaggle (kagglehub reuses a complete cached copy of the pinned version without network, or downloads it)."""
+    if data.source != "auto":
+        return data.source
+    from inspection.artifacts import resolve_user_path
+
+    return "local" if resolve_user_path(data.local.path).exists() else "kaggle"
+
+
+def kaggle_download(dataset: str, version: int, auto_local: str | None = None) -> Path:
+    """Download (or reuse from KAGGLEHUB_CACHE) one pinned version of a public Kaggle dataset. ``auto_local``:
+    the data.local.path that data.source=auto looked for first (named in the message when both fail)."""
     import kagglehub
 
     handle = f"{dataset}/versions/{version}"
@@ -42,6 +53,13 @@ def kaggle_download(dataset: str, version: int) -> Path:
         return Path(kagglehub.dataset_download(handle))
     except Exception as exc:  # kagglehub raises requests/urllib3/its own errors; all mean "could not get it"
         kind = type(exc).__name__
+        if auto_local is not None:
+            raise UserError(
+                f"no data: data.local.path {auto_local} does not exist and Kaggle dataset {handle} could not be "
+                f"downloaded ({kind}) nor found complete in {cache}; put the archive there (or run with "
+                "-S data.local.path=<zip or folder>), or connect to the internet once; offline demo: "
+                "dvc exp run -S data.source=synthetic"
+            ) from None
         raise UserError(
             f"could not download Kaggle dataset {handle} and no complete cached copy is in {cache} ({kind}); "
             "connect to the internet once (or set KAGGLEHUB_CACHE to a folder holding it), or run offline with "
