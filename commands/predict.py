@@ -1,4 +1,13 @@
-"""TODO docstring."""
+"""Batch prediction: one CSV row per image with its route (PASS / REVIEW / REJECT / RETAKE).
+
+    python -m commands.predict PATH... [--model models | models:/casting-inspector@champion] [--out FILE.csv]
+                               [--batch 64] [--workers 2]
+
+PATH: image files, folders, zips or globs. The rows (columns inspection.decision.route.CSV_COLUMNS) go to
+standard output, or to --out: a regular file is written as .partial-<name> beside it and renamed when complete.
+The progress bar and a count per route go to stderr. Expanding the paths, loading the model and deciding each
+image is inspection.deploy.predictor's work.
+"""
 from __future__ import annotations
 
 import argparse

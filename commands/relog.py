@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""Re-log into MLflow what stages kept in .mlflow-pending/ while the tracking store was unreachable.
+
+    python -m commands.relog [--uri URI] [--new-run] [--list]
+
+Replays each waiting journal into the store it was meant for (or --uri); --new-run logs into a new run of the
+same experiment when the original run is gone; --list only shows what is waiting (stage, run, store, entries
+and why it was kept). The journals and their replay are inspection.tracking.journal's.
+"""
 from __future__ import annotations
 
 import argparse

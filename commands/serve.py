@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""Serve the browser bundle (the inspector page, default models/web) over http until Ctrl-C.
+
+    python -m commands.serve [models/web] [--port 8000] [--host 127.0.0.1]     (make serve)
+
+--port 0 picks a free port. It listens on 127.0.0.1 by default; any other --host prints a warning (no login, no
+https, and browsers allow the camera only over https or on localhost). The server itself is
+inspection.deploy.server.serve.
+"""
 from __future__ import annotations
 
 import argparse

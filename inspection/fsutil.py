@@ -2,7 +2,7 @@
 
 A stage writes every output into a staging area and publishes them all at the
 end with renames, so an error or Ctrl-C midway leaves no half-written output.
-Once a stop signal arrived (stages.errors), nothing is published any more, and a
+Once a stop signal arrived (inspection.errors), nothing is published any more, and a
 signal arriving during the renames waits until they are done.
 """
 from __future__ import annotations

@@ -36,7 +36,7 @@ def main() -> None:
             info.update(dataset=data.kaggle.dataset, version=data.kaggle.version)
             archive_sha = None
         elif source == "local":
-            # relative to the main workspace, also from a `dvc exp run --temp`/queue workspace (stages/paths.py)
+            # relative to the main workspace, also from a `dvc exp run --temp`/queue workspace (inspection/artifacts.py)
             path = resolve_user_path(data.local.path)
             if not path.exists():
                 raise UserError(f"data.local.path {path} does not exist; set it to a .zip or a folder of class folders")

@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""Stage report: the page a quality engineer signs, reports/report.html and its PDF print reports/report.pdf.
+
+Reads every output the pipeline made (data.json, history.csv, metrics.json and the eval tables, the model folder's
+metadata.json, promotion.json, the model for the Grad-CAM of bad cases) and the MLflow history of earlier runs;
+the numbers and sentences come from inspection.report.numbers, the figures from inspection.report.figures, and
+the page is rendered by Jinja2 (inspection/report/templates) and printed to PDF by the system Chromium.
+"""
 from __future__ import annotations
 
 import datetime as dt

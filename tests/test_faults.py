@@ -56,9 +56,13 @@ class Run:
         return lines[-1] if lines else ""
 
 
+COMMANDS = {"relog", "predict", "serve"}   # commands/: not dvc.yaml stages
+
+
 def stage(cwd: Path, module: str, *args: str, **extra) -> Run:
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", f"stages.{module}", *args], cwd=cwd, env=env(**extra),
+    package = "commands" if module in COMMANDS else "stages"
+    res = subprocess.run([sys.executable, "-m", f"{package}.{module}", *args], cwd=cwd, env=env(**extra),
                          capture_output=True, text=True, timeout=WAIT)
     return Run(res.returncode, res.stdout, res.stderr, time.perf_counter() - t0)
 

@@ -99,9 +99,9 @@ MEMORY_CHILD = textwrap.dedent("""
     import json, resource, sys
     sys.path.insert(0, sys.argv[1])
     import keras
-    from stages.config import load_params
-    from stages.dataset import open_shards
-    from stages.train import stream
+    from inspection.config import load_params
+    from inspection.data.dataset import open_shards
+    from inspection.model.input_pipeline import stream
 
     def peak():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

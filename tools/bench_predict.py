@@ -1,5 +1,6 @@
-"""Benchmark of the batch CLI (python -m commands.predict): throughput on 300x300 JPEGs including decoding, and
-peak memory at two input sizes (it must stay flat: the CLI streams).
+"""Benchmark of the batch CLI (python -m commands.predict): throughput and peak memory.
+
+Throughput on 300x300 JPEGs including decoding, and peak memory at two input sizes (it must stay flat: the CLI streams).
 
 Usage: python tools/bench_predict.py [--model models] [--images 2000] [--large 20000] [--repeats 3]
 Input photos: the test split's files (data/split/manifest.csv; the Kaggle photos are 300x300 JPEGs),

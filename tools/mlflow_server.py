@@ -221,7 +221,7 @@ class Stop(Exception):
     pass
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--port", type=int, default=5000, help="the server's port on 127.0.0.1 (0: any free port)")
     ap.add_argument("--dir", type=Path, help="work folder (cluster, artifacts, logs); default: a new temporary "
@@ -230,51 +230,90 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="mlflow server worker processes")
     ap.add_argument("--pg-bin", help="folder with initdb and pg_ctl")
     ap.add_argument("--timeout", type=float, default=180, help="seconds to wait for the server to answer")
-    args = ap.parse_args()
+    return ap.parse_args()
 
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT (Ctrl-C) raise Stop, so the clean-up in main runs."""
     def on_signal(signum, frame):  # noqa: ARG001
         raise Stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+
+
+def prepare(work: Path, temporary: bool, wanted_port: int) -> int:
+    """Create the work folder and choose the server's port (``wanted_port``, or any free one for 0)."""
+    work.mkdir(parents=True, exist_ok=True)
+    if temporary:
+        work.chmod(0o711)  # the PostgreSQL user must be able to enter it
+    port = wanted_port or free_port()
+    if port_in_use(port):
+        raise Failure(f"port {port} on 127.0.0.1 is in use; pass --port with another one (make mlflow-server "
+                      "MLFLOW_PORT=...)")
+    return port
+
+
+def start_cluster(cluster: Cluster) -> None:
+    cluster.init()
+    cluster.start()
+    cluster.ensure_database()
+
+
+def launch_server(cluster: Cluster, work: Path, port: int, workers: int) -> subprocess.Popen:
+    """Start `mlflow server` in its own session, output to DIR/mlflow-server.log; returns without waiting."""
+    artifacts = work / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    # no background job runners (MLflow 3 starts ~7 Huey consumer processes for GenAI jobs we do not use)
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    with open(work / "mlflow-server.log", "ab") as out:
+        return subprocess.Popen(mlflow_command(cluster.uri(), artifacts, port, workers), stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env)
+
+
+def announce(work: Path, cluster: Cluster, server: subprocess.Popen, url: str, deleted: bool) -> None:
+    """Write DIR/server.json and print where everything is and the line to run in the pipeline's shell."""
+    (work / "server.json").write_text(json.dumps({"tracking_uri": url, "postgres_port": cluster.port,
+                                                  "server_pid": server.pid, "dir": str(work)}) + "\n")
+    version = (cluster.data / "PG_VERSION").read_text().strip()
+    print(f"mlflow-server: PostgreSQL {version} on 127.0.0.1:{cluster.port} (cluster {cluster.data}), "
+          f"artifacts proxied to {work / 'artifacts'}, work folder {work}")
+    print(f"mlflow-server: UI and API on {url}; in the pipeline's shell run:")
+    print(f"export MLFLOW_TRACKING_URI={url}")
+    print("mlflow-server: Ctrl-C stops the server and the cluster"
+          + (" and deletes the work folder" if deleted else ""), flush=True)
+
+
+def clean_up(server: subprocess.Popen | None, cluster: Cluster | None, work: Path, delete: bool, ok: bool) -> None:
+    """Stop the server and the cluster, then delete the work folder (``delete``) or say how to reuse it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # finish the clean-up even on a second Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    stop_process(server)
+    if cluster is not None:
+        cluster.stop()
+    if delete:
+        shutil.rmtree(work, ignore_errors=True)
+    elif ok:
+        print(f"mlflow-server: kept {work}; start it again with --dir {work}", flush=True)
+
+
+def main() -> int:
+    args = parse_args()
+    stop_on_signals()
     temporary = args.dir is None
     work = Path(tempfile.mkdtemp(prefix="mlflow-server-")) if temporary else args.dir.resolve()
+    delete = temporary and not args.keep
     cluster: Cluster | None = None
     server: subprocess.Popen | None = None
     code = 0
     try:
-        work.mkdir(parents=True, exist_ok=True)
-        if temporary:
-            work.chmod(0o711)  # the PostgreSQL user must be able to enter it
-        port = args.port or free_port()
-        if port_in_use(port):
-            raise Failure(f"port {port} on 127.0.0.1 is in use; pass --port with another one (make mlflow-server "
-                          "MLFLOW_PORT=...)")
-        runner = Runner(pg_bin(args.pg_bin))
-        cluster = Cluster(work / "pg", runner)
-        cluster.init()
-        cluster.start()
-        cluster.ensure_database()
-        artifacts = work / "artifacts"
-        artifacts.mkdir(exist_ok=True)
-        log = work / "mlflow-server.log"
-        url = f"http://127.0.0.1:{port}"
-        # no background job runners (MLflow 3 starts ~7 Huey consumer processes for GenAI jobs we do not use)
-        env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-        with open(log, "ab") as out:
-            server = subprocess.Popen(mlflow_command(cluster.uri(), artifacts, port, args.workers), stdout=out,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                      env=env)
+        port = prepare(work, temporary, args.port)
+        cluster = Cluster(work / "pg", Runner(pg_bin(args.pg_bin)))
+        start_cluster(cluster)
+        server = launch_server(cluster, work, port, args.workers)
+        url, log = f"http://127.0.0.1:{port}", work / "mlflow-server.log"
         wait_healthy(server, url, log, args.timeout)
-        (work / "server.json").write_text(json.dumps({"tracking_uri": url, "postgres_port": cluster.port,
-                                                      "server_pid": server.pid, "dir": str(work)}) + "\n")
-        version = (cluster.data / "PG_VERSION").read_text().strip()
-        print(f"mlflow-server: PostgreSQL {version} on 127.0.0.1:{cluster.port} (cluster {cluster.data}), "
-              f"artifacts proxied to {artifacts}, work folder {work}")
-        print(f"mlflow-server: UI and API on {url}; in the pipeline's shell run:")
-        print(f"export MLFLOW_TRACKING_URI={url}")
-        print("mlflow-server: Ctrl-C stops the server and the cluster"
-              + (" and deletes the work folder" if temporary and not args.keep else ""), flush=True)
+        announce(work, cluster, server, url, delete)
         server.wait()
         raise Failure(f"mlflow server exited with code {server.returncode} (log: {log})")
     except Stop:
@@ -283,15 +322,7 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         code = 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # finish the clean-up even on a second Ctrl-C
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stop_process(server)
-        if cluster is not None:
-            cluster.stop()
-        if temporary and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        elif code == 0:
-            print(f"mlflow-server: kept {work}; start it again with --dir {work}", flush=True)
+        clean_up(server, cluster, work, delete, code == 0)
     return code
 
 

@@ -115,9 +115,8 @@ class PeakSampler(threading.Thread):
             self.peaks[stage] = max(self.peaks.get(stage, 0.0), peak)
 
 
-def run(overrides: list[str], name: str | None, force: bool, out: Path, targets: list[str] | None = None) -> dict:
-    cmd = exp_run_command(overrides, name, force, targets)
-    print("$ " + " ".join(cmd), flush=True)
+def dvc_env() -> dict[str, str]:
+    """The environment for `dvc exp run`: unbuffered Python, and the venv's bin on PATH when it is not activated."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     beside = Path(sys.executable).with_name("dvc")
     if shutil.which("dvc") is None and beside.is_file():  # venv not activated: its dvc and python for the stages
@@ -125,14 +124,15 @@ def run(overrides: list[str], name: str | None, force: bool, out: Path, targets:
     elif shutil.which("dvc") is None:
         sys.exit("error: dvc not found on PATH; run `make results`, or activate the project's venv first "
                  "(. .venv/bin/activate)")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1, env=env)
-    sampler = PeakSampler(proc.pid)
-    sampler.start()
-    t_all = time.perf_counter()
+    return env
+
+
+def follow(proc: subprocess.Popen, sampler: PeakSampler, start: float) -> tuple[dict[str, float], dict[str, bool], int]:
+    """Echo DVC's output while timing each stage from its "Running stage" line to the next stage line (or DVC's
+    exit) and telling the sampler which stage runs. Returns (seconds per stage run, ran or skipped, exit code)."""
     seconds: dict[str, float] = {}
     ran: dict[str, bool] = {}
-    current, t0 = None, t_all
+    current, t0 = None, start
 
     def close(now: float) -> None:
         if current is not None:
@@ -156,15 +156,18 @@ def run(overrides: list[str], name: str | None, force: bool, out: Path, targets:
         sys.stdout.flush()
     code = proc.wait()
     close(time.perf_counter())
-    sampler.done.set()
-    sampler.join()
-    total = round(time.perf_counter() - t_all, 1)
-    by_stage = {s: round(sampler.peaks.get(s, 0.0)) for s in seconds}
+    return seconds, ran, code
+
+
+def timings_record(cmd: list[str], code: int, seconds: dict[str, float], ran: dict[str, bool],
+                   peaks: dict[str, float], total: float) -> dict:
+    """The timings record (reports/timings.json): seconds per stage, the total, which stages ran, peak RSS."""
+    by_stage = {s: round(peaks.get(s, 0.0)) for s in seconds}
     running_max, after = 0, {}
     for s in seconds:
         running_max = max(running_max, by_stage[s])
         after[s] = running_max
-    timings = {
+    return {
         **seconds,
         "total": total,
         "ran": ran,
@@ -174,6 +177,23 @@ def run(overrides: list[str], name: str | None, force: bool, out: Path, targets:
         "command": cmd,
         "exit_code": code,
     }
+
+
+def run(overrides: list[str], name: str | None, force: bool, out: Path, targets: list[str] | None = None) -> dict:
+    """Run `dvc exp run` with the overrides, echo its output, and write the timings to ``out``; returns them."""
+    cmd = exp_run_command(overrides, name, force, targets)
+    print("$ " + " ".join(cmd), flush=True)
+    env = dvc_env()
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1, env=env)
+    sampler = PeakSampler(proc.pid)
+    sampler.start()
+    t_all = time.perf_counter()
+    seconds, ran, code = follow(proc, sampler, t_all)
+    sampler.done.set()
+    sampler.join()
+    total = round(time.perf_counter() - t_all, 1)
+    timings = timings_record(cmd, code, seconds, ran, sampler.peaks, total)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(timings, indent=2) + "\n")
     return timings

@@ -1,13 +1,13 @@
 """The manifest written by the split stage, and the images it lists.
 
-Two ways to the pixels, both at the model's input size and both equal to ``stages.images`` decode +
+Two ways to the pixels, both at the model's input size and both equal to ``inspection.data.images`` decode +
 ``resize`` (OpenCV INTER_AREA):
 
 * ``load_split``: decode the split's files into one in-memory uint8 array (small splits, export checks);
 * the shards written once by the ``shards`` stage (``data/shards``): ``open_shards`` gives a reader that
   reads any run of images with plain file reads (no whole-split array, no memory map: pages of a mapped
   file would count towards the process's resident memory), ``iter_split`` streams a split in batches in
-  manifest order, and ``stages.train`` reads the chunks through ``tf.data``.
+  manifest order, and the train stage reads the chunks through ``tf.data``.
 
 Shard layout: ``data/shards/<split>-NNN.npy`` hold uint8 ``[n, size, size]`` (standard .npy files,
 ``n <= train.shard_images``), the split's manifest rows in manifest order; ``data/shards/index.json``

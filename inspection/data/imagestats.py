@@ -1,5 +1,6 @@
-"""Global image statistics: the confound check (can the classes be told apart without
-looking at the part?) and the drift reference that deployment compares new images with.
+"""Global image statistics: the confound check and the drift reference new photos are compared with.
+
+The confound check asks: can the classes be told apart without looking at the part? and the drift reference that deployment compares new images with.
 
 The features are computed on 8-bit grayscale images, one image at a time (``feature_table`` of a batch, concatenated
 over batches, equals the table of the whole set); the browser app re-implements

@@ -23,7 +23,7 @@ from inspection.artifacts import MANIFEST, SPLITS
 
 
 def decode(paths: list[str], size: int, pool: ThreadPoolExecutor, bar: tqdm) -> np.ndarray:
-    """uint8 [n, size, size]: the one decode + resize of stages.images (OpenCV releases the GIL)."""
+    """uint8 [n, size, size]: the one decode + resize of inspection.data.images (OpenCV releases the GIL)."""
     images = np.empty((len(paths), size, size), np.uint8)
 
     def one(i: int) -> None:

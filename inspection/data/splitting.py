@@ -22,8 +22,8 @@ from inspection.data.imagestats import FEATURES, confound_check, features
 
 def scan(raw: Path, max_pixels: int | None = None) -> tuple[list[dict], np.ndarray, list[dict]]:
     """Decode every file under raw/<class>/ once. Returns (records, thumbnails, quarantined): each record
-    carries the image's global statistics (stages.imagestats); thumbnails are the near-duplicate search's
-    32x32 thumbnails (stages.dedup.thumbnails, kept as uint8: 1 KiB per image), not the decoded photos."""
+    carries the image's global statistics (inspection.data.imagestats); thumbnails are the near-duplicate search's
+    32x32 thumbnails (inspection.data.dedup.thumbnails, kept as uint8: 1 KiB per image), not the decoded photos."""
     source = read_json(raw / "SOURCE.json")
     classes = sorted(source["counts"])
     files = [(cls, f) for cls in classes if (raw / cls).is_dir() for f in iter_image_files(raw / cls)]

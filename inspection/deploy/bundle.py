@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""The browser bundle: the inspector page, the vendored TF.js runtime and the converted model in one folder.
+
+``build_bundle`` copies web/src, the TF.js and WebAssembly-backend files from node_modules (``VENDOR``) with
+their licences (``VENDOR_LICENSES``) and a vendor/VERSIONS.json, the TF.js model (models/tfjs) and its
+metadata.json, and returns the sizes of the model, vendor and page parts. ``ensure_node_modules`` supplies the
+npm packages: web/node_modules, or the main workspace's in a DVC temporary workspace, when it holds exactly the
+versions in web/package-lock.json; otherwise it runs `npm ci --prefix web`.
+"""
 from __future__ import annotations
 
 from inspection.artifacts import REPO

@@ -1,11 +1,11 @@
-"""Stage 6, web: the offline browser bundle models/web/, checked against the SavedModel.
+"""Browser parity: the bundle's TF.js model in Node and headless Chromium, checked against the SavedModel.
 
 Bundle: the page (web/src), TF.js and its WebAssembly backend vendored from web/node_modules
 (versions locked by web/package-lock.json), the TF.js graph model and metadata.json.
 Parity: the same test images through TF.js in Node (CPU and WebAssembly backends) and in headless
 Chromium (the page itself); both outputs must match the SavedModel (defect probability within
 web.parity_tolerance, OOD score within web.ood_parity_tolerance relative) and every route must be the
-Python rule's (stages/route.py vs web/src/route.js) -> reports/export/parity.json.
+Python rule's (inspection/decision/route.py vs web/src/route.js) -> reports/export/parity.json.
 Screenshots of the page at 1366 px and 390 px -> reports/export/inspector-{1366,390}.png.
 Benchmark: per-image latency in headless Chromium per backend -> reports/export/browser_benchmark.json.
 """
@@ -15,9 +15,11 @@ from inspection.artifacts import REPO
 
 from inspection.deploy.saved_model import OUTPUTS
 
+import base64
 import json
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 from inspection.errors import UserError
@@ -172,3 +174,127 @@ def benchmark(browser, url: str, backends: list[str], repeats: int, sample: np.n
                      "model_only": summarize(timings["model"]),
                      "page_per_image": summarize(timings["page"])}
     return out
+
+
+@dataclass
+class Reference:
+    """The Python side of the web stage's parity check: the test sample and what the SavedModel and the Python
+    route rule make of it."""
+    rows: list[dict]                # manifest rows of the sample (pick_parity_rows)
+    full: list[np.ndarray]          # the photos decoded as grayscale, full size
+    prepared: np.ndarray            # resized to the model's input: uint8 [N, H, W]
+    saved: dict[str, np.ndarray]    # the SavedModel's outputs on ``prepared`` (saved_outputs)
+    stats: list[dict]               # camera statistics of ``prepared``
+    rule: dict | None               # metadata.json's route block (None: a model from before the route)
+    routes: list | None             # the Python rule's (route, reason) per photo; None without a rule
+
+    @property
+    def paths(self) -> list[str]:
+        return [r["path"] for r in self.rows]
+
+    @property
+    def has_ood(self) -> bool:
+        return "ood_score" in self.saved
+
+
+def python_reference(saved_model: Path, metadata: dict, n: int, positive_class: str) -> Reference:
+    """``n`` test photos through the Python pipeline: decode, resize to the model's own input size (a registered
+    model may differ from params), SavedModel outputs, camera statistics and the route of metadata's rule."""
+    from inspection.data.images import read_many, resize
+    from inspection.data.imagestats import features
+    from inspection.decision.route import decide
+
+    size = int(metadata["input"]["height"])
+    rule = metadata.get("route")
+    rows = pick_parity_rows(n, positive_class)
+    full = read_many([r["path"] for r in rows])
+    prepared = np.stack([resize(g, size) for g in full])
+    saved = saved_outputs(saved_model, prepared, metadata)
+    has_ood = "ood_score" in saved
+    stats = [features(g) for g in prepared]
+    routes = ([decide(float(p), st, float(o) if has_ood else None, rule)
+               for p, st, o in zip(saved["defect_probability"], stats,
+                                   saved["ood_score"] if has_ood else saved["defect_probability"])]
+              if rule else None)
+    return Reference(rows, full, prepared, saved, stats, rule, routes)
+
+
+def chromium_checks(web, bundle: Path, ref: Reference, positive_class: str, dests: dict[int, Path],
+                    tmp: Path) -> tuple[dict, dict, list[dict]]:
+    """The bundle served locally, in headless Chromium (params ``web``): the page's parity run (run_chromium),
+    the latency benchmark and the screenshots (``dests``: width -> file); returns the three results."""
+    from inspection.deploy.server import chromium, serve
+
+    print("web: parity in headless Chromium")
+    with chromium(web.chromium) as browser, serve(bundle) as url:
+        encoded = [base64.b64encode(Path(p).read_bytes()).decode() for p in ref.paths]
+        chrome = run_chromium(browser, url, encoded, ref.prepared)
+        bench = benchmark(browser, url, web.benchmark_backends, web.benchmark_repeats, ref.prepared[:1], encoded[:16])
+        labels = [int(r["label"] == positive_class) for r in ref.rows]
+        shown = screenshots(browser, url, ref.paths, labels, dests, tmp)
+    return chrome, bench, shown
+
+
+def compare_runs(node: dict, chrome: dict, ref: Reference, threshold: float) -> dict[str, dict]:
+    """Every TF.js run against the SavedModel (compare), by name: Node per backend on Python's pixels and with
+    the page's resize, Chromium on Python's pixels (routed by the Python rule) and the page itself."""
+    from inspection.decision.route import decide
+
+    runs = {f"node {b}": r["prepared"] for b, r in node["backends"].items()}
+    runs.update({f"node {b} (page resize)": r["js_resize"] for b, r in node["backends"].items()})
+    chrome_prepared = dict(chrome["prepared"])
+    if ref.rule:  # the page's numbers on Python's pixels, routed by the Python rule
+        o = chrome_prepared.get("ood_score") or [None] * len(ref.rows)
+        chrome_prepared["routes"] = [decide(p, st, q, ref.rule) for p, st, q in
+                                     zip(chrome_prepared["defect_probability"], ref.stats, o)]
+    runs[f"chromium {chrome['backend']}"] = chrome_prepared
+    runs["chromium page (browser decode + resize)"] = chrome["page"]
+    return {name: compare(ref.saved, run, ref.routes, threshold) for name, run in runs.items()}
+
+
+def parity_summary(checks: dict[str, dict], ref: Reference, node: dict, chrome: dict, shown: list[dict],
+                   sizes: dict, web, threshold: float) -> dict:
+    """reports/export/parity.json: the worst differences over all runs, mismatch totals, the Python routes,
+    each run's check, resize and camera-statistics parity, the page upload and versions and sizes."""
+    worst = max(c["max_abs_diff"] for c in checks.values())
+    worst_ood = max((c.get("ood_max_rel_diff", 0.0) for c in checks.values()), default=0.0)
+    js_stats = np.array([[s[k] for k in ("brightness", "contrast", "sharpness")] for s in node["features"]])
+    py_arr = np.array([[s[k] for k in ("brightness", "contrast", "sharpness")] for s in ref.stats])
+    return {
+        "images": len(ref.rows), "tolerance": web.parity_tolerance, "ood_tolerance": web.ood_parity_tolerance,
+        "threshold": threshold, "outputs": sorted(ref.saved), "graph_outputs": node["nodes"],
+        "max_abs_diff": worst, "ood_max_rel_diff": worst_ood if ref.has_ood else None,
+        "verdict_mismatches": sum(c["verdict_mismatches"] for c in checks.values()),
+        "route_mismatches": sum(c.get("route_mismatches", 0) for c in checks.values()),
+        "reason_mismatches": sum(c.get("reason_mismatches", 0) for c in checks.values()),
+        "routes": ({r: sum(x[0] == r for x in ref.routes) for r in ("PASS", "REVIEW", "REJECT", "RETAKE")}
+                   if ref.routes else None),
+        "runs": checks,
+        "resize_node_vs_opencv": node["resize"],
+        "resize_chromium_vs_opencv": chrome["page_pixels"],
+        "camera_stats_max_rel_diff": float((np.abs(js_stats - py_arr) / np.maximum(np.abs(py_arr), 1)).max()),
+        "page_upload": shown, "page_tensors_after": chrome["tensors_after"],
+        "tfjs": node["tfjs"], "node": node["node"], "chromium_backend": chrome["backend"],
+        "model_bytes": sizes["model"], "bundle_bytes": sizes,
+    }
+
+
+def require_parity(checks: dict[str, dict], tolerance: float, ood_tolerance: float) -> None:
+    """Fail (UserError) when any run differs from the SavedModel by more than ``tolerance`` (probability) or
+    ``ood_tolerance`` (OOD score, relative), or changes a threshold verdict or a route."""
+    bad = {k: v for k, v in checks.items() if v["max_abs_diff"] > tolerance or v["verdict_mismatches"]
+           or v.get("ood_max_rel_diff", 0.0) > ood_tolerance or v.get("route_mismatches", 0)}
+    if bad:
+        raise UserError(f"TF.js disagrees with the SavedModel (web.parity_tolerance {tolerance:g}, "
+                        f"web.ood_parity_tolerance {ood_tolerance:g}, 0 route mismatches allowed): "
+                        f"{bad}; do not deploy this bundle")
+
+
+def benchmark_summary(web, node: dict, sizes: dict, metadata: dict, images: int, bench: dict) -> dict:
+    """reports/export/browser_benchmark.json: per backend, model-only and whole-page latency in Chromium."""
+    size = int(metadata["input"]["height"])
+    return {"chromium": str(web.chromium), "tfjs": node["tfjs"], "model_bytes": sizes["model"],
+            "quantization": metadata.get("tfjs_quantization", "none"), "input": [size, size],
+            "repeats": web.benchmark_repeats, "page_images": min(16, images), "backends": bench,
+            "note": "model_only: one prepared image through the model (both outputs); page_per_image: decode + "
+                    "grayscale + resize + camera statistics + model + route for one JPEG, as the page does it"}

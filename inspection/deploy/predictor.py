@@ -4,9 +4,9 @@
 
 PATH: image files, folders (searched recursively for images), zips (their image members) or globs
 ("line3/**/*.jpg"). Every named file gets a row; an unreadable one is a RETAKE row with the reason,
-never skipped. The columns and words are the inspector page's CSV (stages.route.CSV_COLUMNS):
+never skipped. The columns and words are the inspector page's CSV (inspection.decision.route.CSV_COLUMNS):
 file, route, reason, defect probability, threshold, OOD score, camera check, statistics, model version,
-timestamp. The decision is stages.route.decide with the model's own metadata.json route block.
+timestamp. The decision is inspection.decision.route.decide with the model's own metadata.json route block.
 
 Streams: files are decoded by a small thread pool one batch ahead of the model, so memory does not
 grow with the number of files; a progress bar goes to stderr; rows are written as they are decided.

@@ -1,4 +1,13 @@
-"""TODO docstring."""
+"""Model references resolved to a local folder: a model folder as it is, or an MLflow registry version downloaded.
+
+``resolve_model_dir`` accepts a folder holding saved_model/ and metadata.json (models/, or a downloaded MLflow
+Model folder with them under artifacts/) or a registry reference models:/<name>@<alias> / models:/<name>/<version>.
+A registry version is downloaded once into a cache (INSPECTION_MODEL_CACHE, default
+<tmp>/casting-inspector-models) keyed by the tracking store, name, version and source; the download lands in a
+``.partial-`` folder that is renamed into place, so concurrent callers never see half a model. ``load`` adds the
+metadata and the ModelVersion; ``model_folder`` (the predictor) and ``model_paths`` (the web stage) return the
+folder or its metadata.json, saved_model/ and tfjs/ paths.
+"""
 from __future__ import annotations
 
 from inspection.tracking.registry import is_registry_ref, model_version
@@ -87,24 +96,18 @@ def load(ref: str | Path = "models") -> Resolved:
 def model_folder(ref: str) -> Path:
     """A folder holding saved_model/ and metadata.json, or a registry reference models:/name@alias (or /version)."""
     if ref.startswith("models:/"):
-        try:
-            pass
-        except ImportError:
-            raise UserError("registry references (models:/...) need stages/registry.py; pass a model folder") from None
         return Path(resolve_model_dir(ref))
     return Path(ref)
 
 
 def model_paths(ref: str) -> tuple[Path, Path, Path]:
     """(metadata.json, saved_model/, tfjs/) of a model folder (default models/) or a registry reference
-    models:/casting-inspector@champion (stages/registry.py downloads it)."""
+    models:/casting-inspector@champion (resolve_model_dir downloads it)."""
     from inspection.artifacts import METADATA, SAVED_MODEL, TFJS
 
     if ref == "models":
         return METADATA, SAVED_MODEL, TFJS
     if ref.startswith("models:/"):
-        pass
-
         folder = Path(resolve_model_dir(ref))
     else:
         folder = Path(ref)

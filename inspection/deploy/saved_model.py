@@ -1,4 +1,6 @@
-"""Stage 5, export: SavedModel (serving_default: image float32 [N,H,W,1] raw 0-255 -> defect_probability
+"""The deployable model: a SavedModel with one signature, its TF.js conversion, and the one signature runner.
+
+SavedModel (serving_default: image float32 [N,H,W,1] raw 0-255 -> defect_probability
 [N,1] and ood_score [N,1]), a TF.js graph model converted from it, models/metadata.json (with the route
 block every consumer decides with) and reports/headline.json (the DVC metrics: a dozen headline numbers).
 

@@ -1,4 +1,6 @@
-"""Stage 4, evaluate: choose the operating threshold on validation, measure it on test.
+"""The evaluate stage's batteries: routes of the test photos, camera drift (robustness) and odd photos (OOD).
+
+The threshold is chosen on validation and measured on test.
 
 Policies (evaluate.policy): min_recall = highest threshold whose validation defect
 recall >= evaluate.min_recall (with evaluate.robust_threshold: on the clean validation photos
@@ -6,13 +8,13 @@ and under every gated perturbation of the robustness battery, the lowest of thos
 max_f1 = the validation F1 maximiser; fixed.
 A part is called a defect when its probability >= threshold.
 Also: bootstrap intervals of the test error rates, the review band (evaluate.review_band), the
-robustness battery (evaluate.robustness, stages/perturb.py) and the drift reference statistics
-of the training images that deployment compares incoming images with (stages/imagestats.py).
+robustness battery (evaluate.robustness, inspection/decision/perturb.py) and the drift reference statistics
+of the training images that deployment compares incoming images with (inspection/data/imagestats.py).
 Outputs: reports/metrics.json (DVC metrics), reports/eval/drift_reference.json and
 reports/eval/{thresholds,pr,roc,confusion,predictions,operating_points,robustness}.csv.
 
 Memory: nothing holds a whole split. The model-size images stream from the shards (stage shards,
-``stages.dataset.open_shards``) ``CHUNK`` at a time (probabilities, pooled features, camera statistics); the
+``inspection.data.dataset.open_shards``) ``CHUNK`` at a time (probabilities, pooled features, camera statistics); the
 full-resolution photos (validation for the robust threshold, test for the routes and both batteries) are decoded
 ``CHUNK`` at a time with every perturbation applied to each chunk. What stays are per-image results (a probability,
 an OOD score, a few camera statistics, the pooled features of train and val). CHUNK is a multiple of the model's
@@ -135,7 +137,7 @@ def robust_threshold(model, paths: Sequence[str], y_val: np.ndarray, e, size: in
 
 
 def ood_battery(serving, paths: Sequence[str], size: int, rule: dict, per_kind: int, seed: int) -> list[dict]:
-    """Images the model was not trained to judge (stages.perturb.OOD_KINDS), made from the first ``per_kind`` test
+    """Images the model was not trained to judge (inspection.decision.perturb.OOD_KINDS), made from the first ``per_kind`` test
     photos (only those are read): one row per image with its route. None may be PASS."""
     from inspection.data.images import read_many
     from inspection.decision.perturb import OOD_KINDS, ood_image

@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""Scoring a split in chunks: model-size images from the shards, or full-resolution photos.
+
+``stream_split`` applies a set of functions (probability, pooled features, camera statistics...) to a split read
+from the shards ``CHUNK`` images at a time and joins the per-chunk results in manifest order (``joined``).
+``photo_chunks`` reads full-resolution photos ``CHUNK`` at a time, and ``scored`` resizes them (after an optional
+change such as a perturbation) and returns camera statistics, defect probability and OOD score from the serving
+model. ``predict`` calls the model in batches of ``BATCH``. Memory holds one chunk of images at a time.
+"""
 from __future__ import annotations
 
 from typing import Callable, Iterator, Sequence
@@ -8,6 +15,7 @@ from tqdm import tqdm
 
 BATCH = 64    # images per model call
 CHUNK = 256   # images per read: a run of shard images, or full-resolution photos decoded at a time. A multiple of
+# BATCH, so the model sees the same batches as on a whole split (bit-identical numbers).
 
 
 def predict(model, images: np.ndarray, batch: int | None = None) -> np.ndarray:
@@ -27,7 +35,7 @@ def joined(parts: list):
 
 def stream_split(reader, outputs: dict[str, Callable[[np.ndarray], object]], chunk: int | None = None) -> dict:
     """Each function of ``outputs`` on every image of a split read from the shards (``reader``:
-    ``stages.dataset.open_shards``), ``chunk`` images at a time (uint8 [b, size, size] -> a per-image array or a
+    ``inspection.data.dataset.open_shards``), ``chunk`` images at a time (uint8 [b, size, size] -> a per-image array or a
     dict of them); the results joined in manifest order. Memory holds one chunk of images."""
     from inspection.errors import UserError
 

@@ -1,5 +1,6 @@
-"""Model architectures. Every model takes raw 0-255 grayscale pixels [N, H, W, 1]
-(the first layer is Rescaling(1/255)) and returns one sigmoid: P(defect).
+"""Model architectures: grayscale CNNs on raw 0-255 pixels that return P(defect).
+
+Every model takes raw 0-255 grayscale pixels [N, H, W, 1] (the first layer is Rescaling(1/255)) and returns one sigmoid: P(defect).
 
 normalize="per_image" adds PerImageStandardization after the rescaling: each image is
 shifted and scaled to zero mean and unit variance, so the model (and the SavedModel and

@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""Training-time augmentation in TensorFlow: camera drift (``photometric``) and part pose (``geometric``).
+
+Both take a float32 batch [B, H, W, 1] of 0-255 pixels, a stateless seed and the train.augment params, and use
+only stateless random ops, so the same seed gives the same augmented batch. ``photometric`` applies exposure
+gain, gamma, contrast, Gaussian blur and sensor noise, each to a random share of the images; ``geometric``
+composes flips, rotation, zoom, shift and tilt into one projective warp per image with reflected borders.
+inspection.model.input_pipeline maps them over the training batches. TensorFlow is imported inside the functions.
+"""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Stage train (after shards): a grayscale CNN on raw 0-255 pixels, early stopping on validation loss.
+"""The training input: tf.data pipelines over the shards, batched and augmented, and the distribution strategy.
 
 Images come from the shards stage (data/shards: decoded and resized once, uint8 at train.image_size).
 train.input: stream (default) reads them through tf.data in shuffled chunks, interleaved and prefetched, with a
@@ -56,7 +56,7 @@ def make_datasets(train, val, p):
 
 
 def stream(reader, p, training: bool):
-    """train.input: stream. The split's shard chunks (stages.dataset.ShardReader.chunks, READ_CHUNK images
+    """train.input: stream. The split's shard chunks (inspection.data.dataset.ShardReader.chunks, READ_CHUNK images
     each) read by tf.data: training shuffles the chunk order every epoch, reads INTERLEAVE chunks in parallel
     and interleaves them image by image, then shuffles within train.shuffle_buffer images; otherwise the
     images come in manifest order. Memory holds the buffers, never the split. Deterministic given train.seed."""

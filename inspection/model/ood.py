@@ -46,7 +46,7 @@ def calibrate_limit(scores: np.ndarray, camera_flagged: np.ndarray, max_share: f
                     confidence: float) -> tuple[float, dict]:
     """The OOD limit from validation photos: the lowest of their scores such that the photos sent to RETAKE
     (camera check failed, or score above the limit) number at most the largest k whose exact upper bound
-    (``stages.metrics.binomial_ci``, ``confidence``) over n photos is <= ``max_share``. When no k qualifies
+    (``inspection.decision.metrics.binomial_ci``, ``confidence``) over n photos is <= ``max_share``. When no k qualifies
     (too few photos to show the budget) or the camera check alone uses it up, the limit is the highest score
     (no validation photo is over it) and ``info["met"]`` is False."""
     from inspection.decision.metrics import binomial_ci

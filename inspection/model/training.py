@@ -1,4 +1,10 @@
-"""TODO docstring."""
+"""Training settings derived from the train params: the learning-rate schedule and the class weights.
+
+``learning_rate`` returns the optimizer's learning rate and the callbacks it needs: train.lr_schedule cosine (one
+epoch of linear warm-up, then cosine decay to 0 at train.max_epochs, no callback) or plateau (constant,
+multiplied by 0.3 by ReduceLROnPlateau when val_loss stalls). ``class_weights`` returns sklearn's balanced
+weights for the two classes, or None when train.class_weight is none.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -20,9 +26,44 @@ def learning_rate(p, steps_per_epoch: int):
 
 
 def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
+    """sklearn's balanced class weights (train.class_weight: balanced), or None (none)."""
     if mode == "none":
         return None
     from sklearn.utils.class_weight import compute_class_weight
 
     w = compute_class_weight("balanced", classes=np.array([0, 1]), y=labels)
     return {0: float(w[0]), 1: float(w[1])}
+
+
+def tracker(log_metrics, epoch_times: list[float]):
+    """A Keras callback: each epoch's wall time and metrics to ``log_metrics(dict, step=epoch)``; and the safe
+    points where a stop signal ends fit (between batches, never inside tf.data's iterator set-up)."""
+    import time
+
+    import keras
+
+    from inspection.interrupts import check_interrupted
+
+    class Track(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            check_interrupted()
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            check_interrupted()
+
+        def on_test_batch_end(self, batch, logs=None):
+            check_interrupted()
+
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_times.append(time.perf_counter() - self.t0)
+            logs = dict(logs or {}, epoch_seconds=epoch_times[-1])
+            log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
+
+    return Track()
+
+
+def history_rows(history: dict[str, list], epoch_times: list[float]) -> list[dict]:
+    """reports/train/history.csv: one row per epoch, every Keras metric and the epoch's seconds."""
+    return [{"epoch": e + 1, **{k: float(v[e]) for k, v in history.items()}, "seconds": round(epoch_times[e], 2)}
+            for e in range(len(history["loss"]))]

@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""The report's example photos: which test photos to show, with their routes, notes, thumbnails and Grad-CAM.
+
+``with_routes`` gives each predictions.csv row its route (evaluate's, or derived from the threshold and review
+band). ``pick_cases`` chooses misclassified photos (escaped defects first, then false rejects), RETAKE photos,
+the most uncertain correct ones and a few confidently found defects. ``case_images`` adds plain-language notes
+(``case_notes``), a JPEG thumbnail and a Grad-CAM overlay to each. ``promotion_section`` reads
+reports/promotion.json with thumbnails of the parts whose route changed.
+"""
 from __future__ import annotations
 
 from pathlib import Path

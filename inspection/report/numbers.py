@@ -1,4 +1,4 @@
-"""Stage 6, report: reports/report.html and reports/report.pdf, what a quality engineer reads and signs.
+"""The report's numbers and sentences: everything reports/report.html shows, derived from the pipeline's outputs.
 
 From the top: the decision block (the deployed route rule in one sentence, the acceptance targets of
 ``report.targets`` against what was achieved, each judged on the upper bound of its exact binomial
@@ -6,12 +6,12 @@ interval, and the verdict), the expected cost per shift at the line's defect rat
 the model on the line (reports/promotion.json, when the promote stage wrote one), the test results,
 operating points, curves, robustness, bad cases with Grad-CAM, the trend of the last MLflow runs,
 training, data, and a sign-off block. Figures are matplotlib PNGs and photos JPEGs, embedded as data
-URIs; the page is rendered by Jinja2 from stages/templates/report.html.j2, printed to PDF by the
+URIs; the page is rendered by Jinja2 from inspection/report/templates/report.html.j2, printed to PDF by the
 system Chromium (web.chromium) and both are logged to the MLflow run.
 
 Every rate that is a count over parts (missed defects, false rejects, REVIEW and RETAKE shares, on
 the test split and on each robustness row) has an exact Clopper-Pearson interval
-(stages.metrics.binomial_ci); the bootstrap is kept for precision only. Numbers shown carry
+(inspection.decision.metrics.binomial_ci); the bootstrap is kept for precision only. Numbers shown carry
 ``data-metric`` (a key of reports/metrics.json), ``data-derived`` (a value this module derives from
 metrics.json and params, see ``derive``) or ``data-promotion`` (reports/promotion.json) so tests can
 check every one of them.

@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""The report page: the Jinja template rendered to HTML, and the HTML printed to PDF.
+
+``render`` fills inspection/report/templates/report.html.j2 with the report's context. Its number helpers (M:
+metrics.json, D: values derived for the report, P: promotion.json, R: a route number from metrics.json or
+derived) print each number in a span that carries its key, so tests can check the page against the files.
+``print_pdf`` prints the page to A4 with page numbers in a Playwright browser and returns the page count;
+``versions`` lists the installed versions of the main libraries for the page.
+"""
 from __future__ import annotations
 
 import html as html_lib
@@ -48,7 +55,7 @@ def number_helpers(metrics: dict, flat: dict, promotion: dict | None):
 
 
 def render(context: dict) -> str:
-    """The page from stages/templates/report.html.j2 and the values of ``context``."""
+    """The page from inspection/report/templates/report.html.j2 and the values of ``context``."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),

@@ -1,4 +1,9 @@
-"""TODO docstring."""
+"""The report's trend section: headline test numbers of the last evaluated runs in the MLflow store.
+
+``trend`` reads the last report.trend_runs runs of the experiment that have test metrics (newest first), one row
+per run with its start, commit and ``TREND_METRICS``, marks the current run, and plots them when there are two
+or more. The section is optional: an unreachable store gives an empty section with a note, never an error.
+"""
 from __future__ import annotations
 
 import datetime as dt

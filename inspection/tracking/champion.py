@@ -1,11 +1,11 @@
-"""Stage 7, promote: may the new model (the challenger) replace the one on the line (the champion)?
+"""Champion / challenger: may the new model (the challenger) replace the one on the line (the champion)?
 
 The exported model is registered (export does it; this stage re-uses that version by its content hash, or
 registers it if export could not). The current ``champion`` alias of registry.model_name is scored on the same
 images as the challenger: the challenger's test photos that the champion neither trained nor chose its threshold
 on (each version's split manifest is logged with it; images are matched by the sha256 of their decoded pixels),
 plus the fixed golden set of promote.golden (class sub-folders) when set, minus anything either model trained or
-validated on. Each model decides with its own threshold and route rule (stages.route.decide on its own
+validated on. Each model decides with its own threshold and route rule (inspection.decision.route.decide on its own
 metadata.json, through commands.predict: the batch CLI's code path).
 
 Rule (params ``promote``): the challenger misses (routes PASS) at most max_extra_missed more defects than the
@@ -22,10 +22,11 @@ Aliases are only moved while the champion is still one of the two compared versi
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 import numpy as np
 from inspection.errors import UserError
-from inspection.fsutil import read_csv, sha256_bytes
+from inspection.fsutil import read_csv, read_json, sha256_bytes
 
 
 TAG_BASELINE = "promotion.baseline"     # on a version: the champion it was compared with ("none": first model)
@@ -145,3 +146,98 @@ def choose_baseline(ch, champion_now, client, name) -> tuple[str, object | None]
     if champion_now.version == ch.version:
         return "already", None
     return "champion", champion_now
+
+
+def held_out_images(manifest: Path, base, name: str, golden: str | None,
+                    data) -> tuple[list[tuple[str, str, Path]], dict]:
+    """The photos both models are scored on, as (name, class, path): the challenger's test rows (``manifest``)
+    that the champion ``base`` (None: no champion to compare with) neither trained nor validated on, plus the
+    golden set minus anything either model trained or validated on; and how many came from where
+    (promotion.json's image_sources)."""
+    from inspection.tracking import registry
+    from inspection.data.images import read_gray
+
+    rows = read_csv(manifest)
+    seen = {r["sha256"] for r in rows if r["split"] in ("train", "val")}
+    with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
+        if base is not None:
+            m = registry.download_manifest(base, Path(tmp))
+            if m is None:
+                raise UserError(f"champion {name} version {base.version} has no split manifest logged (tag "
+                                "split_manifest); cannot tell which photos it trained on, so it cannot be compared")
+            seen_by_champion = seen_in_training(m)
+        else:
+            seen_by_champion = set()
+    test = [r for r in rows if r["split"] == "test"]
+    images = [(r["path"], r["label"], Path(r["path"])) for r in test if r["sha256"] not in seen_by_champion]
+    every_golden = golden_images(golden, data)
+    golden_kept = [g for g in every_golden if pixel_sha256(read_gray(g[2])) not in seen | seen_by_champion]
+    images += golden_kept
+    if not images:
+        raise UserError("no held-out photos to compare on (every test photo was trained on by the champion); "
+                        "add a golden set (promote.golden) or re-split")
+    from_test = len(images) - len(golden_kept)
+    return images, {"test": from_test, "golden": len(golden_kept),
+                    "test_excluded_seen_by_champion": len(test) - from_test,
+                    "golden_excluded_seen_in_training": len(every_golden) - len(golden_kept)}
+
+
+def side(mv, metadata: dict, c: dict) -> dict:
+    """promotion.json's entry for one model: its version, threshold, route counts and rates."""
+    return {**version_info(mv, metadata), "threshold": metadata["threshold"], "counts": c, "rates": rates(c)}
+
+
+def compare_with_baseline(kind: str, ch, base, name: str, images: list[tuple[str, str, Path]], *,
+                          routes: list[str], probs: list[float | None], ch_counts: dict, rule, positive: str) -> dict:
+    """The decision on the challenger ``ch`` (scored: ``routes``, ``probs``, ``ch_counts``) for choose_baseline's
+    ``kind`` and ``base``: decision, alias, reason and checks; against a champion also its entry (scored on the same
+    ``images`` with its own threshold and route rule), McNemar's test and the parts that changed route."""
+    from inspection.tracking import registry
+
+    if kind == "first":
+        return {"decision": "first model", "alias": registry.CHAMPION, "reason": "no champion in the registry yet",
+                "checks": []}
+    if kind == "already":
+        return {"decision": "kept champion", "alias": registry.CHAMPION,
+                "reason": f"version {ch.version} is already the champion (set outside the promote stage)", "checks": []}
+    from inspection.deploy.predictor import load_predictor
+    from inspection.deploy.resolver import resolve_model_dir
+
+    labels = [lab for _, lab, _ in images]
+    base_dir = resolve_model_dir(f"models:/{name}/{base.version}")
+    base_meta = read_json(base_dir / "metadata.json")
+    print(f"promote: scoring the same photos with the champion (version {base.version})")
+    cp_routes, cp_probs = score(load_predictor(str(base_dir)), images)
+    cp_counts = counts(labels, cp_routes, positive)
+    out = {"champion": side(base, base_meta, cp_counts), "mcnemar": mcnemar(labels, cp_routes, routes, positive),
+           "changed": [{"path": n, "label": lab, "champion_route": a, "challenger_route": z,
+                        "champion_probability": pa, "challenger_probability": pz}
+                       for (n, lab, _), a, z, pa, pz in zip(images, cp_routes, routes, cp_probs, probs) if a != z]}
+    passed, checks = gate(ch_counts, cp_counts, rule)
+    decision, alias = ("promoted", registry.CHAMPION) if passed else ("kept champion", registry.CHALLENGER)
+    reason = (f"version {ch.version} {'meets' if passed else 'does not meet'} the promotion rule against champion "
+              f"version {base.version}: " + "; ".join(checks))
+    return {**out, "decision": decision, "alias": alias, "reason": reason, "checks": checks}
+
+
+def move_aliases(name: str, ch, base, champion_now, kind: str, decision: str, client) -> None:
+    """Point the aliases at the decision (only while the champion is still one of the compared versions: a
+    promotion made after this comparison is left alone) and record on the challenger what it was compared with
+    and the decision (tags TAG_BASELINE, TAG_DECISION): a re-run compares the same two models."""
+    from inspection.tracking import registry
+
+    compared = {ch.version} | ({base.version} if base is not None else set())
+    if champion_now is not None and champion_now.version not in compared:
+        print(f"promote: champion is now version {champion_now.version} (promoted after this comparison); aliases "
+              f"left as they are")
+    elif decision in ("first model", "promoted"):
+        registry.set_alias(name, registry.CHAMPION, ch.version, client)
+        if registry.version_by_alias(name, registry.CHALLENGER, client) is not None and \
+                registry.version_by_alias(name, registry.CHALLENGER, client).version == ch.version:
+            registry.delete_alias(name, registry.CHALLENGER, client)
+    elif base is not None:
+        registry.set_alias(name, registry.CHAMPION, base.version, client)
+        registry.set_alias(name, registry.CHALLENGER, ch.version, client)
+    if kind != "already":   # what this version was compared with: a re-run compares the same two models
+        client.set_model_version_tag(name, ch.version, TAG_BASELINE, str(base.version) if base is not None else "none")
+        client.set_model_version_tag(name, ch.version, TAG_DECISION, decision)

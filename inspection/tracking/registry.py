@@ -183,7 +183,7 @@ def input_example(metadata: dict, manifest: Path):
 
 def log_and_register(params, saved_model: Path = SAVED_MODEL, tfjs: Path = TFJS, metadata_path: Path = METADATA,
                      manifest: Path = MANIFEST, stage: str = "export") -> dict:
-    """Log the exported model as an MLflow Model in ``stage``'s run of this experiment (stages.tracking
+    """Log the exported model as an MLflow Model in ``stage``'s run of this experiment (inspection.tracking
     .experiment_run_id) and register it as a new version of registry.model_name, or reuse the version with the
     same content hash (so re-running export or promote never registers twice). Returns
     {"name", "version", "run_id", "content_hash", "new"}."""

@@ -1,4 +1,11 @@
-"""TODO docstring."""
+"""The MLflow tracking store: which one to use, opening it safely, and checking that it works.
+
+``tracking_uri`` is MLFLOW_TRACKING_URI or ``default_uri``, a sqlite mlflow.db in the main workspace shared with
+DVC's temporary workspaces. ``_mlflow`` returns mlflow pointed at it, creating or upgrading a sqlite store under a
+file lock, so stages started together do not race on MLflow's schema migrations. ``check_store`` / ``store_problem``
+check an HTTP server, a sqlite file or a folder store within seconds and stop with one line naming the problem
+and the fix; ``configure_http`` caps MLflow's HTTP retries so an unreachable server fails in seconds, not minutes.
+"""
 from __future__ import annotations
 
 import os

@@ -1,5 +1,5 @@
 // The inspector page: load the TF.js graph model and metadata.json, route every dropped, chosen or
-// camera photo (PASS / REVIEW / REJECT / RETAKE, the rule of stages/route.py mirrored in route.js),
+// camera photo (PASS / REVIEW / REJECT / RETAKE, the rule of inspection/decision/route.py mirrored in route.js),
 // keep the results on this device until Clear, and download them as CSV (the batch CLI's columns) or
 // the operator's corrections as a zip for retraining. window.inspector exposes the same functions to
 // the parity check, the browser benchmark and the tests.

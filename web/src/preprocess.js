@@ -94,7 +94,7 @@ export function centreSquare(gray, width, height) {
   return { gray: out, width: side, height: side };
 }
 
-/** The drift statistics of stages/imagestats.py `features`, on the resized model input. */
+/** The drift statistics of inspection/data/imagestats.py `features`, on the resized model input. */
 export function features(gray, size) {
   const n = gray.length;
   let s = 0;

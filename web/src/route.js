@@ -1,5 +1,5 @@
 // The line decision for one part, PASS / REVIEW / REJECT / RETAKE: the browser's mirror of
-// stages/route.py. Routes, reasons and CSV cells must be byte-identical to Python's; the shared
+// inspection/decision/route.py. Routes, reasons and CSV cells must be byte-identical to Python's; the shared
 // table tests/cases/route_cases.json is checked against both (web/tools/route_cases.mjs, tests/test_web.py).
 // Pure functions, no TF.js, no DOM.
 
