@@ -73,6 +73,7 @@ HISTORY = Path("reports/train/history.csv")
 RUN_FILE = Path("models/mlflow_run.json")   # the MLflow run later stages log into
 # evaluate
 METRICS = Path("reports/metrics.json")
+DECISION = Path("reports/decision.json")       # ready for the line? (inspection.decision.readiness)
 EVAL = Path("reports/eval")
 DRIFT_REFERENCE = EVAL / "drift_reference.json"
 GATE = Path("models/ood_gate.npz")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from inspection.errors import UserError
@@ -134,6 +134,10 @@ class TrainParams(_Strict):
     shuffle_buffer: int = Field(..., ge=1)               # images in the streaming shuffle buffer
     shard_images: int = Field(..., ge=1)                 # images per shard file (stage shards)
     augment: AugmentParams
+    bn_calibration_images: int = Field(..., ge=0)        # precise BatchNorm each epoch on this many train images; 0 = off
+    stop_from_epoch: int = Field(..., ge=0)              # early stopping neither stops nor keeps an epoch before this
+    settle_epochs: int = Field(..., ge=1)                # settled: none of the last N val losses exceeds
+    settle_ratio: float = Field(..., ge=1.0)             # ... ratio x the lowest
     mlflow_experiment: str = Field(..., min_length=1)
 
 
@@ -185,7 +189,9 @@ class EvaluateParams(_Strict):
     robust_threshold: bool  # min_recall must also hold on validation under every gated perturbation
     fixed_threshold: float = Field(..., gt=0.0, lt=1.0)
     sweep_points: int = Field(..., ge=3, le=100001)
-    review_band: Optional[tuple[float, float]]  # [low, high]: auto-pass < low <= review < high <= auto-reject
+    review_band: Union[Literal["auto"], tuple[float, float], None]  # auto (chosen on validation, decision/band.py) |
+    #                                     [low, high]: auto-pass < low <= review < high <= auto-reject | null: none
+    tta: Literal["none", "d4"]             # test-time views averaged inside the deployed graph (model/tta.py)
     bootstrap: BootstrapParams
     robustness: RobustnessParams
     drift_margin: float = Field(..., ge=0.0)            # widen the training [p0.5, p99.5] ranges by this x width
@@ -194,7 +200,7 @@ class EvaluateParams(_Strict):
     @model_validator(mode="after")
     def _band(self) -> "EvaluateParams":
         b = self.review_band
-        if b is not None and not 0.0 < b[0] < b[1] < 1.0:
+        if b is not None and b != "auto" and not 0.0 < b[0] < b[1] < 1.0:
             raise ValueError(f"review_band: expected [low, high] with 0 < low < high < 1, got {list(b)}")
         return self
 
@@ -245,6 +251,7 @@ class PromoteParams(_Strict):
     max_retake_share: float = Field(..., ge=0.0, le=1.0)     # challenger RETAKE share of the compared images
     min_images: int = Field(..., ge=1)                       # fewer held-out images: no promotion
     golden: Optional[str]                                    # folder of fixed images, one sub-folder per class
+    allow_not_ready: bool                                    # may a model its decision calls not ready be champion
 
 
 class Params(_Strict):

@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from inspection.artifacts import DATA_REPORT, DRIFT_REFERENCE, EVAL, GATE, METRICS, MODEL
+from inspection.artifacts import DATA_REPORT, DECISION, DRIFT_REFERENCE, EVAL, GATE, METRICS, MODEL, RUN_FILE
 from inspection.config import load_params
 from inspection.decision.metrics import choose_threshold
-from inspection.evaluation.batteries import battery, ood_battery, perturbed, robust_threshold, robustness, routes
+from inspection.decision.band import choose_band
+from inspection.evaluation.batteries import (battery, ood_battery, perturbed, robust_threshold, robustness, routes,
+                                             val_conditions)
 from inspection.evaluation.summary import headline_line, ood_summary, summarize
 from inspection.evaluation.tables import table_paths, write_tables
 from inspection.fsutil import staged_outputs, write_json
@@ -23,21 +25,55 @@ from inspection.runner.cli import cli
 from inspection.tracking.runs import mlflow_key
 
 
-def choose(model, data: dict, y: dict, probs: dict, e, size: int) -> dict:
-    """The threshold (evaluate.policy; with robust_threshold, the lowest over the gated perturbations)."""
-    threshold, per_condition = choose_threshold(y["val"], probs["val"], e), None
-    if e.robust_threshold and e.policy == "min_recall":
-        per_condition = robust_threshold(model, data["val"].paths, y["val"], e, size)
-        threshold = min(per_condition.values())
+def choose(prob_model, data: dict, y: dict, probs: dict, params) -> dict:
+    """The threshold and the review band, from validation only. evaluate.review_band auto: one rule gives both
+    (inspection.decision.band: the narrowest band whose missed-defect and false-reject rates hold
+    report.targets at the exact bound, clean and, with robust_threshold, under every gated perturbation);
+    otherwise evaluate.policy chooses the threshold and the band is the fixed one (or none)."""
+    e, size, r = params.evaluate, params.train.image_size, params.report
+    conditions = (val_conditions(prob_model, data["val"].paths, e, size)
+                  if e.robust_threshold and (e.review_band == "auto" or e.policy == "min_recall") else None)
     max_f1 = choose_threshold(y["val"], probs["val"], e.model_copy(update={"policy": "max_f1"}))
-    return {"threshold": threshold, "max_f1": max_f1, "threshold_by_condition": per_condition}
+    if e.review_band == "auto":
+        gated = {k: v for k, v in (conditions or {}).items() if k != "clean"}
+        band = choose_band(y["val"], probs["val"], r.targets.max_missed_rate, r.targets.max_false_reject_rate,
+                           e.bootstrap.confidence, r.line_defect_rate, gated)
+        v = band["validation"]
+        print(f"evaluate: review band [{band['low']:.4f}, {band['high']:.4f}) chosen on validation"
+              f"{' (no review needed)' if band['review_empty'] else ''}: {v['missed']} of {v['defects']} defects "
+              f"passed, {v['false_rejects']} of {v['ok']} good parts rejected, REVIEW {v['review_share_at_line_rate']:.1%}"
+              f" of parts at {r.line_defect_rate:.0%} defective")
+        return {"threshold": band["low"], "band": None if band["review_empty"] else (band["low"], band["high"]),
+                "band_choice": band, "max_f1": max_f1, "policy": "review_band auto",
+                "threshold_by_condition": {k: v["low"] for k, v in band["edges_by_condition"].items()}}
+    threshold, per_condition = choose_threshold(y["val"], probs["val"], e), None
+    if conditions is not None and e.policy == "min_recall":
+        per_condition = robust_threshold(prob_model, data["val"].paths, y["val"], e, size, probs=conditions)
+        threshold = min(per_condition.values())
+    return {"threshold": threshold, "band": e.review_band, "band_choice": None, "max_f1": max_f1,
+            "policy": e.policy, "threshold_by_condition": per_condition}
 
 
-def log(params, metrics: dict, rob: list[dict]) -> None:
+def judge(metrics: dict, params, rob: list[dict]) -> dict:
+    """reports/decision.json: is this model ready for the line (inspection.decision.readiness)?"""
+    from inspection.decision.readiness import decision
+    from inspection.fsutil import read_json, sha256_file
+
+    run = read_json(RUN_FILE)
+    model = {"mlflow_run_id": run.get("run_id"), "model_sha256": sha256_file(MODEL),
+             "settled": run.get("settled"), "tta": metrics.get("tta")}
+    return decision(metrics, params.report, [{"perturbation": r["perturbation"], "gated": str(r["gated"])} for r in rob],
+                    model)
+
+
+def log(params, metrics: dict, rob: list[dict], judged: dict) -> None:
     from inspection.tracking.runs import stage_run
 
     rt = metrics["route"]["test"]
     with stage_run("evaluate", params) as mlflow:  # train's run, or a child run when params changed
+        mlflow.set_tags({"ready_for_line": str(judged["ready"]).lower(), "decision": judged["sentence"][:5000]})
+        mlflow.log_metric("ready_for_line", float(judged["ready"]))
+        mlflow.log_artifact(str(DECISION), "reports")
         mlflow.log_metric("threshold", metrics["threshold"])
         for split in ("val", "test"):
             mlflow.log_metrics({f"{split}_{k}": float(v) for k, v in metrics[split].items() if v is not None})
@@ -65,12 +101,15 @@ def main() -> None:
     pos, neg = params.data.positive_class, params.data.negative_class
     # the shards are checked against their index and the current manifest first (one-line errors, no TF import)
     data = {s: open_shards(s, t.image_size, pos) for s in ("train", "val", "test")}
+    from inspection.model.tta import probability_model
+
     model = load_model(MODEL)
+    prob_model = probability_model(model, e.tta)   # what the deployed graph computes (inspection.model.tta)
     y = {s: d.labels for s, d in data.items()}
-    fitted = fit_gate(model, data, e)
-    probs, serving = fitted.probs, serving_model(model, fitted.gate)
-    chosen = choose(model, data, y, probs, e, t.image_size)
-    rule = make_rule(chosen["threshold"], e.review_band, fitted.camera if e.retake.camera_check else None,
+    fitted = fit_gate(model, prob_model, data, e)
+    probs, serving = fitted.probs, serving_model(model, fitted.gate, e.tta)
+    chosen = choose(prob_model, data, y, probs, params)
+    rule = make_rule(chosen["threshold"], chosen["band"], fitted.camera if e.retake.camera_check else None,
                      fitted.gate["limit"], METHOD)
 
     print("evaluate: routes of the test photos, robustness battery, out-of-distribution battery")
@@ -82,17 +121,20 @@ def main() -> None:
     ood = ood_summary(fitted, results["clean"], ood_rows, rule["words"], METHOD)
     metrics = summarize(e, pos, y, probs, chosen, rule, decided, rob, ood)
 
-    thresholds = [chosen["threshold"], chosen["max_f1"], 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, *(e.review_band or ())]
+    thresholds = [chosen["threshold"], chosen["max_f1"], 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, *(chosen["band"] or ())]
+    judged = judge(metrics, params, rob)
     files = table_paths(EVAL)
-    with staged_outputs(METRICS, DRIFT_REFERENCE, GATE, *files.values()) as out:
+    with staged_outputs(METRICS, DECISION, DRIFT_REFERENCE, GATE, *files.values()) as out:
         write_json(out.path(METRICS), metrics)
+        write_json(out.path(DECISION), judged)
         write_json(out.path(DRIFT_REFERENCE), fitted.drift_reference)
         save_gate(out.path(GATE), fitted.gate)
         write_tables({k: out.path(v) for k, v in files.items()}, data=data, y=y, probs=probs, chosen=chosen,
                      thresholds=thresholds, decided=decided, test_ood=results["clean"]["ood"], rob=rob,
                      ood_rows=ood_rows, names={1: pos, 0: neg}, sweep_points=e.sweep_points)
-    log(params, metrics, rob)
+    log(params, metrics, rob, judged)
     print(headline_line(metrics))
+    print(f"evaluate: {judged['sentence']}")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from inspection.config import load_params
 from inspection.errors import UserError
 from inspection.runner.cli import cli
 from inspection.fsutil import read_json, staged_outputs, write_json
-from inspection.artifacts import HEADLINE, METADATA, METRICS, MODEL, RUN_FILE, SAVED_MODEL, TFJS
+from inspection.artifacts import DECISION, HEADLINE, METADATA, METRICS, MODEL, RUN_FILE, SAVED_MODEL, TFJS
 from inspection.deploy.metadata import headline, model_metadata
 from inspection.deploy.saved_model import convert_to_tfjs, export_saved_model, graph_output_names, saved_model_outputs
 
@@ -27,13 +27,13 @@ def main() -> None:
     from inspection.model.architectures import load_model
     from inspection.model.ood import load_gate, serving_model
 
-    for needed, stage in ((MODEL, "train"), (METRICS, "evaluate")):
+    for needed, stage in ((MODEL, "train"), (METRICS, "evaluate"), (DECISION, "evaluate")):
         if not Path(needed).exists():
             raise UserError(f"{needed} is missing; run the {stage} stage first (dvc repro {stage})")
     cnn = load_model(MODEL)
-    serving = serving_model(cnn, load_gate())
-    test = load_split("test", t.image_size, params.data.positive_class, limit=x.parity_images)
     metrics = read_json(METRICS)
+    serving = serving_model(cnn, load_gate(), metrics.get("tta", "none"))   # the views evaluate measured
+    test = load_split("test", t.image_size, params.data.positive_class, limit=x.parity_images)
     with staged_outputs(SAVED_MODEL, TFJS, METADATA, HEADLINE) as out:
         print("export: writing SavedModel (defect_probability and ood_score)")
         export_saved_model(serving, t.image_size, out.path(SAVED_MODEL))
@@ -47,8 +47,10 @@ def main() -> None:
             parity={"images": len(test.labels), "max_abs_diff_saved_model_vs_keras": diff,
                     "max_rel_diff_ood_score": ood_diff},
             saved_model=out.path(SAVED_MODEL), tfjs=out.path(TFJS))
+        judged = read_json(DECISION)
+        metadata["decision"] = {k: judged[k] for k in ("ready", "sentence", "confidence")}
         write_json(out.path(METADATA), metadata)
-        write_json(out.path(HEADLINE), headline(metrics, run, metadata))
+        write_json(out.path(HEADLINE), {**headline(metrics, run, metadata), "ready": judged["ready"]})
     log_to_mlflow(params, diff, metadata)
     print(f"export: SavedModel vs Keras max |diff| {diff:.2e} (probability), {ood_diff:.2e} (OOD score, relative) on "
           f"{len(test.labels)} images; TF.js model {metadata['size_bytes']['tfjs']:,} bytes")
@@ -78,6 +80,7 @@ def log_to_mlflow(params, diff: float, metadata: dict) -> None:
 
     with stage_run("export", params) as mlflow:  # train's run, or a child run when params changed
         mlflow.log_metrics({"export_max_abs_diff": diff, "tfjs_bytes": metadata["size_bytes"]["tfjs"]})
+        mlflow.set_tags({"ready_for_line": str(metadata["decision"]["ready"]).lower()})
         mlflow.log_artifact(str(METADATA), "model")
         mlflow.log_artifact(str(HEADLINE), "reports")
         mlflow.log_artifacts(str(SAVED_MODEL), "model/saved_model")

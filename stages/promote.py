@@ -14,9 +14,9 @@ from inspection.config import load_params
 from inspection.errors import UserError
 from inspection.runner.cli import cli
 from inspection.fsutil import read_json, staged_outputs, write_json
-from inspection.artifacts import MANIFEST, METADATA, PROMOTION, SAVED_MODEL
+from inspection.artifacts import DECISION, MANIFEST, METADATA, PROMOTION, SAVED_MODEL
 from inspection.tracking.champion import (choose_baseline, compare_with_baseline, counts, held_out_images,
-                                          move_aliases, score, side, version_info)
+                                          move_aliases, refuse_not_ready, score, side, version_info)
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     from inspection.tracking import registry
     from inspection.deploy.predictor import load_predictor
 
-    for needed, stage in ((METADATA, "export"), (SAVED_MODEL, "export"), (MANIFEST, "split")):
+    for needed, stage in ((METADATA, "export"), (SAVED_MODEL, "export"), (MANIFEST, "split"), (DECISION, "evaluate")):
         if not Path(needed).exists():
             raise UserError(f"{needed} is missing; run the {stage} stage first (dvc repro {stage})")
     metadata = read_json(METADATA)
@@ -46,6 +46,9 @@ def main() -> None:
            "champion": None, "mcnemar": None, "images": len(images), "image_sources": sources, "changed": []}
     out.update(compare_with_baseline(kind, ch, base, name, images, routes=ch_routes, probs=ch_probs,
                                      ch_counts=ch_counts, rule=rule, positive=pos))
+    judged = read_json(DECISION)
+    out["ready"] = judged["ready"]
+    out.update(refuse_not_ready(out, ch, judged, rule.allow_not_ready))
     out["registry_state"] = {"model_name": name, "champion_compared": out["champion"] and version_info(base),
                              "challenger": version_info(ch, metadata)}
     move_aliases(name, ch, base, champion_now, kind, out["decision"], client)
@@ -62,7 +65,7 @@ def log_to_mlflow(params, out: dict) -> None:
     from inspection.tracking.runs import stage_run
 
     with stage_run("promote", params) as t:
-        t.log_metrics({"promote_promoted": float(out["decision"] != "kept champion"),
+        t.log_metrics({"promote_promoted": float(out["decision"] in ("first model", "promoted")),
                        "promote_images": float(out["images"]), "promote_changed": float(len(out["changed"])),
                        **{f"promote_challenger_{k}": float(v) for k, v in out["challenger"]["counts"].items()}})
         t.log_artifact(str(PROMOTION), "reports")

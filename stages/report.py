@@ -16,7 +16,8 @@ from inspection.config import changed_params, load_params
 from inspection.errors import UserError
 from inspection.runner.cli import cli
 from inspection.fsutil import read_csv, read_json, staged_outputs
-from inspection.artifacts import METADATA, PDF, PROMOTION, REPORT
+from inspection.artifacts import (DATA_REPORT, DECISION, EVAL, HISTORY, METADATA, METRICS, MODEL, PDF, PROMOTION,
+                                  REPORT, RUN_FILE)
 from inspection.report.cases import case_images, pick_cases, promotion_section, with_routes
 from inspection.report.figures import curve_figures, training_figure
 from inspection.report.numbers import derive, training_sentence
@@ -28,12 +29,8 @@ def collect(params) -> dict:
     """Read the pipeline's outputs (in the working directory) and build everything the page shows."""
     r, t = params.report, params.train
     from inspection.data.dataset import dataset_sha256
-    from inspection.artifacts import EVAL, METRICS
     from inspection.model.architectures import load_model
-    from inspection.artifacts import DATA_REPORT
-    from inspection.artifacts import RUN_FILE
     from inspection.tracking.runs import git_commit
-    from inspection.artifacts import HISTORY, MODEL
 
     for needed in (METRICS, DATA_REPORT, HISTORY, RUN_FILE, MODEL, EVAL / "predictions.csv"):
         if not Path(needed).exists():
@@ -41,7 +38,7 @@ def collect(params) -> dict:
     metrics, data, run = read_json(METRICS), read_json(DATA_REPORT), read_json(RUN_FILE)
     pos, neg = params.data.positive_class, params.data.negative_class
     robustness_csv = read_csv(EVAL / "robustness.csv") if (EVAL / "robustness.csv").exists() else []
-    derived = derive(metrics, params, robustness_csv)
+    derived = derive(metrics, params, robustness_csv, read_json(DECISION))
     route = derived["route"]
     threshold = metrics["threshold"]
     band = route.get("review_band")

@@ -17,7 +17,8 @@ from inspection.config import flat_params, load_params
 from inspection.fsutil import staged_outputs, write_csv, write_json
 from inspection.interrupts import at_safe_points
 from inspection.model.input_pipeline import distribution, make_datasets, stream
-from inspection.model.training import class_weights, history_rows, learning_rate, tracker
+from inspection.model.training import (calibration_images, class_weights, history_rows, learning_rate,
+                                       precise_batchnorm, settled, tracker)
 from inspection.runner.cli import cli
 
 
@@ -49,10 +50,12 @@ def compiled(p, train_images: int):
     return model, lr_callbacks, strategy.num_replicas_in_sync if mirrored else 1
 
 
-def summarize(h: dict, epoch_times: list[float], wall: float, train_images: int, model, replicas: int) -> dict:
-    best = int(np.argmin(h["val_loss"]))
+def summarize(h: dict, epoch_times: list[float], wall: float, train_images: int, model, replicas: int, p) -> dict:
+    start = min(p.stop_from_epoch, len(h["val_loss"]) - 1)   # the epochs early stopping could keep
+    best = start + int(np.argmin(h["val_loss"][start:]))
     epochs_run = len(h["loss"])
     return {"epochs_run": epochs_run, "best_epoch": best + 1, "best_val_loss": float(h["val_loss"][best]),
+            "settled": settled(h["val_loss"], p.settle_epochs, p.settle_ratio),
             "train_seconds": wall, "seconds_per_epoch": float(np.median(epoch_times)),
             "train_images_per_second": train_images * epochs_run / wall,
             "parameters": model.count_params(), "replicas": replicas,
@@ -84,18 +87,23 @@ def main() -> None:
                                 tags={"git_commit": git_commit(), "dataset_sha256": sha, "arch": p.arch})
         try:
             epoch_times: list[float] = []
-            stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.patience,
-                                                    restore_best_weights=True, verbose=1)
+            stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.patience, verbose=1,
+                                                    restore_best_weights=True, start_from_epoch=p.stop_from_epoch)
+            steps = int(np.ceil(len(train.labels) / p.batch_size))
+            calibrate = ([precise_batchnorm(model, calibration_images(train, p.bn_calibration_images), steps)]
+                         if p.bn_calibration_images else [])
             t0 = time.perf_counter()
             with at_safe_points():  # a stop signal ends fit between batches (tracker), never inside tf.data
                 h = model.fit(train_ds, validation_data=val_ds, epochs=p.max_epochs, verbose=2,
                               class_weight=class_weights(train.labels, p.class_weight),
-                              callbacks=[stopper, tracker(mlflow.log_metrics, epoch_times), *lr_callbacks]).history
-            summary = summarize(h, epoch_times, time.perf_counter() - t0, len(train.labels), model, replicas)
+                              callbacks=[*calibrate, stopper, tracker(mlflow.log_metrics, epoch_times),
+                                         *lr_callbacks]).history
+            summary = summarize(h, epoch_times, time.perf_counter() - t0, len(train.labels), model, replicas, p)
             rows = history_rows(h, epoch_times)
             write_csv(out.path(HISTORY), rows, list(rows[0].keys()))
             model.save(out.path(MODEL))
-            mlflow.log_metrics(summary)
+            mlflow.log_metrics({k: float(v) for k, v in summary.items()})
+            mlflow.set_tags({"settled": str(summary["settled"]).lower()})
             write_json(out.path(RUN_FILE), {"run_id": run.info.run_id, "experiment": p.mlflow_experiment,
                                             "tracking_uri": tracking_uri(), **summary})
         except BaseException as exc:
@@ -105,6 +113,10 @@ def main() -> None:
     mlflow.end_run()
     print(f"train: {summary['epochs_run']} epochs ({summary['seconds_per_epoch']:.1f} s each), best epoch "
           f"{summary['best_epoch']} val_loss {summary['best_val_loss']:.4f}; MLflow run {run.info.run_id}")
+    if not summary["settled"]:
+        print(f"train: WARNING: training did not settle: one of the last {p.settle_epochs} validation losses "
+              f"({', '.join(f'{v:.3f}' for v in h['val_loss'][-p.settle_epochs:])}) is over {p.settle_ratio:g}x the "
+              f"lowest ({min(h['val_loss']):.3f}); do not ship this model without looking at reports/train/history.csv")
 
 
 if __name__ == "__main__":

@@ -120,6 +120,7 @@ def e2e_repo(tmp_path_factory):
     params["data"].update(source="synthetic", synthetic={"per_class": 70, "size": 96, "seed": 3})
     params["train"].update(image_size=64, max_epochs=3, patience=2, batch_size=16)
     params["export"].update(parity_images=16)
+    params["promote"]["allow_not_ready"] = True   # 140 synthetic photos cannot prove the line's targets
     params["evaluate"]["retake"]["ood_battery_per_kind"] = 4
     params["web"].update(parity_images=8, benchmark_repeats=5, benchmark_backends=["wasm", "cpu"])
     params["evaluate"]["robustness"]["perturbations"] = {

@@ -4,7 +4,7 @@ stages/export.py does, with a metadata.json that follows the contract. The tiny 
 with the photo's mean grey level, so generated photos land on known routes:
   mean ~100 -> PASS, ~128 -> REVIEW, ~150 -> REJECT, flat grey -> RETAKE (camera check), text file -> RETAKE.
 Also: the bundle server's answers to odd requests, the Node/Chromium parity of both outputs and the route,
-the CSV against stages.route.csv_row, the corrections zip, and 1,000 photos without leaking tensors."""
+the CSV against inspection.decision.route.csv_row, the corrections zip, and 1,000 photos without leaking tensors."""
 from __future__ import annotations
 
 import csv
@@ -216,7 +216,7 @@ def test_clear_and_unreadable_files_never_leave_a_stale_verdict(open_page, photo
 
 
 def test_unreadable_files_get_the_batch_clis_reasons(open_page, tmp_path):
-    """Empty, undecodable and too-small files: RETAKE rows with the reason stages.images.decode_gray gives."""
+    """Empty, undecodable and too-small files: RETAKE rows with the reason inspection.data.images.decode_gray gives."""
     from inspection.deploy.server import upload
     from inspection.data.images import decode_gray
 
@@ -312,7 +312,7 @@ def test_results_survive_a_reload_until_clear(open_page, photos):
 
 
 def python_rows(tiny, files: list[Path]) -> list[dict]:
-    """What the batch CLI computes for these files: the SavedModel's outputs, stages.route.decide, csv_row."""
+    """What the batch CLI computes for these files: the SavedModel's outputs, inspection.decision.route.decide, csv_row."""
     from inspection.deploy.saved_model import saved_model_outputs
     from inspection.data.images import decode_gray, resize
     from inspection.data.imagestats import features

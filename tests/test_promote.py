@@ -44,6 +44,21 @@ def test_e2e_run_made_its_model_the_first_champion(e2e_repo):
     assert client.get_registered_model(NAME).aliases == {"champion": 1}
 
 
+def set_ready(ready: bool) -> None:
+    """Edit reports/decision.json's verdict (what evaluate judged)."""
+    path = Path("reports/decision.json")
+    doc = json.loads(path.read_text())
+    doc["ready"] = ready
+    doc["sentence"] = "Ready for the line: test." if ready else "Not ready for the line, because test."
+    path.write_text(json.dumps(doc))
+
+
+def set_params(**promote) -> None:
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["promote"].update(promote)
+    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def set_route(threshold: float | None = None, band="keep", note: str | None = None) -> None:
     """Edit models/metadata.json's decision rule (a different deployed model for the registry: new content hash)."""
     path = Path("models/metadata.json")
@@ -63,9 +78,8 @@ def test_champion_and_challenger(e2e_repo, tmp_path, monkeypatch):
     from stages import promote
 
     uri = make_store(e2e_repo, tmp_path / "work", monkeypatch)
-    params = yaml.safe_load(Path("params.yaml").read_text())   # the tiny e2e model: a looser RETAKE limit
-    params["promote"].update(max_retake_share=0.5, min_images=5)
-    Path("params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    set_params(max_retake_share=0.5, min_images=5, allow_not_ready=False)   # the tiny e2e model: a looser RETAKE limit
+    set_ready(True)
     client = mlflow.MlflowClient(uri)
     out_file = Path("reports/promotion.json")
 
@@ -104,3 +118,39 @@ def test_champion_and_challenger(e2e_repo, tmp_path, monkeypatch):
     assert better["decision"] == "promoted" and better["alias"] == "champion" and better["changed"] == []
     assert better["challenger"]["version"] == 3 and better["mcnemar"]["b"] == better["mcnemar"]["c"] == 0
     assert client.get_registered_model(NAME).aliases == {"champion": 3, "challenger": 2}
+
+
+def test_a_model_that_is_not_ready_is_never_made_champion(e2e_repo, tmp_path, monkeypatch):
+    """reports/decision.json says not ready: promote refuses the first model (it waits as the challenger) and a
+    better challenger alike, unless promote.allow_not_ready."""
+    import mlflow
+
+    from stages import promote
+
+    uri = make_store(e2e_repo, tmp_path / "work", monkeypatch)
+    client = mlflow.MlflowClient(uri)
+    out_file = Path("reports/promotion.json")
+    set_params(max_retake_share=0.5, min_images=5, allow_not_ready=False)
+    set_ready(False)
+    promote.main()
+    refused = json.loads(out_file.read_text())
+    assert refused["decision"] == "refused: not ready" and refused["alias"] == "challenger" and not refused["ready"]
+    assert "not ready for the line" in refused["reason"] and "allow_not_ready" in refused["reason"]
+    assert client.get_registered_model(NAME).aliases == {"challenger": 1}
+
+    set_params(allow_not_ready=True)                   # the override, said in the reason
+    promote.main()
+    forced = json.loads(out_file.read_text())
+    assert forced["decision"] == "first model" and "allow_not_ready is true" in forced["reason"]
+    assert client.get_registered_model(NAME).aliases == {"champion": 1}
+
+    set_params(allow_not_ready=False)
+    set_ready(True)
+    set_route(note="re-exported")                      # ready and as good: promoted
+    promote.main()
+    assert json.loads(out_file.read_text())["decision"] == "promoted"
+    set_ready(False)
+    set_route(note="re-exported again")                # as good but not ready: the champion stays
+    promote.main()
+    again = json.loads(out_file.read_text())
+    assert again["decision"] == "refused: not ready" and client.get_registered_model(NAME).aliases["champion"] == 2

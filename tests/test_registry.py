@@ -21,7 +21,7 @@ from conftest import REPO
 
 NAME = "casting-inspector"
 COPIED = ("models/saved_model", "models/tfjs", "models/metadata.json", "data/split/manifest.csv", "data/raw",
-          "params.yaml")
+          "params.yaml", "reports/decision.json")
 
 
 def parent_run(root: Path, params, uri: str) -> str:

@@ -16,7 +16,8 @@ import yaml
 
 from conftest import REPO, section, write_part
 from inspection.decision.metrics import binomial_ci
-from inspection.report.numbers import derive, judge_targets, line_costs, lookup, mix_interval, training_sentence, verdict
+from inspection.decision.readiness import judge_targets, line_costs, mix_interval, verdict
+from inspection.report.numbers import derive, lookup, training_sentence
 from inspection.report.page import pdf_pages
 
 EXPERIMENT = "casting-inspection"
@@ -180,10 +181,15 @@ def fabricate(root: Path, n_per_class: int = 20, wrong: int = 4, promotion: bool
                       "battery_passed": 0, "battery_images": 8}
     (root / "reports/eval").mkdir(parents=True)
     (root / "reports/metrics.json").write_text(json.dumps(metrics, indent=1))
+    from inspection.config import load_params as _load
+    from inspection.decision.readiness import decision
     from inspection.fsutil import write_csv
 
-    write_csv(root / "reports/eval/robustness.csv",
-              [{"perturbation": k, "gated": k == "blur 1.5px"} for k in rob], ["perturbation", "gated"])
+    rob_rows = [{"perturbation": k, "gated": k == "blur 1.5px"} for k in rob]
+    write_csv(root / "reports/eval/robustness.csv", rob_rows, ["perturbation", "gated"])
+    (root / "reports/decision.json").write_text(json.dumps(decision(   # as the evaluate stage writes it
+        metrics, _load(root / "params.yaml").report, [{**r, "gated": str(r["gated"])} for r in rob_rows],
+        {"mlflow_run_id": None, "model_sha256": "0" * 64, "settled": True, "tta": "none"})))
     ops = operating_points(yi, p, [threshold, 0.3, 0.01, 0.5, 0.9, 0.02])
     for row in ops:
         row["chosen"], row["max_f1"] = row["threshold"] == threshold, row["threshold"] == 0.3
@@ -280,7 +286,15 @@ def check_numbers(page, root: Path) -> int:
     data = json.loads((root / "reports/data.json").read_text())
     promo = json.loads((root / "reports/promotion.json").read_text()) if (root / "reports/promotion.json").exists() else {}
     params = load_params(root / "params.yaml")
-    flat = derive(metrics, params, read_csv(root / "reports/eval/robustness.csv"))["flat"]
+    judged = json.loads((root / "reports/decision.json").read_text())
+    flat = derive(metrics, params, read_csv(root / "reports/eval/robustness.csv"), judged)["flat"]
+    recomputed = derive(metrics, params, read_csv(root / "reports/eval/robustness.csv"))
+    # decision.json is the report's judgement: the same targets, bounds and verdict the report would compute
+    assert recomputed["targets"] == [{k: v for k, v in t.items() if k not in ("k", "n", "bound")}
+                                     for t in judged["targets"]]
+    assert (recomputed["ready"], recomputed["decision"]) == (judged["ready"], judged["sentence"])
+    assert all(t["bound"] == t["high"] for t in judged["targets"])
+    assert page.inner_text("#decision").startswith(judged["sentence"][:60])
     shown = page.evaluate("""() => Array.from(document.querySelectorAll('[data-metric],[data-derived],[data-promotion]'))
         .map(e => [e.dataset.metric ? 'metric' : e.dataset.derived ? 'derived' : 'promotion',
                    e.dataset.metric || e.dataset.derived || e.dataset.promotion, e.textContent.trim(),

@@ -1,4 +1,4 @@
-"""The route rule (stages/route.py) against the shared table of cases that web/src/route.js also passes."""
+"""The route rule (inspection/decision/route.py) against the shared table of cases that web/src/route.js also passes."""
 import json
 
 import pytest

@@ -1,7 +1,7 @@
 """The page's image preparation (web/src/preprocess.js) and route rule (web/src/route.js) against the
 Python pipeline's, in Node: the resize must reproduce OpenCV's INTER_AREA pixel for pixel, the camera
-statistics must match stages/imagestats.py, and routes, reasons and CSV cells must be byte-identical to
-stages/route.py."""
+statistics must match inspection/data/imagestats.py, and routes, reasons and CSV cells must be byte-identical to
+inspection/decision/route.py."""
 from __future__ import annotations
 
 import json
@@ -124,7 +124,7 @@ def test_number_formatting_is_pythons(tmp_path):
 
 
 def test_csv_rows_equal_python_csv_row(tmp_path):
-    """route.js csvRow == stages.route.csv_row for readable, unreadable and camera-flagged parts."""
+    """route.js csvRow == inspection.decision.route.csv_row for readable, unreadable and camera-flagged parts."""
     stats = [{"brightness": 120.125, "contrast": 40.0625, "sharpness": 300.25},
              {"brightness": 231.5, "contrast": 2.0, "sharpness": 0.15}, None, {}]
     args = [

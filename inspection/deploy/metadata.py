@@ -11,6 +11,7 @@ from inspection.artifacts import DRIFT_REFERENCE
 from inspection.data.images import RESIZE_METHOD
 from inspection.deploy.saved_model import INPUT_NAME, SIGNATURE, bundle_version, dir_size
 from inspection.fsutil import read_json
+from inspection.model.tta import VIEWS
 
 TEST_METRICS = ("n", "tp", "fp", "tn", "fn", "accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc")
 TEST_ROUTES = ("n", "missed", "false_rejects", "review", "retake", "review_share", "retake_share")
@@ -38,6 +39,9 @@ def model_metadata(params, *, parameters: int, outputs: dict[str, str], metrics:
         "csv_columns": list(CSV_COLUMNS),
         "threshold": metrics["threshold"], "policy": metrics["policy"], "policy_target": metrics["policy_target"],
         "review_band": route["review_band"],
+        "test_time_views": {"kind": metrics.get("tta", "none"), "views": VIEWS[metrics.get("tta", "none")],
+                            "meaning": "the graph averages the logits of these views of each photo (inside the "
+                                       "model: nothing to do for a consumer)"},
         "drift": {**read_json(DRIFT_REFERENCE),
                   "rule": "flag an image whose brightness, contrast or sharpness (inspection/data/imagestats.py, computed "
                           "on the resized model input) lies outside [min, max]"},

@@ -116,9 +116,9 @@ def robustness(results: dict[str, dict], y: np.ndarray, rule: dict, r, confidenc
     return rows
 
 
-def robust_threshold(model, paths: Sequence[str], y_val: np.ndarray, e, size: int, chunk: int | None = None) -> dict:
-    """evaluate.robust_threshold: the policy's threshold on the validation photos (read ``chunk`` at a time),
-    clean and under every gated perturbation; the lowest wins, so the recall target holds in all of them."""
+def val_conditions(model, paths: Sequence[str], e, size: int, chunk: int | None = None) -> dict[str, np.ndarray]:
+    """The probabilities of the validation photos (read ``chunk`` at a time), clean and under every gated
+    perturbation: {name: probabilities}."""
     from inspection.data.images import resize
 
     r = e.robustness
@@ -129,9 +129,17 @@ def robust_threshold(model, paths: Sequence[str], y_val: np.ndarray, e, size: in
             small = np.stack([resize(img if change is None else change(start + i, img), size)
                               for i, img in enumerate(photos)])
             probs[name].append(predict(model, small))
+    return {name: np.concatenate(p) for name, p in probs.items()}
+
+
+def robust_threshold(model, paths: Sequence[str], y_val: np.ndarray, e, size: int, chunk: int | None = None,
+                     probs: dict[str, np.ndarray] | None = None) -> dict:
+    """evaluate.robust_threshold: the policy's threshold on the validation photos, clean and under every gated
+    perturbation (``val_conditions``); the lowest wins, so the recall target holds in all of them."""
+    probs = probs if probs is not None else val_conditions(model, paths, e, size, chunk)
     per = {}
     for name, p in probs.items():
-        per[name] = choose_threshold(y_val, np.concatenate(p), e)
+        per[name] = choose_threshold(y_val, p, e)
         print(f"evaluate: validation threshold under {name:>16}: {per[name]:.4f}")
     return per
 

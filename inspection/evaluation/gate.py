@@ -30,16 +30,17 @@ class Gate:
     val_scores: np.ndarray
 
 
-def fit_gate(model, data: dict, e) -> Gate:
+def fit_gate(model, prob_model, data: dict, e) -> Gate:
     """Stream train (features, camera statistics), val (probability, features, statistics) and test
-    (probability); fit the OOD gate on train and calibrate its limit on val."""
+    (probability); fit the OOD gate on train and calibrate its limit on val. ``prob_model`` computes the
+    probability (the CNN with the deployed test-time views), ``model`` the pooled features (identity view)."""
     from inspection.data.imagestats import drift_reference, feature_table
     from inspection.model.ood import calibrate_limit, distances, feature_extractor, fit
 
     extractor = feature_extractor(model)
 
     def probability(images):
-        return predict(model, images)
+        return predict(prob_model, images)
 
     def pooled(images):
         return extractor.predict(images[..., None].astype(np.float32), batch_size=BATCH, verbose=0)

@@ -53,15 +53,17 @@ def ood_summary(fitted, clean: dict, ood_rows: list[dict], words, method: str) -
 def summarize(e, pos: str, y: dict, probs: dict, chosen: dict, rule: dict, decided, rob, ood: dict) -> dict:
     """The metrics dict; ``chosen`` holds threshold, max_f1 and threshold_by_condition."""
     threshold, b = chosen["threshold"], e.bootstrap
-    return {"threshold": threshold, "policy": e.policy,
-            "policy_target": e.min_recall if e.policy == "min_recall" else None,
+    band = chosen["band"]
+    return {"threshold": threshold, "policy": chosen["policy"],
+            "policy_target": e.min_recall if chosen["policy"] == "min_recall" else None, "tta": e.tta,
+            "band_choice": chosen["band_choice"],
             "threshold_by_condition": chosen["threshold_by_condition"], "max_f1_threshold": chosen["max_f1"],
             "positive_class": pos,
             "val": at_threshold(y["val"], probs["val"], threshold),
             "test": at_threshold(y["test"], probs["test"], threshold),
             "test_intervals": bootstrap_rates(y["test"], probs["test"], threshold, b.resamples, b.confidence, b.seed),
             "test_exact": exact_errors(y["test"], probs["test"], threshold, b.confidence),
-            "review_band": (review_band(y["test"], probs["test"], *e.review_band) if e.review_band else None),
+            "review_band": (review_band(y["test"], probs["test"], *band) if band else None),
             "route": {**rule, "test": route_counts(y["test"], decided, b.confidence)},
             "robustness": {row["perturbation"]: {k: row[k] for k in ROBUSTNESS_KEYS} for row in rob},
             "robustness_summary": robustness_summary(rob, e.robustness.targets.model_dump()),

@@ -98,12 +98,15 @@ class MahalanobisScore(layers.Layer):
         return {**super().get_config(), "mean": self.mean_value.tolist(), "precision": self.precision_value.tolist()}
 
 
-def serving_model(model: keras.Model, gate: dict) -> keras.Model:
-    """The deployed model: raw 0-255 image -> {defect_probability [N,1], ood_score [N,1]}."""
-    feats = model.get_layer(FEATURE_LAYER).input
+def serving_model(model: keras.Model, gate: dict, tta: str = "none") -> keras.Model:
+    """The deployed model: raw 0-255 image -> {defect_probability [N,1], ood_score [N,1]}. The probability is
+    averaged over the views of ``tta`` (inspection.model.tta); the OOD score is the identity view's."""
+    from inspection.model.tta import with_views
+
+    inputs, prob, feats = with_views(model, tta, model.get_layer(FEATURE_LAYER).input)
     score = MahalanobisScore(gate["mean"], gate["precision"], name="ood_score")(feats)
-    prob = layers.Identity(name="defect_probability_out")(model.output)
-    return keras.Model(model.inputs, {"defect_probability": prob, "ood_score": score}, name="serving")
+    prob = layers.Identity(name="defect_probability_out")(prob)
+    return keras.Model(inputs, {"defect_probability": prob, "ood_score": score}, name="serving")
 
 
 def predict_both(serving: keras.Model, images: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:

@@ -220,6 +220,24 @@ def compare_with_baseline(kind: str, ch, base, name: str, images: list[tuple[str
     return {**out, "decision": decision, "alias": alias, "reason": reason, "checks": checks}
 
 
+REFUSED = "refused: not ready"
+
+
+def refuse_not_ready(out: dict, ch, judged: dict, allow_not_ready: bool) -> dict:
+    """A champion must be ready for the line (reports/decision.json): a promotion or a first model whose decision
+    says not ready is refused, unless promote.allow_not_ready. Returns ``out``'s decision fields, changed or not."""
+    from inspection.tracking import registry
+
+    if judged["ready"] or out["decision"] not in ("first model", "promoted"):
+        return {}
+    if allow_not_ready:
+        return {"reason": out["reason"] + "; not ready for the line (reports/decision.json), promoted because "
+                                          "promote.allow_not_ready is true"}
+    return {"decision": REFUSED, "alias": registry.CHALLENGER,
+            "reason": (f"version {ch.version} would have been {out['decision']!r} but is not ready for the line: "
+                       f"{judged['sentence']} (reports/decision.json; promote.allow_not_ready: true overrides)")}
+
+
 def move_aliases(name: str, ch, base, champion_now, kind: str, decision: str, client) -> None:
     """Point the aliases at the decision (only while the champion is still one of the compared versions: a
     promotion made after this comparison is left alone) and record on the challenger what it was compared with
@@ -237,6 +255,8 @@ def move_aliases(name: str, ch, base, champion_now, kind: str, decision: str, cl
             registry.delete_alias(name, registry.CHALLENGER, client)
     elif base is not None:
         registry.set_alias(name, registry.CHAMPION, base.version, client)
+        registry.set_alias(name, registry.CHALLENGER, ch.version, client)
+    elif decision == REFUSED:   # no champion to keep: the refused model waits as the challenger
         registry.set_alias(name, registry.CHALLENGER, ch.version, client)
     if kind != "already":   # what this version was compared with: a re-run compares the same two models
         client.set_model_version_tag(name, ch.version, TAG_BASELINE, str(base.version) if base is not None else "none")
