@@ -8,7 +8,7 @@ MLFLOW_PORT ?= 5000
 MLFLOW_DIR ?=
 HOST ?= 127.0.0.1
 
-.PHONY: install run test results bench serve mlflow-server clean
+.PHONY: install run test results seeds bench serve mlflow-server clean
 
 install: $(VENV)/.installed web/node_modules/.package-lock.json
 
@@ -29,6 +29,10 @@ test: install         ## unit tests, data tests (skipped without the mirror) and
 
 results: install      ## the README "Results" run: `dvc exp run` on the local Kaggle mirror, per-stage wall times
 	$(ACTIVATE) python tools/timed_repro.py -S data.source=local -S data.local.path=$(MIRROR)   # keep MIRROR relative: dvc.lock records it
+
+SEEDS ?= 5
+seeds: install        ## train.seed 0..SEEDS-1 as queued dvc experiments up to the decision -> reports/seeds.{json,md}
+	$(ACTIVATE) python tools/seeds.py --seeds $(SEEDS)
 
 bench: install        ## the benchmark: whole pipeline on $(MIRROR), then SavedModel speed -> reports/benchmark.{json,md}
 	$(ACTIVATE) python tools/bench.py --data $(MIRROR)

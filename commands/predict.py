@@ -38,6 +38,7 @@ def main() -> None:
     from tqdm import tqdm
 
     counts = dict.fromkeys(("PASS", "REVIEW", "REJECT", "RETAKE"), 0)
+    warned = 0
     out_path = None if args.out == "-" else Path(args.out)
     # a regular file is written beside and renamed when complete; a device or pipe (/dev/null, a FIFO) is
     # written as it is: renaming over it would replace the device with a file
@@ -54,6 +55,7 @@ def main() -> None:
             for row in predict_items(items, predictor, args.batch, args.workers, bar):
                 writer.writerow(row)
                 counts[row["route"]] += 1
+                warned += "camera warning:" in row["reason"]
         if out_path:
             f.close()
         if tmp:
@@ -65,6 +67,9 @@ def main() -> None:
             tmp.unlink()
     print(f"predict: {len(items)} files with model {predictor.metadata['version']}: "
           + ", ".join(f"{k} {v}" for k, v in counts.items()) + (f" -> {out_path}" if out_path else ""), file=sys.stderr)
+    if warned:
+        print(f"predict: camera warning on {warned} of {len(items)} photos: the lighting or focus has drifted from the "
+              "training photos (the model still judges them); check the lamp and the focus", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,13 @@ from inspection.runner.cli import cli
 from inspection.tracking.runs import mlflow_key
 
 
-def choose(prob_model, data: dict, y: dict, probs: dict, params) -> dict:
+def choose(prob_model, data: dict, y: dict, probs: dict, params, conditions: dict | None) -> dict:
     """The threshold and the review band, from validation only. evaluate.review_band auto: one rule gives both
     (inspection.decision.band: the narrowest band whose missed-defect and false-reject rates hold
     report.targets at the exact bound, clean and, with robust_threshold, under every gated perturbation);
     otherwise evaluate.policy chooses the threshold and the band is the fixed one (or none)."""
     e, size, r = params.evaluate, params.train.image_size, params.report
-    conditions = (val_conditions(prob_model, data["val"].paths, e, size)
-                  if e.robust_threshold and (e.review_band == "auto" or e.policy == "min_recall") else None)
+    conditions = conditions if e.robust_threshold else None
     max_f1 = choose_threshold(y["val"], probs["val"], e.model_copy(update={"policy": "max_f1"}))
     if e.review_band == "auto":
         gated = {k: v for k, v in (conditions or {}).items() if k != "clean"}
@@ -106,16 +105,21 @@ def main() -> None:
     model = load_model(MODEL)
     prob_model = probability_model(model, e.tta)   # what the deployed graph computes (inspection.model.tta)
     y = {s: d.labels for s, d in data.items()}
-    fitted = fit_gate(model, prob_model, data, e)
+    stats: dict = {}   # the validation photos under each gated perturbation: probabilities and camera statistics
+    conditions = (val_conditions(prob_model, data["val"].paths, e, t.image_size, stats=stats)
+                  if e.robust_threshold or e.retake.camera_range == "validated" else None)
+    fitted = fit_gate(model, prob_model, data, e, stats)
     probs, serving = fitted.probs, serving_model(model, fitted.gate, e.tta)
-    chosen = choose(prob_model, data, y, probs, params)
-    rule = make_rule(chosen["threshold"], chosen["band"], fitted.camera if e.retake.camera_check else None,
-                     fitted.gate["limit"], METHOD)
+    chosen = choose(prob_model, data, y, probs, params, conditions)
+    camera_on = e.retake.camera_check
+    rule = make_rule(chosen["threshold"], chosen["band"], fitted.camera if camera_on else None,
+                     fitted.gate["limit"], METHOD, fitted.warn_camera if camera_on else None)
 
     print("evaluate: routes of the test photos, robustness battery, out-of-distribution battery")
     results = perturbed(serving, data["test"].paths, t.image_size, e.robustness, battery(e.robustness))
     decided = routes(results["clean"], rule)
-    rob = robustness(results, y["test"], rule, e.robustness, e.bootstrap.confidence, fitted.camera)
+    warned = fitted.warn_camera or fitted.camera   # drift_flagged_share: outside the training range
+    rob = robustness(results, y["test"], rule, e.robustness, e.bootstrap.confidence, warned)
     ood_rows = ood_battery(serving, data["test"].paths, t.image_size, rule, e.retake.ood_battery_per_kind,
                            e.robustness.seed)
     ood = ood_summary(fitted, results["clean"], ood_rows, rule["words"], METHOD)

@@ -42,9 +42,13 @@ def test_metrics_have_their_keys(repo):
     assert {"threshold", "policy", "val", "test"} <= set(m)
     for key in ("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "tp", "fp", "tn", "fn"):
         assert key in m["test"]
-    assert 0 < m["threshold"] < 1
-    assert m["val"]["recall"] >= 0.995  # the min_recall policy held on validation
-    per = m["threshold_by_condition"]  # evaluate.robust_threshold: clean + every gated perturbation on val
+    assert 0 <= m["threshold"] < 1   # review_band auto: 0 when 70 photos a class cannot prove any low edge
+    assert m["val"]["recall"] >= 0.995  # the band's low edge passed no validation defect
+    assert m["policy"] == "review_band auto" and m["tta"] == "d4"
+    choice = m["band_choice"]   # the band chosen on validation: edges per condition, trade-off, data needed
+    assert choice["threshold"] == m["threshold"] and choice["data_needed"]["defects_for_zero_missed"] == 368
+    assert set(choice["edges_by_condition"]) == {"clean", "exposure x1.25", "blur 1.5px", "rotate any"}
+    per = m["threshold_by_condition"]  # the low edge on validation: clean + every gated perturbation
     assert set(per) == {"clean", "exposure x1.25", "blur 1.5px", "rotate any"} and m["threshold"] == min(per.values())
     assert set(m["robustness"]) == {"clean", "exposure x1.25", "blur 1.5px", "rotate any", "jpeg q40"}
     assert m["robustness"]["clean"]["recall"] == m["test"]["recall"]

@@ -8,8 +8,14 @@ ok_stats = {"brightness": 120.0, "contrast": 40.0, "sharpness": 300.0}
 gate = {"camera": cam, "ood": {"limit": 25.0}}
 band = {"low": 0.02, "high": 0.9}
 cases = []
-def add(name, p, stats, ood, threshold, band_, gate_=gate):
+train_cam = {"brightness": {"min": 80.0, "max": 160.0}, "contrast": {"min": 25.0, "max": 60.0},
+             "sharpness": {"min": 100.0, "max": 700.0}}
+
+
+def add(name, p, stats, ood, threshold, band_, gate_=gate, warn=None):
     rule = {"threshold": threshold, "review_band": band_, "retake": gate_}
+    if warn is not None:
+        rule["warn"] = warn
     r, reason = decide(p, stats, ood, rule)
     cases.append({"name": name, "probability": p, "stats": stats, "ood_score": ood, "rule": rule,
                   "route": r, "reason": reason})
@@ -24,6 +30,13 @@ add("over-exposed", 0.001, {"brightness": 230.0, "contrast": 25.0, "sharpness": 
 add("noise: sharpness high", 0.3, {"brightness": 120.0, "contrast": 40.0, "sharpness": 5000.0}, 3.0, 0.18, band)
 add("out of distribution only", 0.001, ok_stats, 25.01, 0.18, band)
 add("ood at the limit is fine", 0.001, ok_stats, 25.0, 0.18, band)
+add("camera drift inside the validated range: judged, with a warning", 0.001,
+    {"brightness": 170.0, "contrast": 40.0, "sharpness": 300.0}, 3.0, 0.18, band, gate, {"camera": train_cam})
+add("camera drift, in the band: REVIEW with a warning", 0.5,
+    {"brightness": 120.0, "contrast": 40.0, "sharpness": 60.0}, 3.0, 0.18, band, gate, {"camera": train_cam})
+add("outside the validated range: RETAKE, no warning", 0.001,
+    {"brightness": 190.0, "contrast": 40.0, "sharpness": 300.0}, 3.0, 0.18, band, gate, {"camera": train_cam})
+add("inside the training range: no warning", 0.95, ok_stats, 3.0, 0.18, band, gate, {"camera": train_cam})
 add("no gate in metadata", 0.001, {"brightness": 0.0, "contrast": 0.0, "sharpness": 0.0}, 99.0, 0.18, band, {})
 json.dump({"about": "Shared table of route cases: inspection/decision/route.py (tests/test_route.py) and web/src/route.js "
            "(web/tools/route_cases.mjs) must both give these routes and reasons. Regenerate with care: "

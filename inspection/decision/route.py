@@ -4,13 +4,17 @@ This is the one implementation of the rule; web/src/route.js mirrors it for the 
 tests/cases/route_cases.json is the table of cases both are checked against.
 
     RETAKE  the photo cannot be judged: unreadable, no casting / badly framed, camera check
-            outside the training range, or out of distribution for the model (reasons given)
+            outside the range the model was validated under, or out of distribution for the model (reasons given)
     PASS    probability below the threshold and below the review band's low edge
     REJECT  probability at or above the threshold and at or above the band's high edge
     REVIEW  everything in between (a person looks at the part)
 
 Without a review band (evaluate.review_band: null) the threshold alone decides PASS / REJECT.
 A part is never passed when its probability is at or above the threshold, whatever the band.
+
+A photo inside the validated camera range but outside the training photos' range is judged as usual, and its
+reason carries a camera warning (rule ``warn.camera``): the lamp or the lens has drifted and should be checked
+before it drifts out of the validated range, where every photo would go to RETAKE.
 """
 from __future__ import annotations
 
@@ -74,11 +78,23 @@ def retake_reasons(stats: dict, ood_score: float, gate: dict) -> list[str]:
     return [r for r in reasons if r]
 
 
+WARNING = "camera warning: {}; the camera has drifted from the training photos, check the lamp and the focus"
+
+
+def warning(stats: dict, rule: dict) -> str:
+    """'' or the camera warning of a photo outside the training range (rule ``warn.camera``)."""
+    camera = (rule.get("warn") or {}).get("camera")
+    found = camera_reasons(stats, camera) if camera else []
+    return WARNING.format(", ".join(found)) if found else ""
+
+
 def decide(probability: float, stats: dict, ood_score: float, rule: dict) -> tuple[str, str]:
     """The whole decision from metadata.json's ``route`` block for a readable photo."""
     band = rule.get("review_band")
-    return route(probability, rule["threshold"], (band["low"], band["high"]) if band else None,
-                 retake_reasons(stats, ood_score, rule.get("retake") or {}))
+    route_, reason = route(probability, rule["threshold"], (band["low"], band["high"]) if band else None,
+                           retake_reasons(stats, ood_score, rule.get("retake") or {}))
+    warn = "" if route_ == "RETAKE" else warning(stats, rule)
+    return route_, f"{reason}; {warn}" if warn else reason
 
 
 def csv_safe(value: object) -> str:
@@ -107,13 +123,16 @@ def csv_row(file: str, route_: str, reason: str, probability: Optional[float], t
 
 
 def make_rule(threshold: float, band: Optional[Sequence[float]], camera: Optional[dict], ood_limit: Optional[float],
-              ood_method: str = "") -> dict:
-    """The ``route`` block of metadata.json / metrics.json: everything a consumer needs to decide."""
+              ood_method: str = "", warn_camera: Optional[dict] = None) -> dict:
+    """The ``route`` block of metadata.json / metrics.json: everything a consumer needs to decide. ``camera``:
+    the RETAKE range (what the model was validated under); ``warn_camera``: the training photos' range, outside
+    which a judged photo carries a camera warning."""
     rule = {"words": list(ROUTES), "threshold": float(threshold),
             "review_band": {"low": float(band[0]), "high": float(band[1])} if band else None,
             "retake": {"camera": camera or None,
                        "ood": None if ood_limit is None else {"limit": float(ood_limit), "output": "ood_score",
-                                                               "method": ood_method}}}
+                                                               "method": ood_method}},
+            "warn": {"camera": warn_camera} if warn_camera else None}
     rule["rule"] = describe(rule)
     return rule
 
@@ -122,11 +141,14 @@ def describe(rule: dict) -> str:
     """The deployed rule in one plain sentence (the report's decision block, the page's About box)."""
     t, band, gate = rule["threshold"], rule.get("review_band"), rule.get("retake") or {}
     checks = ["is unreadable"] + [c for c, on in (
-        ("fails the camera check (brightness, contrast or sharpness outside the training range)", gate.get("camera")),
+        ("fails the camera check (brightness, contrast or sharpness outside the range the model was validated "
+         "under)", gate.get("camera")),
         ("scores above the out-of-distribution limit", gate.get("ood"))) if on]
     retake = f"RETAKE when the photo {', '.join(checks[:-1]) + ' or ' if len(checks) > 1 else ''}{checks[-1]}; otherwise "
+    warn = (" A photo outside the training photos' camera range is judged with a camera warning."
+            if (rule.get("warn") or {}).get("camera") else "")
     if band:
         lo, hi = min(t, band["low"]), max(t, band["high"])
         return (f"{retake}PASS when the defect probability is below {lo:.4f}, REJECT at or above {hi:.4f}, "
-                f"REVIEW in between.")
-    return f"{retake}PASS when the defect probability is below {t:.4f}, REJECT at or above it (no review band)."
+                f"REVIEW in between.{warn}")
+    return f"{retake}PASS when the defect probability is below {t:.4f}, REJECT at or above it (no review band).{warn}"

@@ -116,19 +116,26 @@ def robustness(results: dict[str, dict], y: np.ndarray, rule: dict, r, confidenc
     return rows
 
 
-def val_conditions(model, paths: Sequence[str], e, size: int, chunk: int | None = None) -> dict[str, np.ndarray]:
+def val_conditions(model, paths: Sequence[str], e, size: int, chunk: int | None = None,
+                   stats: dict | None = None) -> dict[str, np.ndarray]:
     """The probabilities of the validation photos (read ``chunk`` at a time), clean and under every gated
-    perturbation: {name: probabilities}."""
+    perturbation: {name: probabilities}. ``stats``, a dict, receives each condition's camera feature table."""
     from inspection.data.images import resize
+    from inspection.data.imagestats import feature_table
 
     r = e.robustness
     changes = {name: perturbation(kind, value, r.seed) for name, kind, value, _ in battery(r, gated_only=True)}
     probs: dict[str, list] = {name: [] for name in changes}
+    tables: dict[str, list] = {name: [] for name in changes}
     for start, photos in photo_chunks(paths, f"evaluate: validation photos x {len(changes)} conditions", chunk):
         for name, change in changes.items():
             small = np.stack([resize(img if change is None else change(start + i, img), size)
                               for i, img in enumerate(photos)])
             probs[name].append(predict(model, small))
+            tables[name].append(feature_table(small))
+    if stats is not None:
+        stats.update({name: {k: np.concatenate([t[k] for t in parts]) for k in parts[0]}
+                      for name, parts in tables.items()})
     return {name: np.concatenate(p) for name, p in probs.items()}
 
 

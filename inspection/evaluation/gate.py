@@ -24,17 +24,21 @@ class Gate:
     """What fitting the gate measured on train/val/test (probabilities are the CNN's defect probability)."""
     probs: dict[str, np.ndarray]
     drift_reference: dict
-    camera: dict[str, dict[str, float]]
+    camera: dict[str, dict[str, float]]      # the RETAKE range
+    warn_camera: dict[str, dict[str, float]] | None   # the training range (a camera warning), when it differs
     gate: dict
     calibration: dict
     val_scores: np.ndarray
 
 
-def fit_gate(model, prob_model, data: dict, e) -> Gate:
+def fit_gate(model, prob_model, data: dict, e, validated: dict | None = None) -> Gate:
     """Stream train (features, camera statistics), val (probability, features, statistics) and test
     (probability); fit the OOD gate on train and calibrate its limit on val. ``prob_model`` computes the
-    probability (the CNN with the deployed test-time views), ``model`` the pooled features (identity view)."""
-    from inspection.data.imagestats import drift_reference, feature_table
+    probability (the CNN with the deployed test-time views), ``model`` the pooled features (identity view).
+    ``validated``: the camera feature tables of the validation photos under each gated perturbation; with
+    evaluate.retake.camera_range: validated, the RETAKE range is the training range joined with theirs
+    (``imagestats.validated_range``) and the training range becomes a warning."""
+    from inspection.data.imagestats import drift_reference, feature_table, validated_range
     from inspection.model.ood import calibrate_limit, distances, feature_extractor, fit
 
     extractor = feature_extractor(model)
@@ -52,12 +56,16 @@ def fit_gate(model, prob_model, data: dict, e) -> Gate:
     drift_ref = drift_reference(None, e.drift_margin, table=train["stats"])
     gate = fit(train["features"])
     val_scores = distances(val["features"], gate)
-    camera = {k: {"min": v["min"], "max": v["max"]} for k, v in drift_ref["features"].items()}
+    training = {k: {"min": v["min"], "max": v["max"]} for k, v in drift_ref["features"].items()}
+    camera, warn = training, None
+    if e.retake.camera_range == "validated" and validated:
+        camera, warn = validated_range(drift_ref, validated), training
+        drift_ref["validated"] = {"range": camera, "conditions": sorted(validated)}
     val_camera = np.array([bool(e.retake.camera_check and camera_reasons({k: val["stats"][k][i] for k in camera}, camera))
                            for i in range(len(val_scores))], bool)
     gate["limit"], calibration = calibrate_limit(val_scores, val_camera, e.retake.max_share, e.bootstrap.confidence)
     _print_calibration(gate["limit"], calibration, e.retake.max_share)
-    return Gate(probs, drift_ref, camera, gate, calibration, val_scores)
+    return Gate(probs, drift_ref, camera, warn, gate, calibration, val_scores)
 
 
 def _print_calibration(limit: float, c: dict, budget: float) -> None:

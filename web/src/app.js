@@ -281,8 +281,10 @@ function updateSummary() {
   const counts = Object.fromEntries(ROUTES.map((r) => [r, 0]));
   for (const r of rows) counts[r.route] += 1;
   const action = NOT_PASSED.reduce((s, r) => s + counts[r], 0);
+  const warned = rows.filter((r) => (r.reason || '').includes('camera warning:')).length;
   $('summary').textContent = `${rows.length} part${rows.length === 1 ? '' : 's'} · ` +
-    ROUTES.map((r) => `${r} ${counts[r]}`).join(' · ') + ` · ${action} need${action === 1 ? 's' : ''} action`;
+    ROUTES.map((r) => `${r} ${counts[r]}`).join(' · ') + ` · ${action} need${action === 1 ? 's' : ''} action` +
+    (warned ? ` · camera warning on ${warned}: the lighting or focus has drifted, check the lamp and the focus` : '');
   const fixes = rows.filter((r) => r.correction).length;
   $('corrections').textContent = `Download corrections (${fixes})`;
   $('corrections').disabled = fixes === 0;

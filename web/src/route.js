@@ -84,11 +84,21 @@ export function retakeReasons(stats, oodScore, gate) {
   return reasons.filter((r) => r);
 }
 
+/** '' or the camera warning of a photo outside the training range (rule ``warn.camera``). */
+export function warning(stats, rule) {
+  const camera = (rule.warn || {}).camera;
+  const found = camera ? cameraReasons(stats, camera) : [];
+  return found.length ? `camera warning: ${found.join(', ')}; the camera has drifted from the training photos, ` +
+    'check the lamp and the focus' : '';
+}
+
 /** The whole decision from metadata.json's ``route`` block for a readable photo -> [route, reason]. */
 export function decide(probability, stats, oodScore, rule) {
   const band = rule.review_band;
-  return route(probability, rule.threshold, band ? [band.low, band.high] : null,
+  const [route_, reason] = route(probability, rule.threshold, band ? [band.low, band.high] : null,
     retakeReasons(stats, oodScore, rule.retake || {}));
+  const warn = route_ === 'RETAKE' ? '' : warning(stats, rule);
+  return [route_, warn ? `${reason}; ${warn}` : reason];
 }
 
 /** One CSV row as strings (empty cells where a value does not exist, e.g. unreadable files). */
