@@ -99,3 +99,72 @@ def test_perspective_tilt_keeps_the_centre_and_foreshortens_one_side():
     mass_top = (w[:, :16, :, 0] > 50).sum(axis=(1, 2))
     mass_bottom = (w[:, -16:, :, 0] > 50).sum(axis=(1, 2))
     assert (mass_top != mass_bottom).any()
+
+
+def _views(x):
+    """The 8 symmetries of the square, in numpy (rotations by 0/90/180/270 degrees and their mirror images)."""
+    rotations = [np.rot90(x, k, axes=(1, 2)) for k in range(4)]
+    return rotations + [r[:, :, ::-1] for r in rotations]
+
+
+def test_d4_views_average_the_logits_and_make_the_probability_pose_invariant(tmp_path):
+    """inspection/model/tta.py: the graph's probability is the sigmoid of the mean logit of the 8 views (checked
+    against numpy), identical for any of the 8 poses of a photo, and it survives saving (custom layers)."""
+    from inspection.model.tta import probability_model
+
+    keras.utils.set_random_seed(0)
+    model = build("compact", 32, "per_image")
+    x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 1)).astype(np.float32)
+    tta = probability_model(model, "d4")
+
+    def logit(p):
+        p = np.clip(p, 1e-7, 1 - 1e-7)
+        return np.log(p / (1 - p))
+
+    expected = 1 / (1 + np.exp(-np.mean([logit(model.predict(v, verbose=0)) for v in _views(x)], axis=0)))
+    got = tta.predict(x, verbose=0)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    for v in _views(x)[1:]:
+        np.testing.assert_allclose(tta.predict(np.ascontiguousarray(v), verbose=0), got, atol=1e-6)
+    single = model.predict(_views(x)[1], verbose=0)
+    assert np.abs(single - model.predict(x, verbose=0)).max() > 1e-4   # the CNN alone is not invariant
+    tta.save(tmp_path / "tta.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "tta.keras").predict(x, verbose=0), got, atol=1e-6)
+    assert probability_model(model, "none") is model
+
+
+def test_serving_model_with_views_keeps_the_identity_view_ood_score():
+    from inspection.model.ood import FEATURE_LAYER, feature_extractor, fit, distances, predict_both, serving_model
+
+    keras.utils.set_random_seed(1)
+    model = build("compact", 32, "per_image")
+    x = np.random.default_rng(1).integers(0, 256, (6, 32, 32)).astype(np.uint8)
+    feats = feature_extractor(model).predict(x[..., None].astype(np.float32), verbose=0)
+    gate = fit(np.concatenate([feats, feats + 0.01]))
+    p1, o1 = predict_both(serving_model(model, gate, "none"), x)
+    p8, o8 = predict_both(serving_model(model, gate, "d4"), x)
+    np.testing.assert_allclose(o8, o1, rtol=1e-5)                     # the OOD score: the identity view's
+    np.testing.assert_allclose(o1, distances(feats, gate), rtol=1e-4)
+    assert np.abs(p8 - p1).max() > 1e-5 and model.get_layer(FEATURE_LAYER) is not None
+
+
+def test_precise_batchnorm_sets_the_statistics_from_the_current_weights():
+    """recalibrate_batchnorm: the first BatchNorm layer's moving mean becomes the mean of its inputs over the
+    calibration images (momentum restored afterwards); settled() flags a run that still swings at its end."""
+    from inspection.model.training import batchnorm_layers, recalibrate_batchnorm, settled
+
+    keras.utils.set_random_seed(2)
+    model = build("compact", 32, "per_image")
+    bn = batchnorm_layers(model)
+    assert len(bn) == 6 and all(layer.momentum == 0.9 for layer in bn)
+    x = np.random.default_rng(2).integers(0, 256, (128, 32, 32, 1)).astype(np.float32)
+    before = bn[0].moving_mean.numpy().copy()
+    recalibrate_batchnorm(model, x, batch=32)
+    conv = keras.Model(model.inputs, bn[0].input)
+    inputs = conv.predict(x, verbose=0)
+    np.testing.assert_allclose(bn[0].moving_mean.numpy(), inputs.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(before, bn[0].moving_mean.numpy())
+    assert all(layer.momentum == 0.9 for layer in bn)
+    assert settled([2.0, 0.5, 0.12, 0.1, 0.11], 3, 2.0)
+    assert not settled([2.0, 0.5, 0.12, 0.1, 1.4], 3, 2.0)      # a swing at the end
+    assert not settled([0.5, 0.4], 3, 2.0)                      # too short to tell

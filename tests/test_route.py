@@ -45,3 +45,20 @@ def test_csv_cells_never_start_a_formula():
     assert [csv_safe(v) for v in ("+1x", "-x", "@a", "\tz", "-0.5", "12", "ok")] == ["'+1x", "'-x", "'@a", "'\tz", "-0.5", "12", "ok"]
     row = csv_row("=evil.jpg", "RETAKE", "unreadable: empty file", None, 0.5, None, None, [], "v1", "t")
     assert row["file"] == "'=evil.jpg" and row["defect_probability"] == ""
+
+
+def test_make_rule_splits_retake_and_camera_warning():
+    """The RETAKE range is what the model was validated under; the training range only warns."""
+    from inspection.decision.route import decide, make_rule
+
+    validated = {"brightness": {"min": 60.0, "max": 200.0}}
+    training = {"brightness": {"min": 90.0, "max": 160.0}}
+    rule = make_rule(0.3, (0.1, 0.8), validated, 20.0, "m", training)
+    assert rule["warn"] == {"camera": training} and "camera warning" in rule["rule"]
+    inside = decide(0.05, {"brightness": 120.0}, 1.0, rule)
+    drifted = decide(0.05, {"brightness": 180.0}, 1.0, rule)
+    outside = decide(0.05, {"brightness": 210.0}, 1.0, rule)
+    assert inside == ("PASS", "defect probability below 0.1000")
+    assert drifted[0] == "PASS" and drifted[1].startswith("defect probability below 0.1000; camera warning: brightness high")
+    assert outside[0] == "RETAKE" and "camera warning" not in outside[1]
+    assert make_rule(0.3, None, validated, 20.0)["warn"] is None

@@ -65,7 +65,10 @@ def statuses() -> dict[str, str]:
 
 
 def wait(names: list[str], jobs: int) -> None:
-    run(["dvc", "queue", "start", "--jobs", str(jobs)])
+    # not waited for: the workers it starts inherit its output and run until the queue is empty; progress comes
+    # from polling `dvc queue status`
+    subprocess.Popen(["dvc", "queue", "start", "--jobs", str(jobs)], cwd=ROOT, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True)
     seen: dict[str, str] = {}
     t0 = time.time()
     while True:

@@ -1,0 +1,77 @@
+"""tools/seeds.py: reading an experiment's outputs (git-tracked and DVC-cached) and the seed table."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+import seeds  # noqa: E402
+
+
+def decision(ready: bool, missed: int, review: float) -> dict:
+    def target(key, k, n, high, passed=True):
+        return {"key": key, "k": k, "n": n, "rate": k / n if n else review, "high": high, "bound": high,
+                "passed": passed}
+    return {"ready": ready, "threshold": 0.1, "review_band": {"low": 0.1, "high": 0.7},
+            "targets": [target("missed", missed, 563, 0.0065 + missed / 563), target("false_rejects", 0, 432, 0.0085),
+                        {**target("review", 0, 0, review + 0.02, ready), "rate": review},
+                        target("retake", 2, 995, 0.0072)]}
+
+
+def commit_experiment(root: Path, seed: int) -> str:
+    """A commit like a DVC experiment's: decision.json in git, the run file and metrics in the DVC cache."""
+    (root / "reports").mkdir(exist_ok=True)
+    (root / "reports/decision.json").write_text(json.dumps(decision(seed != 1, seed, 0.02 + 0.01 * seed)))
+    outs = {}
+    for path, doc in (("models/mlflow_run.json", {"epochs_run": 14, "best_val_loss": 0.03 + seed / 100,
+                                                  "settled": True}),
+                      ("reports/metrics.json", {"val": {"roc_auc": 0.999}, "test": {"roc_auc": 0.998 - seed / 1000}})):
+        md5 = f"{seed:02d}{abs(hash(path)) % 10**30:030d}"
+        cached = root / ".dvc/cache/files/md5" / md5[:2] / md5[2:]
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(doc))
+        outs[path] = md5
+    lock = {"schema": "2.0", "stages": {"train": {"outs": [{"path": "models/mlflow_run.json",
+                                                              "md5": outs["models/mlflow_run.json"]}]},
+                                        "evaluate": {"outs": [{"path": "reports/metrics.json",
+                                                               "md5": outs["reports/metrics.json"]}]}}}
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+    for cmd in (["git", "add", "dvc.lock", "reports/decision.json"],
+                ["git", "-c", "user.email=t@example.com", "-c", "user.name=t", "commit", "-qm", f"seed {seed}"]):
+        subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    subprocess.run(["git", "update-ref", f"refs/exps/ab/cdef/seeds-{seed}", sha], cwd=root, check=True)
+    return sha
+
+
+def test_seed_table_from_experiment_commits(tmp_path, monkeypatch):
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    revs = [commit_experiment(tmp_path, s) for s in range(3)]
+    monkeypatch.setattr(seeds, "ROOT", tmp_path)
+    monkeypatch.setattr(seeds, "OUT_JSON", tmp_path / "reports/seeds.json")
+    monkeypatch.setattr(seeds, "OUT_MD", tmp_path / "reports/seeds.md")
+    assert seeds.exp_revs() == {f"seeds-{s}": revs[s] for s in range(3)}
+    assert seeds.main(["--seeds", "3", "--collect-only"]) == 0
+    doc = json.loads((tmp_path / "reports/seeds.json").read_text())
+    rows = doc["rows"]
+    assert [r["seed"] for r in rows] == [0, 1, 2] and [r["ready"] for r in rows] == [True, False, True]
+    assert [r["missed"] for r in rows] == [0, 1, 2] and rows[1]["failed_targets"] == ["review"]
+    assert rows[2]["test_auc"] == 0.996 and rows[0]["band"] == "[0.100, 0.700)"
+    s = doc["summary"]
+    assert s["ready"] == 2 and s["review_share"] == {"median": 0.03, "min": 0.02, "max": 0.04}
+    md = (tmp_path / "reports/seeds.md").read_text()
+    assert md.count("\n| ") == 6 and "ready: 2 of 3 seeds" in md      # header, 3 seeds, median, min, max
+
+
+def test_missing_experiment_is_one_line(tmp_path, monkeypatch):
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    monkeypatch.setattr(seeds, "ROOT", tmp_path)
+    try:
+        seeds.main(["--seeds", "2", "--collect-only"])
+    except SystemExit as exc:
+        assert str(exc) == "error: no experiment for seed(s) [0, 1]; run without --collect-only"
+    else:
+        raise AssertionError("no error for missing experiments")
