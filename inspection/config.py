@@ -277,15 +277,40 @@ def _format(err: ValidationError, source: Path) -> str:
     return f"{source}: {key}: {msg}{more}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's last-key-wins would hide a second `train:` block (or a key given twice): refuse duplicates."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                                "keep one", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(source: Path) -> dict:
+    """A YAML file as a dict, refusing duplicate keys; a syntax error keeps its line and column."""
+    try:
+        return yaml.load(source.read_text(), Loader=_UniqueKeyLoader) or {}
+    except yaml.constructor.ConstructorError as exc:
+        raise UserError(f"{source}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserError(f"{source} is not valid YAML{where} ({getattr(exc, 'problem', None) or str(exc).splitlines()[0]}); "
+                        "fix the syntax") from None
+
+
 def load_params(path: Path | str | None = None) -> Params:
     """Read and validate the whole params file (all sections, so a typo anywhere fails fast)."""
     source = Path(path) if path is not None else PARAMS_FILE
     if not source.exists():
         raise UserError(f"{source} not found: run the stage from the repository root (where dvc.yaml is)")
-    try:
-        raw = yaml.safe_load(source.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{source} is not valid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
+    raw = read_yaml(source)
     try:
         return Params.model_validate(raw)
     except ValidationError as exc:

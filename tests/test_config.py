@@ -73,3 +73,32 @@ def test_the_schema_carries_no_second_set_of_defaults():
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, f"{prefix}{name}.")
     walk(config.Params, "")
+
+
+def test_duplicate_keys_name_the_key_and_both_lines(tmp_path):
+    """A second `train:` block appended: YAML's last-key-wins would hide it; the loader names it."""
+    from inspection.config import load_params
+    from inspection.errors import UserError
+
+    text = (REPO / "params.yaml").read_text()
+    first = next(i for i, line in enumerate(text.splitlines()) if line.startswith("train:")) + 1
+    bad = tmp_path / "params.yaml"
+    bad.write_text(text + "train:\n  seed: 3\n")
+    with pytest.raises(UserError) as err:
+        load_params(bad)
+    last = len(text.splitlines()) + 1
+    assert str(err.value) == f"{bad}: duplicate key 'train' (lines {first} and {last}); keep one"
+    nested = tmp_path / "nested.yaml"
+    nested.write_text(text.replace("  seed: 0\n", "  seed: 0\n  seed: 1\n", 1))
+    with pytest.raises(UserError, match=r"duplicate key 'seed' \(lines \d+ and \d+\)"):
+        load_params(nested)
+
+
+def test_yaml_syntax_errors_keep_line_and_column(tmp_path):
+    from inspection.config import load_params
+    from inspection.errors import UserError
+
+    bad = tmp_path / "params.yaml"
+    bad.write_text("data:\n  source: [auto\n")
+    with pytest.raises(UserError, match=r"is not valid YAML at line \d+, column \d+"):
+        load_params(bad)
