@@ -19,7 +19,7 @@ from inspection.fsutil import read_csv, read_json, staged_outputs
 from inspection.artifacts import (DATA_REPORT, DECISION, EVAL, HISTORY, METADATA, METRICS, MODEL, PDF, PROMOTION,
                                   REPORT, RUN_FILE)
 from inspection.report.cases import case_images, pick_cases, promotion_section, with_routes
-from inspection.report.figures import curve_figures, training_figure
+from inspection.report.figures import band_figure, curve_figures, training_figure
 from inspection.report.numbers import derive, training_sentence
 from inspection.report.page import print_pdf, render, versions
 from inspection.report.trend import trend
@@ -51,6 +51,8 @@ def collect(params) -> dict:
     figures = curve_figures(y, p, threshold, (band["low"], band["high"]) if band else None, (pos, neg))
     history = read_csv(HISTORY)
     figures["training"] = training_figure(history, int(run["best_epoch"]))
+    if metrics.get("band_choice") and metrics["band_choice"]["curve"]:
+        figures["band"] = band_figure(metrics["band_choice"], r.targets.max_missed_rate)
 
     ood = metrics.get("ood") or {}
     cases = pick_cases(test_rows, threshold, r)
@@ -68,7 +70,8 @@ def collect(params) -> dict:
         ood=ood, trend=trend_, promotion=promotion, history_rows=len(history), params=params, meta=meta,
         commit=commit, dirty=commit.endswith("-dirty"),
         training_note=training_sentence(int(run.get("epochs_run") or len(history)), int(run["best_epoch"]),
-                                        t.max_epochs),
+                                        t.max_epochs, run.get("settled")),
+        band_choice=metrics.get("band_choice"),
         identity={"git commit": commit, "dataset sha256": dataset_sha256(),
                   "model version": meta.get("version", "not exported yet"),
                   "MLflow run": f"{run['run_id']} (experiment {run['experiment']}, {run['tracking_uri']})",

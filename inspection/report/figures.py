@@ -129,3 +129,24 @@ def trend_figure(rows: list[dict]) -> str:
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=7)
     return _png(fig)
+
+
+def band_figure(choice: dict, target: float) -> str:
+    """The review band's trade-off on validation (metrics.json band_choice): the share of parts sent to REVIEW at
+    the line's defect rate against the guaranteed (exact upper bound) missed-defect rate, one point per low edge
+    of the band, with the chosen point and the target."""
+    curve = choice["curve"]
+    fig, ax = _figure(6.0, 3.6)
+    ax.plot([100 * c["missed_bound"] for c in curve], [100 * c["review_share"] for c in curve], "o-", ms=3,
+            label="candidate low edges (high edge fixed)")
+    v = choice["validation"]
+    chosen_bound = next((c["missed_bound"] for c in reversed(curve) if c["low"] <= choice["low"]), None)
+    if chosen_bound is not None:
+        ax.plot([100 * chosen_bound], [100 * v["review_share_at_line_rate"]], "s", color="black", ms=8,
+                label=f"chosen: low {choice['low']:.4f}")
+    ax.axvline(100 * target, color="tab:red", ls="--", lw=1, label=f"target {100 * target:.1f} %")
+    ax.set(xlabel="missed defects, guaranteed (exact upper bound, %)", ylabel="parts to REVIEW (%)",
+           title="Review band: cost against guarantee (validation)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)

@@ -137,13 +137,16 @@ def derive(metrics: dict, params, robustness_csv: list[dict], decision: dict | N
             "zero_events_bound": best, "flat": flat}
 
 
-def training_sentence(epochs_run: int, best_epoch: int, max_epochs: int) -> str:
-    """What early stopping did, in words ("kept epoch N (the epoch limit)" when it never fired)."""
+def training_sentence(epochs_run: int, best_epoch: int, max_epochs: int, settled: bool | None = None) -> str:
+    """What early stopping did, in words ("kept epoch N (the epoch limit)" when it never fired); a run that did
+    not settle (models/mlflow_run.json ``settled``) says so first."""
+    warn = ("WARNING: training did not settle: one of the last validation losses is far above the lowest (see "
+            "the curves below); do not ship this model without looking at them. " if settled is False else "")
     if epochs_run < max_epochs:
-        return (f"Early stopping ended training after {epochs_run} of {max_epochs} epochs and kept epoch {best_epoch} "
-                f"(lowest validation loss).")
+        return warn + (f"Early stopping ended training after {epochs_run} of {max_epochs} epochs and kept epoch "
+                       f"{best_epoch} (lowest validation loss).")
     if best_epoch == epochs_run:
-        return (f"Early stopping never fired: training ran all {max_epochs} epochs and kept epoch {best_epoch} "
-                f"(the epoch limit); validation loss was still falling, so more epochs may help.")
-    return (f"Training ran to the epoch limit ({max_epochs}) and kept epoch {best_epoch} (lowest validation loss); "
-            f"early stopping had not fired yet.")
+        return warn + (f"Early stopping never fired: training ran all {max_epochs} epochs and kept epoch {best_epoch} "
+                       f"(the epoch limit); validation loss was still falling, so more epochs may help.")
+    return warn + (f"Training ran to the epoch limit ({max_epochs}) and kept epoch {best_epoch} (lowest validation "
+                   f"loss); early stopping had not fired yet.")
