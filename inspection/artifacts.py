@@ -55,6 +55,8 @@ def stage_name() -> str | None:
 # sources
 EXTRA_HASHES = Path("data/extra.json")      # content hashes of data.extra (re-runs download when they change)
 GOLDEN_HASH = Path("data/golden.json")      # content hash of promote.golden
+SOURCE_HASH = Path("data/source.json")      # content hash of the main source (data.local.path, or the Kaggle cache)
+FINGERPRINT_CACHE = Path("data/sources.cache.json")   # per-file content hashes by size + mtime (not a DVC output)
 # download
 RAW = Path("data/raw")                      # <class>/<file> images, SOURCE.json, ORIGINS.csv
 TEST_SUBFOLDER = "source-test"              # data/raw/source-test/<class>/...: a source's own test folder

@@ -13,7 +13,7 @@ from inspection.runner.cli import cli
 from inspection.data.extras import copy_extras
 from inspection.fsutil import staged_outputs, write_json
 from inspection.artifacts import resolve_user_path
-from inspection.data.acquire import extract_zip, kaggle_download, resolve_source
+from inspection.data.acquire import extract_zip, kaggle_download, named_as, resolve_source
 from inspection.artifacts import RAW
 from inspection.data.acquire import copy_tree, write_synthetic
 
@@ -55,7 +55,8 @@ def main() -> None:
             write_synthetic(data, root)
             info.update(per_class=data.synthetic.per_class, size=data.synthetic.size, seed=data.synthetic.seed)
             archive_sha = None
-        copied = copy_tree(data, root, out, quarantined)
+        with named_as(root, str(data.local.path) if source == "local" else str(root)):
+            copied = copy_tree(data, root, out, quarantined)
         for q in quarantined:
             q.setdefault("label", next(filter(None, map(data.class_of, Path(q["path"]).parts)), ""))
             print(f"download: quarantined {q['path']}: {q['reason']}")

@@ -205,6 +205,18 @@ def test_params_not_yaml_and_missing(tmp_path):
     record("params.yaml missing (wrong folder)", stage(root, "train"), 2, "params.yaml not found")
 
 
+def test_duplicate_key_in_params(tmp_path):
+    """A second `train:` block appended: YAML's last-key-wins would hide it; one line names the key and lines."""
+    root = project(tmp_path)
+    text = (root / "params.yaml").read_text()
+    (root / "params.yaml").write_text(text + "train:\n  seed: 3\n")
+    first = next(i for i, line in enumerate(text.splitlines()) if line.startswith("train:")) + 1
+    run = stage(root, "download")
+    record("params.yaml with a duplicate key", run, 2,
+           ("duplicate key 'train'", f"lines {first} and {len(text.splitlines()) + 1}"))
+    assert not (root / "data").exists()
+
+
 # ---- sources and archives ----------------------------------------------------------------------------------
 
 def _zip_with_corrupt_member(src: Path, dest: Path) -> str:
@@ -245,6 +257,36 @@ def test_not_a_zip_and_checksum(tmp_path):
     record("zip sha256 does not match", stage(root, "download"), 2, "does not match data.local.sha256")
     root = project(tmp_path, "r", **{"data.source": "local", "data.local.path": str(tmp_path / "nowhere")})
     record("data.local.path does not exist", stage(root, "download"), 2, "does not exist")
+
+
+def test_nested_zip_names_the_archives_not_a_temporary_folder(tmp_path):
+    """A zip inside the source zip: one line naming inner.zip inside outer.zip, never the temporary folder it
+    would be extracted to; nothing published."""
+    make_class_tree(tmp_path / "src", {"defect": "defect", "ok": "ok"}, n=3)
+    inner = tmp_path / "inner.zip"
+    with zipfile.ZipFile(inner, "w") as zf:
+        for f in sorted((tmp_path / "src").rglob("*.jpeg")):
+            zf.write(f, f.relative_to(tmp_path / "src").as_posix())
+    outer = tmp_path / "outer.zip"
+    with zipfile.ZipFile(outer, "w") as zf:
+        zf.write(inner, "inner.zip")
+    root = project(tmp_path, **{"data.source": "local", "data.local.path": str(outer)})
+    run = stage(root, "download")
+    record("a zip inside the source zip", run, 2,
+           "inner.zip inside outer.zip: nested archives are not read; extract it or list it in data.extra")
+    assert "download-" not in run.last and not (root / "data/raw").exists() and not partials(root)
+
+
+def test_unmapped_folder_in_a_zip_names_the_zip(tmp_path):
+    make_class_tree(tmp_path / "src", {"defect": "defect", "ok": "ok", "misc": "misc"}, n=2)
+    archive = tmp_path / "parts.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted((tmp_path / "src").rglob("*.jpeg")):
+            zf.write(f, f.relative_to(tmp_path / "src").as_posix())
+    root = project(tmp_path, **{"data.source": "local", "data.local.path": str(archive)})
+    run = stage(root, "download")
+    record("a folder in the zip that is no class", run, 2, (f"folder {archive}/misc does not map to a class",))
+    assert "/tmp/download-" not in run.last
 
 
 def test_non_utf8_file_name_is_quarantined(tmp_path):

@@ -151,7 +151,8 @@ def test_retrain_loop(tmp_path):
 
 
 def test_extra_sources_are_fingerprinted_by_content(tmp_path):
-    from inspection.data.extras import class_folders, fingerprint
+    from inspection.data.extras import class_folders
+    from inspection.data.fingerprint import fingerprint
 
     folder = tmp_path / "corrections"
     write_part(folder / "defect" / "a.png", seed=1, defects=1)

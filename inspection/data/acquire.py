@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+from contextlib import contextmanager
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,16 @@ from inspection.artifacts import TEST_SUBFOLDER
 
 
 SPLIT_FOLDER_NAMES = {"train", "test"}
+ARCHIVES = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"}   # nested archives are not read
+
+
+@contextmanager
+def named_as(extracted: Path, shown: str):
+    """Messages name what the user gave (the archive), never the temporary folder it was extracted to."""
+    try:
+        yield
+    except UserError as exc:
+        raise UserError(str(exc).replace(str(extracted), shown)) from None
 
 
 @dataclass
@@ -89,6 +100,11 @@ def extract_zip(zip_path: Path, dest: Path, expected_sha256: str | None, quarant
                         "the archive, or extract it and point data.local.path at the folder") from None
     with zf:
         members = [m for m in zf.infolist() if not m.is_dir()]
+        nested = [m.filename for m in members if Path(m.filename).suffix.lower() in ARCHIVES
+                  and not any(part.startswith(".") or part == "__MACOSX" for part in Path(m.filename).parts)]
+        if nested:
+            raise UserError(f"{nested[0]} inside {zip_path.name}: nested archives are not read; extract it or list "
+                            "it in data.extra")
         for m in tqdm(members, desc=f"extract {zip_path.name}", unit="file", mininterval=1):
             target = (dest / m.filename).resolve()
             if not target.is_relative_to(dest.resolve()):

@@ -1,4 +1,4 @@
-"""Further image sources (data.extra) merged with data.source, and the `sources` stage that fingerprints them.
+"""Further image sources (data.extra), merged with data.source by the download stage.
 
 data.extra is a list of folders or zips in the one-folder-per-class layout (class folder names as in
 data.classes), e.g. the inspector page's corrections-<timestamp>.zip (<class>/<file> + corrections.json; any
@@ -8,9 +8,9 @@ duplicates across all sources alike; data/raw/ORIGINS.csv records which source e
 the split manifest's `origin` column carries it (the main source's files have origin = data.source).
 
 The extra folders live outside the repository (and may be absent on another machine), so DVC cannot hash them
-as dependencies: `python -m stages.sources` (the `sources` stage, always run) writes their content hashes to
-data/extra.json, a dependency of download, so DVC re-runs download only when their content changes. It also
-fingerprints promote.golden into data/golden.json for the promote stage.
+as dependencies: the `sources` stage (always run) writes their content fingerprints
+(inspection/data/fingerprint.py) to data/extra.json, a dependency of download, so DVC re-runs download only
+when their content changes.
 """
 from __future__ import annotations
 
@@ -27,25 +27,6 @@ from inspection.artifacts import EXTRA_SUBFOLDER, ORIGINS
 def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()
                   and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(folder).parts))
-
-
-def fingerprint(spec: str | None) -> dict | None:
-    """{"path" (as in params), "kind": zip | folder | missing, "sha256", "files"} of one source (None for None)."""
-    if spec is None:
-        return None
-    from inspection.artifacts import resolve_user_path
-
-    path = resolve_user_path(spec)
-    if path.is_file():
-        return {"path": spec, "kind": "zip" if path.suffix.lower() == ".zip" else "file", "sha256": sha256_file(path),
-                "files": 1}
-    if path.is_dir():
-        h = hashlib.sha256()
-        files = _files(path)
-        for f in files:
-            h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
-        return {"path": spec, "kind": "folder", "sha256": h.hexdigest(), "files": len(files)}
-    return {"path": spec, "kind": "missing", "sha256": None, "files": 0}
 
 
 def class_folders(root: Path, data) -> dict[str, list[Path]]:
@@ -70,7 +51,7 @@ def copy_extras(data, out: Path, tmp: Path, info: dict) -> None:
     ORIGINS.csv, and record them in ``info`` (SOURCE.json): "extra", updated "counts" and "dataset_sha256"
     (the main source's hash combined with the extras')."""
     from inspection.artifacts import resolve_user_path
-    from inspection.data.acquire import extract_zip
+    from inspection.data.acquire import extract_zip, named_as
     from inspection.data.images import iter_image_files
 
     if not data.extra:
@@ -96,7 +77,9 @@ def copy_extras(data, out: Path, tmp: Path, info: dict) -> None:
         slug = f"{i}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', path.stem)[:60]}"
         counts: dict[str, int] = {}
         tree = hashlib.sha256()
-        for cls, dirs in sorted(class_folders(root, data).items()):
+        with named_as(root, spec):
+            folders = class_folders(root, data)
+        for cls, dirs in sorted(folders.items()):
             for d in dirs:
                 for f in iter_image_files(d):
                     rel = Path(cls) / EXTRA_SUBFOLDER / slug / f.relative_to(d)

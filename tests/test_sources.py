@@ -1,0 +1,103 @@
+"""The sources stage sees every change of a source outside the repository, and nothing else: a photo added,
+removed or replaced in a local folder, a local zip or an extra folder re-runs download; touching nothing (or
+only a file's mtime) keeps `dvc repro` a no-op. Per-file hashes come from the cache when size and mtime agree."""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import yaml
+
+from conftest import copy_repo, sh, write_part
+
+
+def test_fingerprint_cache_reads_only_changed_files(tmp_path):
+    from inspection.data.fingerprint import HashCache, fingerprint
+
+    folder = tmp_path / "photos"
+    for i in range(5):
+        write_part(folder / "ok" / f"{i}.png", seed=i, defects=0, size=32)
+    (folder / ".hidden").write_text("skipped")
+    cache_file = tmp_path / "cache.json"
+    cache = HashCache(cache_file)
+    first = fingerprint(str(folder), cache)
+    cache.save()
+    assert first["files"] == 5 and (cache.misses, cache.hits) == (5, 0)
+    again = HashCache(cache_file)
+    assert fingerprint(str(folder), again) == first and (again.misses, again.hits) == (0, 5)
+    os.utime(folder / "ok" / "0.png", ns=(1, 1))             # touched, same content: re-read, same fingerprint
+    touched = HashCache(cache_file)
+    assert fingerprint(str(folder), touched) == first and touched.misses == 1
+    write_part(folder / "ok" / "0.png", seed=99, defects=0, size=32)   # replaced
+    assert fingerprint(str(folder), HashCache(cache_file))["sha256"] != first["sha256"]
+    cache_file.write_text("not json")                         # a damaged cache only costs a re-hash
+    assert fingerprint(str(folder), HashCache(cache_file))["files"] == 5
+
+
+def _repo(tmp_path: Path, source: Path, extra: Path) -> Path:
+    root = copy_repo(tmp_path / "repo")
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    p["data"].update(source="local", extra=[str(extra)])
+    p["data"]["local"]["path"] = str(source)
+    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "sources"]):
+        sh(cmd, root)
+    return root
+
+
+def _classes(folder: Path, n: int, seed: int) -> None:
+    for cls, defects in (("def_front", 1), ("ok_front", 0)):
+        for i in range(n):
+            write_part(folder / cls / f"{cls}_{i}.png", seed=seed + 10 * i + defects, defects=defects, size=48)
+
+
+def _download_ran(root: Path) -> bool:
+    out = sh(["dvc", "repro", "download"], root).stdout
+    return "Running stage 'download'" in out
+
+
+def _counts(root: Path) -> dict:
+    return json.loads((root / "data/raw/SOURCE.json").read_text())["counts"]
+
+
+def test_a_changed_photo_reruns_download_and_nothing_else_does(tmp_path):
+    source, extra = tmp_path / "line", tmp_path / "extra"
+    _classes(source, 4, 0)
+    write_part(extra / "defect" / "x.png", seed=500, defects=1, size=48)
+    root = _repo(tmp_path, source, extra)
+    assert _download_ran(root) and _counts(root) == {"defect": 5, "ok": 4}   # + the extra photo
+    assert not _download_ran(root)                                        # nothing changed: a no-op
+    os.utime(source / "ok_front" / "ok_front_0.png")                      # touched only
+    assert not _download_ran(root)
+    write_part(source / "def_front" / "new.png", seed=77, defects=1, size=48)   # added
+    assert _download_ran(root) and _counts(root) == {"defect": 6, "ok": 4}
+    (source / "ok_front" / "ok_front_1.png").unlink()                     # removed
+    assert _download_ran(root) and _counts(root) == {"defect": 6, "ok": 3}
+    write_part(source / "ok_front" / "ok_front_2.png", seed=4242, defects=0, size=48)   # replaced in place
+    assert _download_ran(root)
+    write_part(extra / "ok" / "y.png", seed=501, defects=0, size=48)      # a photo added to an extra folder
+    assert _download_ran(root) and _counts(root) == {"defect": 6, "ok": 4}
+    assert not _download_ran(root)
+
+
+def test_a_changed_zip_reruns_download(tmp_path):
+    folder, extra = tmp_path / "photos", tmp_path / "extra"
+    _classes(folder, 3, 100)
+    write_part(extra / "defect" / "x.png", seed=600, defects=1, size=48)
+    archive = tmp_path / "line.zip"
+
+    def pack(files):
+        with zipfile.ZipFile(archive, "w") as zf:
+            for f in files:
+                zf.write(f, f.relative_to(folder))
+    files = sorted(folder.rglob("*.png"))
+    pack(files)
+    root = _repo(tmp_path, archive, extra)
+    assert _download_ran(root) and _counts(root) == {"defect": 4, "ok": 3}   # + the extra photo
+    assert not _download_ran(root)
+    pack(files[1:])                                                       # a photo removed from the zip
+    assert _download_ran(root) and sum(_counts(root).values()) == 6
+    assert not _download_ran(root)
