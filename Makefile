@@ -38,6 +38,7 @@ bench: install        ## the benchmark: whole pipeline on $(MIRROR), then SavedM
 	$(ACTIVATE) python tools/bench.py --data $(MIRROR)
 	$(ACTIVATE) python tools/bench.py --memory-scaling --data $(MIRROR)   # train stage: peak memory + images/s, data vs a 10x set, streamed vs in memory
 	$(ACTIVATE) python tools/bench_predict.py --model models   # batch CLI: images/s and peak memory at 2,000 / 20,000 files
+	$(ACTIVATE) python tools/bench_fingerprint.py --files 50000   # sources stage: fingerprint of a 50,000-file folder
 
 serve: install        ## serve the browser bundle models/web on http://$(HOST):$(PORT)/ (after `make run`; HOST=0.0.0.0 for the network, with a warning)
 	$(ACTIVATE) python -m commands.serve models/web --port $(PORT) --host $(HOST)

@@ -184,6 +184,12 @@ class RetakeParams(_Strict):
     ood_battery_per_kind: int = Field(..., ge=1)         # test photos per kind in the OOD battery
 
 
+class BandTargets(_Strict):
+    """The error rates the review band is chosen to guarantee on validation (at most report.targets)."""
+    max_missed_rate: float = Field(..., gt=0.0, lt=1.0)
+    max_false_reject_rate: float = Field(..., gt=0.0, lt=1.0)
+
+
 class EvaluateParams(_Strict):
     policy: Literal["min_recall", "max_f1", "fixed"]
     min_recall: float = Field(..., gt=0.0, le=1.0)
@@ -193,6 +199,7 @@ class EvaluateParams(_Strict):
     review_band: Union[Literal["auto"], tuple[float, float], None]  # auto (chosen on validation, decision/band.py) |
     #                                     [low, high]: auto-pass < low <= review < high <= auto-reject | null: none
     tta: Literal["none", "d4"]             # test-time views averaged inside the deployed graph (model/tta.py)
+    band_targets: BandTargets              # review_band auto: the rates the band guarantees on validation
     bootstrap: BootstrapParams
     robustness: RobustnessParams
     drift_margin: float = Field(..., ge=0.0)            # widen the training [p0.5, p99.5] ranges by this x width
@@ -265,6 +272,16 @@ class Params(_Strict):
     web: WebParams
     registry: RegistryParams
     promote: PromoteParams
+
+    @model_validator(mode="after")
+    def _band_within_targets(self) -> "Params":
+        b, t = self.evaluate.band_targets, self.report.targets
+        for key in ("max_missed_rate", "max_false_reject_rate"):
+            if getattr(b, key) > getattr(t, key):
+                raise ValueError(f"evaluate.band_targets.{key}: {getattr(b, key):g} is looser than "
+                                 f"report.targets.{key} {getattr(t, key):g}; the band must guarantee at least the "
+                                 "line's target")
+        return self
 
 
 def _format(err: ValidationError, source: Path) -> str:

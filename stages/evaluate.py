@@ -30,13 +30,13 @@ def choose(prob_model, data: dict, y: dict, probs: dict, params, conditions: dic
     (inspection.decision.band: the narrowest band whose missed-defect and false-reject rates hold
     report.targets at the exact bound, clean and, with robust_threshold, under every gated perturbation);
     otherwise evaluate.policy chooses the threshold and the band is the fixed one (or none)."""
-    e, size, r = params.evaluate, params.train.image_size, params.report
+    e, size, r = params.evaluate, params.train.image_size, params.report   # report.targets bound band_targets
     conditions = conditions if e.robust_threshold else None
     max_f1 = choose_threshold(y["val"], probs["val"], e.model_copy(update={"policy": "max_f1"}))
     if e.review_band == "auto":
         gated = {k: v for k, v in (conditions or {}).items() if k != "clean"}
-        band = choose_band(y["val"], probs["val"], r.targets.max_missed_rate, r.targets.max_false_reject_rate,
-                           e.bootstrap.confidence, r.line_defect_rate, gated)
+        band = choose_band(y["val"], probs["val"], e.band_targets.max_missed_rate,
+                           e.band_targets.max_false_reject_rate, e.bootstrap.confidence, r.line_defect_rate, gated)
         v = band["validation"]
         print(f"evaluate: review band [{band['low']:.4f}, {band['high']:.4f}) chosen on validation"
               f"{' (no review needed)' if band['review_empty'] else ''}: {v['missed']} of {v['defects']} defects "

@@ -15,6 +15,7 @@ from inspection.errors import UserError
 from inspection.runner.cli import cli
 from inspection.fsutil import read_json, staged_outputs, write_json
 from inspection.artifacts import DECISION, MANIFEST, METADATA, PROMOTION, SAVED_MODEL
+from inspection.deploy.model_folder import load_metadata
 from inspection.tracking.champion import (choose_baseline, compare_with_baseline, counts, held_out_images,
                                           move_aliases, refuse_not_ready, score, side, version_info)
 
@@ -29,7 +30,7 @@ def main() -> None:
     for needed, stage in ((METADATA, "export"), (SAVED_MODEL, "export"), (MANIFEST, "split"), (DECISION, "evaluate")):
         if not Path(needed).exists():
             raise UserError(f"{needed} is missing; run the {stage} stage first (dvc repro {stage})")
-    metadata = read_json(METADATA)
+    metadata = load_metadata(METADATA)   # the model folder's schema: a damaged file stops here, in one line
     reg = registry.log_and_register(params, stage="promote")   # export's version, found by content hash
     _, client = registry._client()
     ch = client.get_model_version(name, str(reg["version"]))

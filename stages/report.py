@@ -18,6 +18,7 @@ from inspection.runner.cli import cli
 from inspection.fsutil import read_csv, read_json, staged_outputs
 from inspection.artifacts import (DATA_REPORT, DECISION, EVAL, HISTORY, METADATA, METRICS, MODEL, PDF, PROMOTION,
                                   REPORT, RUN_FILE)
+from inspection.deploy.model_folder import load_metadata
 from inspection.report.cases import case_images, pick_cases, promotion_section, with_routes
 from inspection.report.figures import band_figure, curve_figures, training_figure
 from inspection.report.numbers import derive, training_sentence
@@ -62,7 +63,7 @@ def collect(params) -> dict:
     print("report: trend of the last MLflow runs")
     trend_ = trend(t.mlflow_experiment, r.trend_runs, run.get("run_id"))
     promotion = promotion_section(PROMOTION, max(64, r.thumbnail // 2), r.max_misclassified)
-    meta = read_json(METADATA) if METADATA.exists() else {}
+    meta = load_metadata(METADATA) if METADATA.exists() else {}   # validated: the report names the model it signs
     commit = git_commit()
     return dict(
         m=metrics, data=data, run=run, figures=figures, cases=cases, pos=pos, neg=neg, derived=derived,

@@ -14,7 +14,8 @@ from pathlib import Path
 from inspection.config import load_params
 from inspection.errors import UserError
 from inspection.runner.cli import cli
-from inspection.fsutil import read_json, staged_outputs, write_json
+from inspection.fsutil import staged_outputs, write_json
+from inspection.deploy.model_folder import load_metadata, load_saved_model
 from inspection.artifacts import BROWSER_BENCHMARK, BUNDLE, PARITY, SCREENSHOTS
 from inspection.deploy.bundle import build_bundle, ensure_node_modules
 from inspection.deploy.parity import (benchmark_summary, chromium_checks, compare_runs, parity_summary,
@@ -43,8 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     for needed in (METADATA, SAVED_MODEL, TFJS):
         if not Path(needed).exists():
             raise UserError(f"{needed} is missing; run the export stage first (dvc repro export)")
+    metadata = load_metadata(METADATA)   # the model folder's schema, and the SavedModel against it: one line if not
+    load_saved_model(SAVED_MODEL, metadata, METADATA)
     modules = ensure_node_modules()
-    metadata = read_json(METADATA)
     ref = python_reference(SAVED_MODEL, metadata, w.parity_images, pos)
 
     with staged_outputs(BUNDLE, PARITY, BROWSER_BENCHMARK, *SCREENSHOTS.values()) as out, \

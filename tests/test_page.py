@@ -79,7 +79,7 @@ def tiny_serving_model():
 def build_tiny_bundle(root: Path) -> dict:
     """SavedModel + TF.js model + metadata.json + the page bundle under root; returns paths and metadata."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from inspection.deploy.saved_model import convert_to_tfjs, export_saved_model, graph_output_names, model_version
+    from inspection.deploy.saved_model import bundle_version, convert_to_tfjs, export_saved_model, graph_output_names
     from inspection.decision.route import CSV_COLUMNS, make_rule
     from inspection.deploy.bundle import build_bundle
 
@@ -89,7 +89,7 @@ def build_tiny_bundle(root: Path) -> dict:
     convert_to_tfjs(saved, tfjs)
     rule = make_rule(0.5, (0.2, 0.8), CAMERA, 3.0, "Mahalanobis distance of the pooled features (test model)")
     meta = {
-        "version": model_version(tfjs), "model": {"arch": "tiny", "parameters": int(cnn.count_params())},
+        "version": bundle_version(tfjs), "model": {"arch": "tiny", "parameters": int(cnn.count_params())},
         "classes": ["ok", "defect"], "positive_class": "defect", "outputs": graph_output_names(saved),
         "output": {"name": "defect_probability", "shape": [None, 1]}, "route": rule, "csv_columns": list(CSV_COLUMNS),
         "threshold": 0.5, "policy": "min_recall", "policy_target": 0.99, "review_band": rule["review_band"],

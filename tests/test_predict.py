@@ -38,7 +38,9 @@ def model_dir(tmp_path_factory):
     export_saved_model(serving_model(cnn, gate), 32, root / "saved_model")
     camera = {"brightness": {"min": 20.0, "max": 200.0}, "contrast": {"min": 10.0, "max": 90.0},
               "sharpness": {"min": 0.0, "max": 1e6}}
-    meta = {"version": "testversion1", "input": {"height": 32, "width": 32}, "outputs": graph_output_names(root / "saved_model"),
+    meta = {"version": "testversion1", "classes": ["ok", "defect"], "positive_class": "defect", "threshold": 0.5,
+            "input": {"height": 32, "width": 32, "channels": 1, "name": "image", "signature": "serving_default"},
+            "outputs": graph_output_names(root / "saved_model"),
             "route": make_rule(0.5, (0.2, 0.8), camera, gate["limit"]), "csv_columns": list(CSV_COLUMNS)}
     (root / "metadata.json").write_text(json.dumps(meta))
     return root

@@ -101,3 +101,19 @@ def test_a_changed_zip_reruns_download(tmp_path):
     pack(files[1:])                                                       # a photo removed from the zip
     assert _download_ran(root) and sum(_counts(root).values()) == 6
     assert not _download_ran(root)
+
+
+def test_fingerprint_benchmark_tool_runs_on_a_small_folder(tmp_path):
+    """tools/bench_fingerprint.py (make bench) end to end on 60 files: cold reads all, warm reads none."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = tmp_path / "bench.json"
+    res = subprocess.run([sys.executable, str(REPO / "tools/bench_fingerprint.py"), "--files", "60", "--out", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    assert doc["cold"]["hashed"] == 60 and doc["warm"]["hashed"] == 0 and doc["warm"]["from_cache"] == 60
+    assert doc["two_changed"]["hashed"] == 2 and doc["two_changed"]["files"] == 61

@@ -26,6 +26,7 @@ from inspection.errors import UserError
 from inspection.data.images import IMAGE_EXTENSIONS, decode_gray, resize
 from inspection.data.imagestats import features
 from inspection.decision.route import camera_reasons, csv_row, decide
+from inspection.deploy.model_folder import load_metadata, load_saved_model
 from inspection.deploy.resolver import model_folder
 
 
@@ -38,6 +39,7 @@ class Predictor:
     folder: Path
     metadata: dict
     fn: object
+    module: object = None   # the loaded SavedModel: it owns the variables ``fn`` uses
 
     @property
     def size(self) -> int:
@@ -46,26 +48,22 @@ class Predictor:
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import tensorflow as tf
 
-        out = self.fn(image=tf.constant(batch[..., None].astype(np.float32)))
+        out = self.fn(**{self.metadata["input"]["name"]: tf.constant(batch[..., None].astype(np.float32))})
         return out["defect_probability"].numpy()[:, 0].astype(float), out["ood_score"].numpy()[:, 0].astype(float)
 
 
 def load_predictor(ref: str = "models") -> Predictor:
+    """The model folder (or registry reference) ``ref``: metadata.json validated (inspection.deploy.model_folder),
+    the SavedModel loaded and its serving signature checked against the file; one-line UserErrors otherwise."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     folder = model_folder(ref)
     meta_path, saved = folder / "metadata.json", folder / "saved_model"
     if not meta_path.exists() or not saved.is_dir():
         raise UserError(f"{folder} is not a model folder (needs metadata.json and saved_model/); run `dvc repro export` "
                         f"or pass --model <folder> / --model models:/casting-inspector@champion")
-    import json
-
-    metadata = json.loads(meta_path.read_text())
-    if "route" not in metadata:
-        raise UserError(f"{meta_path} has no route block (exported by an older version); re-run `dvc repro export`")
-    import tensorflow as tf
-
-    fn = tf.saved_model.load(str(saved)).signatures["serving_default"]
-    return Predictor(folder, metadata, fn)
+    metadata = load_metadata(meta_path)   # before TensorFlow: a damaged file fails in a second
+    module, fn = load_saved_model(saved, metadata, meta_path)
+    return Predictor(folder, metadata, fn, module)
 
 
 def expand(paths: Iterable[str]) -> Iterator[Item]:

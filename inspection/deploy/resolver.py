@@ -6,7 +6,8 @@ A registry version is downloaded once into a cache (INSPECTION_MODEL_CACHE, defa
 <tmp>/casting-inspector-models) keyed by the tracking store, name, version and source; the download lands in a
 ``.partial-`` folder that is renamed into place, so concurrent callers never see half a model. ``load`` adds the
 metadata and the ModelVersion; ``model_folder`` (the predictor) and ``model_paths`` (the web stage) return the
-folder or its metadata.json, saved_model/ and tfjs/ paths.
+folder or its metadata.json, saved_model/ and tfjs/ paths. Every folder handed out has a metadata.json that passes
+the model folder's schema (inspection.deploy.model_folder): a damaged download is never put in the cache.
 """
 from __future__ import annotations
 
@@ -21,14 +22,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from inspection.errors import UserError
-from inspection.fsutil import read_json
+from inspection.deploy.model_folder import load_metadata
 from inspection.tracking.registry import _client, _quiet
-
-
-
-
-
-
 
 
 def _model_folder(path: Path) -> Path | None:
@@ -52,6 +47,7 @@ def resolve_model_dir(ref: str | Path = "models") -> Path:
         if folder is None:
             raise UserError(f"{ref} is not a model folder (needs metadata.json and saved_model/); run `dvc repro "
                             "export` or pass a registry reference such as models:/casting-inspector@champion")
+        load_metadata(folder)
         return folder
     from inspection.tracking.store import tracking_uri
 
@@ -69,6 +65,7 @@ def resolve_model_dir(ref: str | Path = "models") -> Path:
             if _model_folder(partial) is None:
                 raise UserError(f"{ref} (version {mv.version}) holds no saved_model/ and metadata.json; it was not "
                                 "registered by this pipeline's export stage")
+            load_metadata(_model_folder(partial), f"{ref} (version {mv.version}) metadata.json")   # refused, not cached
             try:
                 os.replace(partial, dest)
             except OSError:  # another process got there first
@@ -90,7 +87,7 @@ def load(ref: str | Path = "models") -> Resolved:
     """resolve_model_dir plus the metadata and, for a registry reference, the ModelVersion."""
     folder = resolve_model_dir(ref)
     mv = model_version(str(ref)) if is_registry_ref(ref) else None
-    return Resolved(str(ref), folder, read_json(folder / "metadata.json"), mv)
+    return Resolved(str(ref), folder, load_metadata(folder), mv)
 
 
 def model_folder(ref: str) -> Path:

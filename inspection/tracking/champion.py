@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 import numpy as np
 from inspection.errors import UserError
-from inspection.fsutil import read_csv, read_json, sha256_bytes
+from inspection.fsutil import read_csv, sha256_bytes
 
 
 TAG_BASELINE = "promotion.baseline"     # on a version: the champion it was compared with ("none": first model)
@@ -200,12 +200,13 @@ def compare_with_baseline(kind: str, ch, base, name: str, images: list[tuple[str
     if kind == "already":
         return {"decision": "kept champion", "alias": registry.CHAMPION,
                 "reason": f"version {ch.version} is already the champion (set outside the promote stage)", "checks": []}
+    from inspection.deploy.model_folder import load_metadata
     from inspection.deploy.predictor import load_predictor
     from inspection.deploy.resolver import resolve_model_dir
 
     labels = [lab for _, lab, _ in images]
     base_dir = resolve_model_dir(f"models:/{name}/{base.version}")
-    base_meta = read_json(base_dir / "metadata.json")
+    base_meta = load_metadata(base_dir)
     print(f"promote: scoring the same photos with the champion (version {base.version})")
     cp_routes, cp_probs = score(load_predictor(str(base_dir)), images)
     cp_counts = counts(labels, cp_routes, positive)

@@ -10,9 +10,11 @@
                 (models:/casting-inspector@champion, models:/casting-inspector/3) -> a local folder holding
                 saved_model/, metadata.json and tfjs/ (what commands.predict, the web stage and promote read).
 
-The MLflow Model is a pyfunc "model from code" (PYFUNC_CODE below, written next to the model): it loads the
-SavedModel with tf.saved_model.load and needs nothing from this repository, so
-`mlflow models serve -m models:/casting-inspector@champion --env-manager local` serves it:
+The MLflow Model is a pyfunc "model from code" (PYFUNC_CODE below, written next to the model): it validates its
+metadata.json with the model folder's schema (inspection/deploy/model_folder.py, shipped with the model as code,
+PYFUNC_MODULES), loads the SavedModel with tf.saved_model.load and checks its signature against the file; it needs
+nothing else from this repository, so `mlflow models serve -m models:/casting-inspector@champion --env-manager
+local` serves it:
 POST /invocations {"inputs": [[[[0-255 ...]]]]} (float32 [N, H, W, 1], raw grey levels) ->
 {"predictions": {"defect_probability": [N], "ood_score": [N]}}.
 """
@@ -22,24 +24,32 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
 from inspection.errors import UserError
-from inspection.fsutil import read_json, sha256_file
+from inspection.fsutil import sha256_file
 from inspection.artifacts import MANIFEST, METADATA, SAVED_MODEL, TFJS
+from inspection.deploy.model_folder import load_metadata
 
 
 MODEL_NAME_IN_RUN = "model"                  # the logged MLflow Model's name in the run
 MANIFEST_ARTIFACT = "split/manifest.csv"     # run artifact: which images the version trained/validated/tested on
 CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_CONTENT = "content_hash"
-# The pyfunc model. Self-contained on purpose: the serving process imports numpy, tensorflow and mlflow only.
-PYFUNC_CODE = '''"""Casting inspector: the exported SavedModel behind the MLflow pyfunc interface (no repository code).
+# The repository modules the pyfunc model ships in its code/ folder: the model folder's schema and its imports
+# (tests/test_model_folder.py checks this is model_folder's import closure).
+PYFUNC_MODULES = ("inspection.errors", "inspection.decision.route", "inspection.deploy.model_folder")
+# The pyfunc model. Self-contained on purpose: the serving process imports numpy, tensorflow, pydantic and mlflow,
+# and the schema modules of PYFUNC_MODULES from the model's own code/ folder.
+PYFUNC_CODE = '''"""Casting inspector: the exported SavedModel behind the MLflow pyfunc interface.
 
 Input: float32 [N, H, W, 1], raw 0-255 grey levels of photos decoded as 8-bit grayscale and resized with
 OpenCV INTER_AREA to H x W (artifacts/metadata.json "input"). Output: {"defect_probability": [N], "ood_score": [N]};
-the route (PASS / REVIEW / REJECT / RETAKE) is decided from these with metadata.json's "route" block.
+the route (PASS / REVIEW / REJECT / RETAKE) is decided from these with metadata.json's "route" block. A damaged
+metadata.json, or one that does not match the SavedModel, stops the loading with one line (the model's code/
+folder holds the schema, inspection/deploy/model_folder.py).
 """
 import warnings
 
@@ -53,17 +63,21 @@ warnings.filterwarnings("ignore", message=".*type hints.*")  # the signature bel
 class SavedModelInspector(PythonModel):
     def load_context(self, context):
         import tensorflow as tf
+        from inspection.deploy.model_folder import load_metadata, load_saved_model
 
         self._tf = tf
-        self._module = tf.saved_model.load(context.artifacts["saved_model"])  # keep a reference: it owns the variables
-        self._fn = self._module.signatures["serving_default"]
+        self.metadata = load_metadata(context.artifacts["metadata"])
+        # keep the module referenced: it owns the variables the signature uses
+        self._module, self._fn = load_saved_model(context.artifacts["saved_model"], self.metadata,
+                                                  context.artifacts["metadata"])
+        self._input = self.metadata["input"]["name"]
 
     def predict(self, context, model_input, params=None):
-        x = model_input["image"] if isinstance(model_input, dict) else model_input
+        x = model_input[self._input] if isinstance(model_input, dict) else model_input
         x = np.asarray(x, np.float32)
         if x.ndim == 3:
             x = x[..., None]
-        out = self._fn(image=self._tf.constant(x))
+        out = self._fn(**{self._input: self._tf.constant(x)})
         return {k: np.asarray(v.numpy(), np.float32).reshape(-1) for k, v in sorted(out.items())}
 
 
@@ -181,6 +195,28 @@ def input_example(metadata: dict, manifest: Path):
     return {metadata["input"].get("name", "image"): img[None]}
 
 
+def pyfunc_parts(tmp: Path, saved_model: Path = SAVED_MODEL, metadata_path: Path = METADATA,
+                 tfjs: Path = TFJS) -> dict:
+    """mlflow.pyfunc.log_model / save_model's python_model, artifacts and code_paths, written under ``tmp``:
+    PYFUNC_CODE, the model folder, and the schema modules (PYFUNC_MODULES) as a package the model imports."""
+    import importlib
+
+    code = tmp / "casting_inspector_pyfunc.py"
+    code.write_text(PYFUNC_CODE)
+    package = tmp / "code" / "inspection"
+    for name in PYFUNC_MODULES:
+        parts = name.split(".")
+        for depth in range(1, len(parts)):   # the package __init__ files on the way (docstrings only)
+            init = Path(importlib.import_module(".".join(parts[:depth])).__file__)
+            (tmp / "code").joinpath(*parts[:depth]).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(init, (tmp / "code").joinpath(*parts[:depth], "__init__.py"))
+        shutil.copy2(importlib.import_module(name).__file__, (tmp / "code").joinpath(*parts[:-1], parts[-1] + ".py"))
+    artifacts = {"saved_model": str(saved_model), "metadata": str(metadata_path)}
+    if Path(tfjs).is_dir():
+        artifacts["tfjs"] = str(tfjs)
+    return {"python_model": str(code), "artifacts": artifacts, "code_paths": [str(package)]}
+
+
 def log_and_register(params, saved_model: Path = SAVED_MODEL, tfjs: Path = TFJS, metadata_path: Path = METADATA,
                      manifest: Path = MANIFEST, stage: str = "export") -> dict:
     """Log the exported model as an MLflow Model in ``stage``'s run of this experiment (inspection.tracking
@@ -190,7 +226,7 @@ def log_and_register(params, saved_model: Path = SAVED_MODEL, tfjs: Path = TFJS,
     from inspection.tracking.runs import experiment_run_id
 
     name = params.registry.model_name
-    metadata = read_json(metadata_path)
+    metadata = load_metadata(metadata_path)   # a damaged model folder is never registered
     content = content_hash(metadata, tfjs)
     mlflow, client = _client()
     existing = find_version(name, content, client)
@@ -199,22 +235,18 @@ def log_and_register(params, saved_model: Path = SAVED_MODEL, tfjs: Path = TFJS,
         return {"name": name, "version": int(existing.version), "run_id": existing.run_id, "content_hash": content,
                 "new": False}
     import numpy as np
+    import pydantic
     import tensorflow as tf
 
     manifest_sha = sha256_file(manifest) if manifest.exists() else None
     run_id = experiment_run_id(stage, params)
     _quiet()
     with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp, mlflow.start_run(run_id=run_id):
-        code = Path(tmp) / "casting_inspector_pyfunc.py"
-        code.write_text(PYFUNC_CODE)
-        artifacts = {"saved_model": str(saved_model), "metadata": str(metadata_path)}
-        if tfjs.is_dir():
-            artifacts["tfjs"] = str(tfjs)
         info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME_IN_RUN, python_model=str(code), artifacts=artifacts,
+            name=MODEL_NAME_IN_RUN, **pyfunc_parts(Path(tmp), saved_model, metadata_path, tfjs),
             signature=signature(metadata), input_example=input_example(metadata, manifest),
             pip_requirements=[f"mlflow=={mlflow.__version__}", f"tensorflow=={tf.__version__}",
-                              f"numpy=={np.__version__}"],
+                              f"numpy=={np.__version__}", f"pydantic=={pydantic.VERSION}"],
             metadata={"casting_inspector": {k: metadata.get(k) for k in ("version", "threshold", "positive_class",
                                                                          "classes", "dataset_sha256")}})
         if manifest.exists():

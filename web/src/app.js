@@ -5,6 +5,7 @@
 // the parity check, the browser benchmark and the tests.
 import { centreSquare, features, resizeArea, rgbaToGray } from './preprocess.js';
 import { ACTION, CSV_COLUMNS, NOT_PASSED, ROUTES, cameraReasons, csvRow, csvText, decide, fixed } from './route.js';
+import { DAMAGED, metadataProblem } from './schema.js';
 import { outputNodes, runModel } from './outputs.js';
 import { zipStore } from './zip.js';
 
@@ -18,7 +19,7 @@ const MIN_SIDE = 32; // stages/images.py MIN_SIDE: smaller photos are unreadable
 
 let model;
 let meta;
-let rule;   // metadata.json "route": threshold, review band, retake gate
+let rule;   // metadata.json "route": threshold, review band, retake gate (set only once metadata.json is valid)
 let nodes;  // graph output node names
 let rows = [];
 let nextId = 1;
@@ -60,12 +61,41 @@ async function backendDetail(name) {
   return `wasm (SIMD ${simd ? 'on' : 'off'}, threads ${threads ? 'on' : 'off'})`;
 }
 
-/** The route block of metadata.json; bundles from before the route existed get the equivalent rule. */
-function routeRule(m) {
-  if (m.route) return m.route;
-  const camera = m.drift && m.drift.features
-    ? Object.fromEntries(Object.entries(m.drift.features).map(([k, r]) => [k, { min: r.min, max: r.max }])) : null;
-  return { words: ROUTES, threshold: m.threshold, review_band: m.review_band || null, retake: { camera, ood: null } };
+/** A damaged bundle: one line naming metadata.json and its bad key, what to do, and no photo routed. */
+const damaged = (what) => Object.assign(new Error(`metadata.json: ${what}; ${DAMAGED}`), { damaged: true });
+
+/** metadata.json, parsed and checked (schema.js: the keys of inspection/deploy/model_folder.py). */
+async function loadMetadata() {
+  const res = await fetch('metadata.json');
+  if (!res.ok) throw damaged(`cannot be loaded (HTTP ${res.status})`);
+  let m;
+  try {
+    m = JSON.parse(await res.text());
+  } catch (err) {
+    throw damaged(`is not valid JSON (${err.message})`);
+  }
+  const problem = metadataProblem(m);
+  if (problem) throw damaged(problem);
+  return m;
+}
+
+/** The graph model takes the input size metadata.json says (as Python checks the SavedModel's signature). */
+function checkModelInput(m, graph) {
+  const shape = graph.inputs && graph.inputs[0] && graph.inputs[0].shape;
+  if (!shape || shape.length !== 4) return;
+  for (const [i, key] of [[1, 'height'], [2, 'width']]) {
+    if (shape[i] > 0 && shape[i] !== m.input[key]) {
+      throw damaged(`input.${key} is ${m.input[key]} but the model takes ${shape[1]}x${shape[2]} images`);
+    }
+  }
+}
+
+/** Nothing can be inspected: the photo and camera inputs are disabled. */
+function disableInputs() {
+  $('files').disabled = true;
+  $('drop').classList.add('disabled');
+  $('drop').setAttribute('aria-disabled', 'true');
+  $('camera-start').disabled = true;
 }
 
 /** Raw 0-255 pixels of n images (flat, n x size x size) -> {defect_probability: [n], ood_score: [n] | null}. */
@@ -594,10 +624,11 @@ function wire() {
 }
 
 async function main() {
-  meta = await (await fetch('metadata.json')).json();
-  rule = routeRule(meta);
+  const m = await loadMetadata();
   const backend = await pickBackend();
-  model = await tf.loadGraphModel('model/model.json');
+  const graph = await tf.loadGraphModel('model/model.json');
+  checkModelInput(m, graph);
+  [meta, rule, model] = [m, m.route, graph];
   nodes = outputNodes(model.modelSignature && model.modelSignature.outputs, model.modelStructuredOutputKeys,
     meta.outputs);
   if (rule.retake && rule.retake.ood && !nodes.ood_score) {
@@ -614,7 +645,9 @@ async function main() {
 }
 
 const ready = main().catch((err) => {
-  setStatus(`Cannot start: ${err.message}. Serve this folder over http (make serve) and reload.`, 'error');
+  disableInputs();
+  setStatus(err.damaged ? err.message
+    : `Cannot start: ${err.message}. Serve this folder over http (make serve) and reload.`, 'error');
   throw err;
 });
 
@@ -623,6 +656,7 @@ window.inspector = {
   predictPixels,
   /** base64 image bytes -> the page's result for it (route, reason, probability, ood_score, stats, input pixels). */
   async inspectBase64(b64) {
+    await ready; // never a route without a valid rule
     const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
     const { input, ...r } = await inspectBlob(new Blob([bytes]));
     return { ...r, input: input ? Array.from(input) : null };
