@@ -42,6 +42,8 @@ def run(cmd: list[str], check: bool = True) -> str:
 
 
 def queue(seeds: list[int], overrides: list[str]) -> list[str]:
+    # finished tasks of an earlier round would share the names: drop their queue entries (their experiments stay)
+    run(["dvc", "queue", "remove", "--success", "--failed"], check=False)
     names = []
     for seed in seeds:
         name = f"seeds-{seed}"
@@ -60,7 +62,7 @@ def statuses() -> dict[str, str]:
     for line in run(["dvc", "queue", "status"], check=False).splitlines()[1:]:
         parts = line.split()
         if len(parts) >= 2 and parts[1].startswith("seeds-"):
-            out[parts[1]] = parts[-1]
+            out.setdefault(parts[1], parts[-1])   # newest first: an older task of the same name is not ours
     return out
 
 
@@ -86,9 +88,12 @@ def wait(names: list[str], jobs: int) -> None:
 
 
 def exp_revs() -> dict[str, str]:
-    """{experiment name: commit} of every DVC experiment (refs/exps/.../<name>)."""
-    out = run(["git", "for-each-ref", "--format=%(refname) %(objectname)", "refs/exps"], check=False)
-    return {ref.rsplit("/", 1)[-1]: sha for ref, sha in (line.split() for line in out.splitlines() if line.strip())}
+    """{experiment name: commit} of every DVC experiment (refs/exps/.../<name>); of several experiments with one
+    name (earlier rounds, older baselines) the newest wins."""
+    out = run(["git", "for-each-ref", "--format=%(committerdate:unix) %(refname) %(objectname)", "refs/exps"],
+              check=False)
+    refs = sorted((int(t), ref, sha) for t, ref, sha in (line.split() for line in out.splitlines() if line.strip()))
+    return {ref.rsplit("/", 1)[-1]: sha for _, ref, sha in refs}
 
 
 def read_output(rev: str, path: str):
