@@ -396,6 +396,31 @@ def test_web_without_chromium_fails_before_the_node_check(tmp_path):
     assert "parity" not in run.out
 
 
+def test_damaged_model_folder_for_the_batch_cli(tmp_path):
+    """python -m commands.predict --model <folder> whose metadata.json is garbled, cut short, or does not match its
+    SavedModel (inspection/deploy/model_folder.py): one line naming the file and the key, exit 2."""
+    pytest.importorskip("keras")
+    from inspection.deploy.saved_model import export_saved_model, graph_output_names
+    from test_model_folder import changed, good_metadata
+    from test_page import SIZE, tiny_serving_model
+
+    root = project(tmp_path)
+    folder = root / "model"
+    export_saved_model(tiny_serving_model()[1], SIZE, folder / "saved_model")
+    meta = good_metadata(SIZE, graph_output_names(folder / "saved_model"))
+    cv2.imwrite(str(root / "part.png"), np.full((64, 64), 120, np.uint8))
+    for fault, text, expect in (
+            ("metadata.json: route.threshold \"abc\"", json.dumps(changed(meta, "route.threshold", "abc")),
+             "model/metadata.json: route.threshold: Input should be a valid number"),
+            ("metadata.json cut short", json.dumps(meta)[:120], "model/metadata.json: is not valid JSON"),
+            ("metadata.json: input 48x48, SavedModel 32x32",
+             json.dumps(changed(changed(meta, "input.height", 48), "input.width", 48)),
+             "model/metadata.json: input.height: 48 but the SavedModel's signature 'serving_default' takes 32x32x1")):
+        (folder / "metadata.json").write_text(text)
+        record(fault, stage(root, "predict", "part.png", "--model", "model"), 2,
+               (expect, "the model folder is damaged: re-export it"))
+
+
 # ---- disk --------------------------------------------------------------------------------------------------
 
 WRAP = """

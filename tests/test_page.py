@@ -508,6 +508,58 @@ def test_node_and_chromium_match_the_saved_model_on_both_outputs_and_the_route(t
     assert chrome["page_pixels"]["max_abs_diff"] == 0
 
 
+BUNDLE_DAMAGED = "this model bundle is damaged: rebuild it (dvc repro web)"
+DAMAGED_BUNDLES = [   # (fault, change to metadata.json or None for text that is not JSON, the page's status line)
+    ("threshold garbled", lambda m: m["route"].update(threshold="abc"),
+     f"metadata.json: route.threshold is not a number; {BUNDLE_DAMAGED}"),
+    ("route missing", lambda m: m.pop("route"), f"metadata.json: route is missing; {BUNDLE_DAMAGED}"),
+    ("band reversed", lambda m: m["route"].update(review_band={"low": 0.8, "high": 0.2}),
+     f"metadata.json: route.review_band: low 0.8 is above high 0.2; {BUNDLE_DAMAGED}"),
+    ("input size not the model's", lambda m: m["input"].update(height=48, width=48),
+     f"metadata.json: input.height is 48 but the model takes 32x32 images; {BUNDLE_DAMAGED}"),
+    ("not JSON", None, "metadata.json: is not valid JSON ("),
+]
+
+
+@pytest.mark.parametrize("fault,damage,expect", DAMAGED_BUNDLES, ids=[d[0] for d in DAMAGED_BUNDLES])
+def test_a_damaged_bundle_says_so_in_one_line_and_routes_nothing(tiny, browser, photos, tmp_path, fault, damage, expect):
+    """metadata.json checked by web/src/schema.js (the keys of inspection/deploy/model_folder.py): a garbled or
+    mismatched file is one line in the status, the inputs are disabled and no photo gets a route."""
+    import base64
+    import copy
+    import shutil
+
+    from inspection.deploy.server import serve, table
+
+    web = tmp_path / "web"
+    shutil.copytree(tiny["web"], web)
+    meta = copy.deepcopy(tiny["meta"])
+    if damage is not None:
+        damage(meta)
+    (web / "metadata.json").write_text(json.dumps(meta) if damage is not None else '{"version": "abc", "route": {')
+    with serve(web) as url:
+        ctx = browser.new_context(viewport={"width": 1366, "height": 900})
+        try:
+            page = ctx.new_page()
+            page.goto(url)
+            page.wait_for_function("document.getElementById('status').dataset.state === 'error'", timeout=60_000)
+            status = page.text_content("#status")
+            assert status.startswith(expect) and status.endswith(BUNDLE_DAMAGED) and "\n" not in status, status
+            assert page.is_disabled("#files") and page.is_disabled("#camera-start")
+            assert page.get_attribute("#drop", "aria-disabled") == "true"
+            b64 = base64.b64encode(photos["reject"].read_bytes()).decode()
+            refused = page.evaluate("(b) => window.inspector.inspectBase64(b).then(() => 'routed', (e) => e.message)", b64)
+            assert refused == status
+            try:
+                page.set_input_files("#files", [str(photos["reject"])], timeout=2_000)
+            except Exception:   # a disabled input may refuse the files outright
+                pass
+            page.wait_for_timeout(500)
+            assert table(page) == [] and page.is_hidden("#latest") and page.text_content("#status") == status
+        finally:
+            ctx.close()
+
+
 def test_web_stage_checks_chromium_before_any_node_work(project, monkeypatch):
     import stages.web as web
     from inspection.errors import UserError

@@ -156,3 +156,49 @@ def test_cli_errors_are_one_line(model_dir, tmp_path):
     write_part(tmp_path / "a.png", seed=1, size=64)
     res = _run([tmp_path / "a.png", "--model", tmp_path], REPO)
     assert res.returncode == 2 and "is not a model folder" in res.stderr and "Traceback" not in res.stderr
+
+
+def _damaged(meta: dict, fault: str) -> str:
+    """metadata.json's text with one fault (see test_cli_refuses_a_damaged_model_folder_in_one_line)."""
+    meta = json.loads(json.dumps(meta))
+    if fault == "threshold garbled":
+        meta["route"]["threshold"] = "abc"
+    elif fault == "route missing":
+        del meta["route"]
+    elif fault == "band reversed":
+        meta["route"]["review_band"] = {"low": 0.8, "high": 0.2}
+    elif fault == "input size not the SavedModel's":
+        meta["input"]["height"] = meta["input"]["width"] = 48
+    elif fault == "output not in the SavedModel":
+        meta["outputs"]["heatmap"] = "Identity_2:0"
+    elif fault == "signature not in the SavedModel":
+        meta["input"]["signature"] = "predict"
+    return json.dumps(meta)[:150] if fault == "truncated JSON" else json.dumps(meta)
+
+
+@pytest.mark.parametrize("fault,expect", [
+    ("threshold garbled", "route.threshold: Input should be a valid number"),
+    ("route missing", "route: missing"),
+    ("band reversed", "route.review_band: low 0.8 is above high 0.2"),
+    ("truncated JSON", "is not valid JSON"),
+    ("input size not the SavedModel's", "input.height: 48 but the SavedModel's signature 'serving_default' takes 32x32x1"),
+    ("output not in the SavedModel", "outputs: the SavedModel's signature 'serving_default' has no output heatmap"),
+    ("signature not in the SavedModel", "input.signature: the SavedModel has no signature 'predict'"),
+])
+def test_cli_refuses_a_damaged_model_folder_in_one_line(model_dir, tmp_path, fault, expect):
+    """A garbled or incomplete metadata.json, or one that does not match its SavedModel: exit 2, one line naming
+    the file and the key, no traceback, no CSV."""
+    import shutil
+
+    from inspection.deploy.model_folder import DAMAGED
+
+    bad = tmp_path / "model"
+    shutil.copytree(model_dir, bad)
+    (bad / "metadata.json").write_text(_damaged(json.loads((model_dir / "metadata.json").read_text()), fault))
+    write_part(tmp_path / "a.png", seed=1, size=64)
+    res = _run([tmp_path / "a.png", "--model", bad, "--out", tmp_path / "v.csv"], REPO)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and errors == [ln for ln in res.stderr.splitlines() if ln.strip()][-1:], res.stderr
+    assert errors[0].startswith(f"error: {bad / 'metadata.json'}: ") and expect in errors[0], errors[0]
+    assert errors[0].endswith(DAMAGED) and not (tmp_path / "v.csv").exists()

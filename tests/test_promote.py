@@ -89,14 +89,14 @@ def test_champion_and_challenger(e2e_repo, tmp_path, monkeypatch):
     assert first["images"] == first["challenger"]["counts"]["n"] > 0
     original = Path("models/metadata.json").read_text()
 
-    set_route(threshold=1.01, band=None)               # a challenger that passes every part: misses all defects
+    set_route(threshold=1.0, band=None)                # a challenger that passes every part (p < 1): misses all defects
     promote.main()
     worse = json.loads(out_file.read_text())
     assert worse["decision"] == "kept champion" and worse["alias"] == "challenger"
     assert worse["challenger"]["version"] == 2 and worse["champion"]["version"] == 1
     ch, cp = worse["challenger"]["counts"], worse["champion"]["counts"]
     assert ch["missed"] == ch["defects"] > cp["missed"] and "FAILED: missed defects" in worse["reason"]
-    assert worse["challenger"]["threshold"] == 1.01 and worse["champion"]["threshold"] == first["challenger"]["threshold"]
+    assert worse["challenger"]["threshold"] == 1.0 and worse["champion"]["threshold"] == first["challenger"]["threshold"]
     assert worse["changed"] and all(c["challenger_route"] == "PASS" for c in worse["changed"])
     assert worse["mcnemar"]["b"] >= cp["defects"] - cp["missed"] - 0 and worse["mcnemar"]["p_value"] <= 1.0
     assert worse["registry_state"]["champion_compared"]["version"] == 1

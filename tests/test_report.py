@@ -213,7 +213,10 @@ def fabricate(root: Path, n_per_class: int = 20, wrong: int = 4, promotion: bool
               ["epoch", "loss", "val_loss", "accuracy", "val_accuracy"])
     (root / "models").mkdir()
     build("compact", 32, "per_image").save(root / "models/model.keras")
-    (root / "models/metadata.json").write_text(json.dumps({"version": "0123456789ab"}))
+    (root / "models/metadata.json").write_text(json.dumps({   # the keys the model folder's schema checks
+        "version": "0123456789ab", "classes": ["ok", "defect"], "positive_class": "defect", "threshold": threshold,
+        "outputs": {"defect_probability": "Identity:0", "ood_score": "Identity_1:0"}, "route": rule,
+        "input": {"height": 32, "width": 32, "channels": 1, "name": "image", "signature": "serving_default"}}))
 
     # a temporary MLflow store with two evaluated runs: the older one, then this one
     import mlflow

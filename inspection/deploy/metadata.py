@@ -2,7 +2,8 @@
 
 ``model_metadata`` is what every consumer of an exported model reads (the page, the batch CLI, the server, the
 registry): classes, graph output names, the route rule, input format, drift reference, test numbers, provenance,
-parity and sizes. ``headline`` is the dozen numbers `dvc exp show` / `dvc metrics diff` compare.
+parity and sizes; each of them validates it with the model folder's one schema (inspection/deploy/model_folder.py,
+web/src/schema.js in the page). ``headline`` is the dozen numbers `dvc exp show` / `dvc metrics diff` compare.
 """
 from __future__ import annotations
 
