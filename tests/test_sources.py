@@ -117,3 +117,25 @@ def test_fingerprint_benchmark_tool_runs_on_a_small_folder(tmp_path):
     doc = json.loads(out.read_text())
     assert doc["cold"]["hashed"] == 60 and doc["warm"]["hashed"] == 0 and doc["warm"]["from_cache"] == 60
     assert doc["two_changed"]["hashed"] == 2 and doc["two_changed"]["files"] == 61
+
+
+def test_kaggle_source_is_fingerprinted_by_its_cache_state(tmp_path, monkeypatch):
+    """data.source kaggle: the fingerprint changes when the pinned version becomes complete in kagglehub's
+    cache (kagglehub's own completion marker), so download re-runs then and only then."""
+    from kagglehub.cache import Cache
+    from kagglehub.handle import parse_dataset_handle
+
+    from conftest import section
+    from inspection.data.fingerprint import HashCache, main_source
+
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kaggle-cache"))
+    data = section("data", source="kaggle")
+    before = main_source(data, HashCache(None))
+    assert before == {"source": "kaggle", "kind": "kaggle", "dataset": data.kaggle.dataset,
+                      "version": data.kaggle.version, "cached_complete": False}
+    handle = parse_dataset_handle(f"{data.kaggle.dataset}/versions/{data.kaggle.version}")
+    cache = Cache()
+    Path(cache.get_path(handle)).mkdir(parents=True)
+    cache.mark_as_complete(handle)
+    assert main_source(data, HashCache(None))["cached_complete"] is True
+    assert main_source(section("data", source="synthetic"), HashCache(None)) == {"source": "synthetic"}
