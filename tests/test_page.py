@@ -648,9 +648,8 @@ def test_loopback_hosts_need_no_warning():
     assert not any(is_loopback(h) for h in ("0.0.0.0", "192.168.1.20", "::", "inspector.plant.local"))
 
 
-# ----- the page's CSV equals the batch CLI's (needs the whole pipeline and stages/predict.py) --------------
+# ----- the page's CSV equals the batch CLI's (needs the whole pipeline) ------------------------------------
 
-@pytest.mark.skipif(not (REPO / "stages/predict.py").exists(), reason="the batch CLI (stages/predict.py) has not landed")
 def test_page_csv_equals_the_batch_cli(e2e_repo, browser, tmp_path):
     from conftest import HAS_BROWSER, sh
     from inspection.deploy.server import serve, upload
