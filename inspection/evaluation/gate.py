@@ -71,8 +71,8 @@ def fit_gate(model, prob_model, data: dict, e, validated: dict | None = None) ->
 def _print_calibration(limit: float, c: dict, budget: float) -> None:
     print(f"evaluate: out-of-distribution limit {limit:.2f}: {c['val_retake']} of {c['val_images']} validation "
           f"photos to RETAKE (camera check {c['val_camera_flagged']}, over the limit {c['val_over_limit']}), exact "
-          f"upper bound {c['val_retake_high']:.2%} (budget {budget:.0%})")
+          f"upper bound {c['val_retake_high']:.2%} (budget {budget:.1%})")
     if not c["met"]:
         print(f"evaluate: warning: {c['val_images']} validation photos cannot show a RETAKE share within "
-              f"{budget:.0%} (upper bound {c['val_retake_high']:.1%}); the limit is the highest validation score. "
+              f"{budget:.1%} (upper bound {c['val_retake_high']:.1%}); the limit is the highest validation score. "
               "More validation photos, or a wider camera check (evaluate.drift_margin), fix this")
