@@ -105,3 +105,14 @@ def test_readme_layout_is_the_tree():
     assert block, "README.md has no Layout block"
     listed = [line for line in block.group(1).splitlines() if re.match(r"^(stages|inspection|commands|tools)/\S+\.py", line)]
     assert "\n".join(listed) == import_graph.layout(), "README Layout is stale: python tools/import_graph.py --layout"
+
+
+@pytest.mark.parametrize("tool", sorted(p.name for p in (REPO / "tools").glob("*.py") if "argparse" in p.read_text()))
+def test_every_tool_answers_help(tool):
+    """No command-line tool rots into an import error: each prints its usage (bench_memory is bench.py's
+    --memory-scaling part; make_route_cases takes no options)."""
+    import subprocess
+
+    res = subprocess.run([sys.executable, str(REPO / "tools" / tool), "--help"], capture_output=True, text=True,
+                         cwd=REPO)
+    assert res.returncode == 0 and "usage:" in res.stdout, res.stderr[-2000:]
