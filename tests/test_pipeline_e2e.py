@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import HAS_BROWSER, sh
+from conftest import HAS_BROWSER, REPO, sh
 
 OUTPUTS = [
     "data/raw/SOURCE.json", "data/split/manifest.csv", "reports/data.json", "models/model.keras",
@@ -186,3 +186,16 @@ def test_web_bundle_matches_the_saved_model(repo):
     assert meta["version"] == json.loads((repo / "models/metadata.json").read_text())["version"]
     html = (repo / "models/web/index.html").read_text() + (repo / "models/web/app.js").read_text()
     assert "http://" not in html and "https://" not in html  # nothing is fetched from a CDN
+
+
+def test_bench_saved_model_speed_runs_on_the_exported_model(repo, monkeypatch):
+    """tools/bench.py's SavedModel timing calls the signature by its output names (it broke on 'output_0')."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "tools"))
+    import bench
+
+    monkeypatch.chdir(repo)
+    images = np.random.default_rng(0).integers(0, 256, (8, 64, 64), dtype=np.uint8)
+    speed = bench.saved_model_speed(images, batch=4, repeats=1, single=12)
+    assert speed["images_per_run"] == 8 and speed["throughput_images_per_s_median"] > 0

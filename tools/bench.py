@@ -51,7 +51,7 @@ def saved_model_speed(images: np.ndarray, batch: int = 64, repeats: int = 7, sin
     for _ in range(repeats):
         t0 = time.perf_counter()
         for b in batches:
-            fn(**{INPUT_NAME: b})["output_0"].numpy()
+            fn(**{INPUT_NAME: b})["defect_probability"].numpy()
         rates.append(n / (time.perf_counter() - t0))
     ones = [tf.constant(x[i % len(x)][None]) for i in range(single)]
     for o in ones[:10]:
@@ -59,7 +59,7 @@ def saved_model_speed(images: np.ndarray, batch: int = 64, repeats: int = 7, sin
     lat = []
     for o in ones:
         t0 = time.perf_counter()
-        fn(**{INPUT_NAME: o})["output_0"].numpy()
+        fn(**{INPUT_NAME: o})["defect_probability"].numpy()
         lat.append(1000 * (time.perf_counter() - t0))
     return {"batch": batch, "images_per_run": n, "repeats": repeats,
             "throughput_images_per_s_median": float(np.median(rates)),
