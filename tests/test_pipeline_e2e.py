@@ -106,8 +106,12 @@ def test_mlflow_run_holds_params_metrics_artifacts(repo, monkeypatch):
     run_id = json.loads((repo / "models/mlflow_run.json").read_text())["run_id"]
     # the store for this client and for MLflow's own look-ups (a "model" artifact path resolves to the logged
     # MLflow Model through the default tracking URI)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # an earlier test in this process may have set MLflow's global URI, which wins over the variable
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.get_run(run_id)
     assert run.data.params["train.image_size"] == "64" and run.data.params["data.source"] == "synthetic"
     assert "test_recall" in run.data.metrics and "val_loss" in run.data.metrics and "tfjs_bytes" in run.data.metrics
@@ -118,6 +122,7 @@ def test_mlflow_run_holds_params_metrics_artifacts(repo, monkeypatch):
     assert {"reports/report.html", "reports/report.pdf"} <= {a.path for a in client.list_artifacts(run_id, "reports")}
     model_files = {a.path for a in client.list_artifacts(run_id, "model")}
     assert {"model/metadata.json", "model/saved_model", "model/tfjs", "model/MLmodel"} <= model_files
+    mlflow.set_tracking_uri(previous)
 
 
 def test_status_clean_and_second_repro_runs_nothing(repo):
