@@ -34,8 +34,16 @@ COLUMNS = [  # (key, header, format)
     ("retake", "RETAKE", "{}"), ("retake_bound", "RETAKE bound", "{:.2%}"), ("ready", "ready", "{}")]
 
 
+def env() -> dict:
+    """This interpreter's bin folder first on PATH: the queue worker starts `dvc` (and the stages `python`) by name,
+    so the venv's must be found also when this tool runs without an activated venv."""
+    import os
+
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
 def run(cmd: list[str], check: bool = True) -> str:
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env())
     if check and res.returncode != 0:
         sys.exit(f"error: {' '.join(cmd)} failed: {(res.stderr or res.stdout).strip().splitlines()[-1:]}")
     return res.stdout
@@ -70,7 +78,7 @@ def wait(names: list[str], jobs: int) -> None:
     # not waited for: the workers it starts inherit its output and run until the queue is empty; progress comes
     # from polling `dvc queue status`
     subprocess.Popen(["dvc", "queue", "start", "--jobs", str(jobs)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True)
+                     stderr=subprocess.DEVNULL, start_new_session=True, env=env())
     seen: dict[str, str] = {}
     t0 = time.time()
     while True:
