@@ -28,36 +28,33 @@ class D4Views(layers.Layer):
         return ops.concatenate(rotations + [ops.flip(r, axis=2) for r in rotations], axis=0)
 
 
-@keras.saving.register_keras_serializable(package="inspection")
-class ViewMean(layers.Layer):
-    """[V*N, 1] probabilities (view-major) -> [N, 1]: the sigmoid of the mean logit over the V views."""
+class _PerView(layers.Layer):
+    """A layer over a view-major batch of ``views`` views (its one setting, saved with the model)."""
 
     def __init__(self, views: int = 8, **kwargs):
         super().__init__(**kwargs)
         self.views = views
+
+    def get_config(self):
+        return {**super().get_config(), "views": self.views}
+
+
+@keras.saving.register_keras_serializable(package="inspection")
+class ViewMean(_PerView):
+    """[V*N, 1] probabilities (view-major) -> [N, 1]: the sigmoid of the mean logit over the V views."""
 
     def call(self, p):
         p = ops.clip(p, EPS, 1 - EPS)
         logit = ops.log(p) - ops.log(1 - p)
         return ops.sigmoid(ops.mean(ops.reshape(logit, (self.views, -1, 1)), axis=0))
 
-    def get_config(self):
-        return {**super().get_config(), "views": self.views}
-
 
 @keras.saving.register_keras_serializable(package="inspection")
-class FirstView(layers.Layer):
+class FirstView(_PerView):
     """[V*N, F] (view-major) -> [N, F]: the identity view's rows."""
-
-    def __init__(self, views: int = 8, **kwargs):
-        super().__init__(**kwargs)
-        self.views = views
 
     def call(self, x):
         return ops.reshape(x, (self.views, -1, ops.shape(x)[-1]))[0]
-
-    def get_config(self):
-        return {**super().get_config(), "views": self.views}
 
 
 def with_views(model: keras.Model, tta: str, extra_output=None) -> tuple:
