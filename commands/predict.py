@@ -21,8 +21,11 @@ from inspection.decision.route import CSV_COLUMNS
 from inspection.deploy.predictor import expand, load_predictor, predict_items
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m commands.predict", description=__doc__.split("\n\n")[0])
+def main(prog: str = "python -m commands.predict") -> None:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                 epilog="Exit status: 0 every file has a row, 2 a usage or input error (one line on "
+                                        "stderr). The inspector page's server: python -m commands.serve, or "
+                                        "inspect-castings serve.")
     ap.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders, zips or globs")
     ap.add_argument("--model", default="models", help="model folder (default models/) or models:/name@alias")
     ap.add_argument("--out", default="-", help="CSV file to write (default: standard output)")

@@ -17,13 +17,13 @@ from inspection.runner.cli import cli
 from inspection.deploy.server import check_port, is_loopback, serve
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description="Serve the browser bundle (the inspector page) over http.")
+def main(prog: str = "python -m commands.serve") -> None:
+    ap = argparse.ArgumentParser(prog=prog, description="Serve the browser bundle (the inspector page) over http.")
     ap.add_argument("directory", nargs="?", default="models/web")
     ap.add_argument("--port", default="8000", help="TCP port (default 8000; 0 picks a free one)")
     ap.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every network)")
-    args = ap.parse_args()
+    args = ap.parse_args(sys.argv[1:])
     try:
         port = int(args.port)
     except ValueError:

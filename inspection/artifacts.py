@@ -88,12 +88,14 @@ HEADLINE = Path("reports/headline.json")
 PROMOTION = Path("reports/promotion.json")
 # report
 REPORT = Path("reports/report.html")
-PDF = Path("reports/report.pdf")
+PRINT = Path("reports/print")             # the report printed by Chromium (empty when web.require_browser is false)
+PDF = PRINT / "report.pdf"
 # web
 BUNDLE = Path("models/web")
 PARITY = Path("reports/export/parity.json")
 BROWSER_BENCHMARK = Path("reports/export/browser_benchmark.json")
-SCREENSHOTS = {1366: Path("reports/export/inspector-1366.png"), 390: Path("reports/export/inspector-390.png")}
+SCREENS = Path("reports/export/screenshots")   # the page at desktop and phone width (empty without a browser)
+SCREENSHOTS = {1366: SCREENS / "inspector-1366.png", 390: SCREENS / "inspector-390.png"}
 
 # ---- inputs in git and local state outside DVC --------------------------------------------------------
 WEB_SRC = Path("web/src")

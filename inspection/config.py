@@ -245,7 +245,8 @@ class WebParams(_Strict):
     parity_images: int = Field(..., ge=2)          # test images run through TF.js in Node and Chromium
     parity_tolerance: float = Field(..., gt=0.0) # max |TF.js - SavedModel| defect probability
     ood_parity_tolerance: float = Field(..., gt=0.0)  # max relative |TF.js - SavedModel| OOD score
-    chromium: str  # browser for the parity check and the benchmark
+    chromium: str  # browser for the parity check, the benchmark, the screenshots and the report's PDF
+    require_browser: bool  # false: without Chromium those steps are skipped with a warning (Node parity still gates)
     benchmark_backends: list[Literal["wasm", "webgl", "cpu"]]
     benchmark_repeats: int = Field(..., ge=5)      # timed single-image predictions per backend
 

@@ -1,9 +1,10 @@
-"""Stage report: the page a quality engineer signs, reports/report.html and its PDF print reports/report.pdf.
+"""Stage report: the page a quality engineer signs, reports/report.html and its PDF print reports/print/report.pdf.
 
 Reads every output the pipeline made (data.json, history.csv, metrics.json and the eval tables, the model folder's
 metadata.json, promotion.json, the model for the Grad-CAM of bad cases) and the MLflow history of earlier runs;
 the numbers and sentences come from inspection.report.numbers, the figures from inspection.report.figures, and
-the page is rendered by Jinja2 (inspection/report/templates) and printed to PDF by the system Chromium.
+the page is rendered by Jinja2 (inspection/report/templates) and printed to PDF by the system Chromium. With
+web.require_browser false and no Chromium, the PDF is skipped (reports/print/ stays empty) and the page says so.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from inspection.config import changed_params, load_params
 from inspection.errors import UserError
 from inspection.runner.cli import cli
 from inspection.fsutil import read_csv, read_json, staged_outputs
-from inspection.artifacts import (DATA_REPORT, DECISION, EVAL, HISTORY, METADATA, METRICS, MODEL, PDF, PROMOTION,
-                                  REPORT, RUN_FILE)
+from inspection.artifacts import (DATA_REPORT, DECISION, EVAL, HISTORY, METADATA, METRICS, MODEL, PDF, PRINT,
+                                  PROMOTION, REPORT, RUN_FILE)
 from inspection.deploy.model_folder import load_metadata
 from inspection.report.cases import case_images, pick_cases, promotion_section, with_routes
 from inspection.report.figures import band_figure, curve_figures, training_figure
@@ -77,36 +78,41 @@ def collect(params) -> dict:
                   "model version": meta.get("version", "not exported yet"),
                   "MLflow run": f"{run['run_id']} (experiment {run['experiment']}, {run['tracking_uri']})",
                   "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")},
-        changed=changed_params(params), versions=versions())
+        changed=changed_params(params), versions=versions(), pdf_warning=None)
 
 
 def main() -> None:
     params = load_params()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     t0 = time.perf_counter()
-    from inspection.deploy.server import chromium
+    from inspection.deploy.server import browser_or_skip, chromium
     from inspection.tracking.runs import stage_run
 
-    if not Path(params.web.chromium).exists():
-        raise UserError(f"Chromium not found at {params.web.chromium} (it prints reports/report.pdf); install it "
-                        f"(apt-get install chromium) or set web.chromium in params.yaml")
+    skipped = browser_or_skip(params.web, f"the PDF print ({PDF})")  # before any work
     context = collect(params)
+    context["pdf_warning"] = skipped
     html = render(context)
     meta, commit, run = context["meta"], context["commit"], context["run"]
-    with staged_outputs(REPORT, PDF) as out:
+    with staged_outputs(REPORT, PRINT) as out:
         out.path(REPORT).write_text(html, encoding="utf-8")
-        print("report: printing the PDF with Chromium")
-        with chromium(params.web.chromium) as browser:
-            pages = print_pdf(browser, out.path(REPORT), out.path(PDF),
-                              f"Casting inspection report, model {meta.get('version', '?')}, commit {commit[:12]}")
+        out.path(PRINT).mkdir()
+        if skipped:
+            print(f"report: WARNING: {skipped}")
+        else:
+            print("report: printing the PDF with Chromium")
+            with chromium(params.web.chromium) as browser:
+                pages = print_pdf(browser, out.path(REPORT), out.path(PRINT) / PDF.name,
+                                  f"Casting inspection report, model {meta.get('version', '?')}, commit {commit[:12]}")
     with stage_run("report", params) as mlflow:  # train's run, or a child run when params changed
         mlflow.log_artifact(str(REPORT), "reports")
-        mlflow.log_artifact(str(PDF), "reports")
+        if not skipped:
+            mlflow.log_artifact(str(PDF), "reports")
         mlflow.log_metric("report_seconds", time.perf_counter() - t0)
         logged_to = getattr(mlflow, "run_id", run["run_id"])
-    print(f"report: {REPORT} ({REPORT.stat().st_size / 1e6:.2f} MB, {len(context['cases'])} cases), {PDF} "
-          f"({PDF.stat().st_size / 1e6:.2f} MB, {pages} pages) in {time.perf_counter() - t0:.1f} s. "
-          f"{context['derived']['decision']} Logged to MLflow run {logged_to}")
+    printed = (f"{PDF} ({PDF.stat().st_size / 1e6:.2f} MB, {pages} pages)" if not skipped
+               else "no PDF (WARNING above)")
+    print(f"report: {REPORT} ({REPORT.stat().st_size / 1e6:.2f} MB, {len(context['cases'])} cases), {printed} "
+          f"in {time.perf_counter() - t0:.1f} s. {context['derived']['decision']} Logged to MLflow run {logged_to}")
 
 
 if __name__ == "__main__":

@@ -111,18 +111,63 @@ def sh(cmd, cwd, check=True):
     return res
 
 
+VENV = Path(sys.prefix)   # the venv running the tests: `make VENV=...` in a copy shares it (no reinstall)
+KAGGLE_DATASET = "ravirajsinh45/real-life-industrial-dataset-of-casting-product/versions/2"
+
+
+def fake_kaggle_cache(cache: Path, fill) -> Path:
+    """A complete kagglehub cache of the pinned Kaggle version in ``cache`` (the layout kagglehub itself writes):
+    ``fill(train_folder)`` writes the class folders. Returns the dataset's cached folder."""
+    from kagglehub.cache import Cache
+    from kagglehub.handle import parse_dataset_handle
+
+    previous = os.environ.get("KAGGLEHUB_CACHE")
+    os.environ["KAGGLEHUB_CACHE"] = str(cache)
+    try:
+        handle = parse_dataset_handle(KAGGLE_DATASET)
+        cached = Path(Cache().get_path(handle))
+        fill(cached / "casting_data" / "casting_data" / "train")
+        Cache().mark_as_complete(handle)
+    finally:
+        if previous is None:
+            os.environ.pop("KAGGLEHUB_CACHE")
+        else:
+            os.environ["KAGGLEHUB_CACHE"] = previous
+    return cached
+
+
+def share_node_modules(root: Path) -> None:
+    """The locked npm packages `make install` put in this checkout, linked into a copy when their stamp matches
+    (else the copy's `make install` runs npm ci itself)."""
+    stamp = REPO / "web/node_modules/.installed"
+    if stamp.is_file() and stamp.read_bytes() == (REPO / "web/package-lock.json").read_bytes():
+        (root / "web/node_modules").symlink_to(REPO / "web/node_modules")
+
+
+def make_cmd(*targets: str) -> list[str]:
+    return ["make", f"VENV={VENV}", *targets]
+
+
 @pytest.fixture(scope="session")
 def e2e_repo(tmp_path_factory):
-    """One `dvc repro` of the whole pipeline on a small synthetic source, in a git copy of the repo; shared by
-    every test module (session scope). Treat it as read-only; copy it to change it."""
-    root = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    """The README's run command on a fresh copy of the repo with nothing beside it (no team mirror): `make run`
+    takes the default data.source auto to Kaggle, served here from a complete kagglehub cache holding small
+    generated parts (no network: the Kaggle API points at a closed port). Shared by every test module (session
+    scope) with that environment kept; treat it as read-only, copy it to change it. Without Chromium (and
+    without REQUIRE_BROWSER) it runs with web.require_browser false."""
+    from inspection.config import load_params
+    from inspection.data.acquire import write_synthetic
+
+    base = tmp_path_factory.mktemp("e2e")
+    root = copy_repo(base / "repo")
     params = yaml.safe_load((root / "params.yaml").read_text())
-    params["data"].update(source="synthetic", synthetic={"per_class": 70, "size": 96, "seed": 3})
     params["train"].update(image_size=64, max_epochs=3, patience=2, batch_size=16)
     params["export"].update(parity_images=16)
-    params["promote"]["allow_not_ready"] = True   # 140 synthetic photos cannot prove the line's targets
+    params["promote"]["allow_not_ready"] = True   # 140 small photos cannot prove the line's targets
     params["evaluate"]["retake"]["ood_battery_per_kind"] = 4
     params["web"].update(parity_images=8, benchmark_repeats=5, benchmark_backends=["wasm", "cpu"])
+    if not HAS_BROWSER:
+        params["web"]["require_browser"] = False
     params["evaluate"]["robustness"]["perturbations"] = {
         "exposure x1.25": {"kind": "gain", "value": 1.25, "gated": True},
         "blur 1.5px": {"kind": "blur", "value": 1.5, "gated": True},
@@ -132,10 +177,22 @@ def e2e_repo(tmp_path_factory):
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=ci@example.com", "-c", "user.name=ci", "commit", "-qm", "e2e"]):
         sh(cmd, root)
-    if (REPO / "web/node_modules").is_dir():  # the locked npm packages, installed by `make install`
-        (root / "web/node_modules").symlink_to(REPO / "web/node_modules")
-    # the web stage needs Chromium; without it (and without REQUIRE_BROWSER) run every other stage
-    sh(["dvc", "repro"] if HAS_BROWSER else ["dvc", "repro", "promote"], root)  # report and web need Chromium
-    return root
+    share_node_modules(root)
+    data = load_params(REPO / "params.yaml").data
+    data = type(data).model_validate({**data.model_dump(), "synthetic": {"per_class": 70, "size": 96, "seed": 3}})
+
+    def fill(train: Path) -> None:
+        write_synthetic(data, train)
+        (train / "defect").rename(train / "def_front")
+        (train / "ok").rename(train / "ok_front")
+
+    fake_kaggle_cache(base / "kagglehub", fill)
+    mp = pytest.MonkeyPatch()  # the rest of the session's dvc commands in this repo see the same Kaggle cache
+    mp.setenv("KAGGLEHUB_CACHE", str(base / "kagglehub"))
+    mp.setenv("KAGGLE_API_ENDPOINT", "http://127.0.0.1:9")  # any network use would fail
+    res = sh(make_cmd("run"), root)
+    assert "source: data.source auto: Kaggle" in res.stdout, res.stdout[-2000:]
+    yield root
+    mp.undo()
 
 

@@ -389,10 +389,11 @@ def test_web_before_its_inputs(tmp_path):
            ("data/raw is missing", "run the download stage first"))
 
 
-def test_web_without_chromium_fails_before_the_node_check(tmp_path):
+def test_web_without_chromium_fails_before_any_work(tmp_path):
     root = project(tmp_path, **{"web.chromium": str(tmp_path / "no-chromium")})
     run = stage(root, "web")
-    record("web.chromium missing", run, 2, ("web.chromium", "not an executable Chromium"))
+    record("web.chromium missing (web.require_browser true)", run, 2,
+           ("Chromium not found at", "make install", "web.require_browser: false"))
     assert "parity" not in run.out
 
 
@@ -782,8 +783,8 @@ def _tree_md5(root: Path, outs: list[str]) -> dict[str, str]:
 
 
 def test_way_back_when_a_stage_fails_under_dvc(dvc_repo):
-    """The first stage that runs checks the web stage's tools; DVC has already removed that stage's
-    outputs, and the message says how to restore them."""
+    """The first stage that runs checks every param (here one that only train uses); DVC has already removed
+    that stage's outputs, and the message says how to restore them."""
     import re
 
     from inspection.runner.preflight import outputs, stage_spec
@@ -793,7 +794,7 @@ def test_way_back_when_a_stage_fails_under_dvc(dvc_repo):
     params = (root / "params.yaml").read_text()
     before = {name: _tree_md5(root, outputs(spec)) for name, spec in dvc_yaml["stages"].items()}
     try:
-        tiny_params(root, **{"data.synthetic.seed": 2, "web.chromium": "/nonexistent/chromium"})
+        tiny_params(root, **{"data.synthetic.seed": 2, "train.max_epochs": 0})
         t0 = time.perf_counter()
         res = sh(["dvc", "repro"], root, check=False)
         seconds = time.perf_counter() - t0
@@ -804,9 +805,9 @@ def test_way_back_when_a_stage_fails_under_dvc(dvc_repo):
     assert len(ran) == 1, res.stdout  # the first stage failed; nothing else ran
     first = ran[0]
     line = next((ln for ln in res.stderr.splitlines() if ln.startswith("error: ")), "")
-    for part in ("web.chromium", f"DVC removed the previous outputs of stage '{first}'", f"`dvc checkout {first}`"):
+    for part in ("train.max_epochs", f"DVC removed the previous outputs of stage '{first}'", f"`dvc checkout {first}`"):
         assert part in line, line
-    RESULTS.append((f"dvc repro with web.chromium missing (fails at the first stage, {first})", res.returncode,
+    RESULTS.append((f"dvc repro with train.max_epochs 0 (fails at the first stage, {first})", res.returncode,
                     seconds, line))
     outs = outputs(stage_spec(first, dvc_yaml))
     assert before[first] and _tree_md5(root, outs) != before[first]  # DVC removed them before the stage ran ...

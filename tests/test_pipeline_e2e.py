@@ -1,5 +1,6 @@
-"""End to end: `dvc repro` of every stage on the synthetic source, in a copy of the repo;
-the report and the inspector page are opened in headless Chromium."""
+"""End to end: the README's `make run` in a fresh copy of the repo with no team mirror beside it, from a cached
+Kaggle copy of small generated parts (conftest.e2e_repo); the report and the inspector page are opened in headless
+Chromium."""
 from __future__ import annotations
 
 import json
@@ -21,11 +22,12 @@ OUTPUTS = [
     "models/saved_model/saved_model.pb", "models/tfjs/model.json", "models/metadata.json",
 ]
 WEB_OUTPUTS = [  # and the report, which Chromium prints to PDF
-    "reports/report.html", "reports/report.pdf",
+    "reports/report.html", "reports/print/report.pdf",
     "models/web/index.html", "models/web/app.js", "models/web/preprocess.js", "models/web/metadata.json",
     "models/web/model/model.json", "models/web/vendor/tf.min.js", "models/web/vendor/tf-backend-wasm.min.js",
     "models/web/vendor/tfjs-backend-wasm-simd.wasm", "reports/export/parity.json",
-    "reports/export/browser_benchmark.json", "reports/export/inspector-1366.png", "reports/export/inspector-390.png",
+    "reports/export/browser_benchmark.json", "reports/export/screenshots/inspector-1366.png",
+    "reports/export/screenshots/inspector-390.png",
 ]
 @pytest.fixture(scope="module")
 def repo(e2e_repo):
@@ -35,6 +37,11 @@ def repo(e2e_repo):
 def test_every_declared_output_exists(repo):
     missing = [o for o in OUTPUTS + (WEB_OUTPUTS if HAS_BROWSER else []) if not (repo / o).exists()]
     assert not missing
+
+
+def test_fresh_copy_took_the_cached_kaggle_copy(repo):
+    source = json.loads((repo / "data/raw/SOURCE.json").read_text())
+    assert source["source"] == "kaggle" and source["version"] == 2 and source["counts"] == {"defect": 70, "ok": 70}
 
 
 def test_metrics_have_their_keys(repo):
@@ -113,7 +120,7 @@ def test_mlflow_run_holds_params_metrics_artifacts(repo, monkeypatch):
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.get_run(run_id)
-    assert run.data.params["train.image_size"] == "64" and run.data.params["data.source"] == "synthetic"
+    assert run.data.params["train.image_size"] == "64" and run.data.params["data.source"] == "auto"
     assert "test_recall" in run.data.metrics and "val_loss" in run.data.metrics and "tfjs_bytes" in run.data.metrics
     assert len(client.get_metric_history(run_id, "loss")) >= 1
     assert run.data.tags["dataset_sha256"] == json.loads((repo / "data/raw/SOURCE.json").read_text())["dataset_sha256"]
@@ -173,7 +180,7 @@ def test_report_in_a_real_browser_shows_the_metrics_and_every_image(repo, browse
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000 and not errors
         page.close()
-    assert pdf_pages(repo / "reports/report.pdf") >= 2
+    assert pdf_pages(repo / "reports/print/report.pdf") >= 2
 
 
 def test_web_bundle_matches_the_saved_model(repo):
@@ -204,3 +211,29 @@ def test_bench_saved_model_speed_runs_on_the_exported_model(repo, monkeypatch):
     images = np.random.default_rng(0).integers(0, 256, (8, 64, 64), dtype=np.uint8)
     speed = bench.saved_model_speed(images, batch=4, repeats=1, single=12)
     assert speed["images_per_run"] == 8 and speed["throughput_images_per_s_median"] > 0
+
+
+def test_without_a_browser_report_and_web_skip_with_a_warning(repo, tmp_path):
+    """web.require_browser false on a machine without Chromium: the report is written without its PDF and says
+    so, the web stage runs Node parity only (still gating) and says so in parity.json; nothing else reruns."""
+    import shutil
+
+    import yaml
+
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy, symlinks=True)
+    params = yaml.safe_load((copy / "params.yaml").read_text())
+    params["web"].update(chromium=str(tmp_path / "no-chromium"), require_browser=False)
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    res = sh(["dvc", "repro"], copy)
+    ran = {line.split("'")[1] for line in res.stdout.splitlines() if line.startswith("Running stage")}
+    assert ran <= {"sources", "report", "web"} and {"report", "web"} <= ran, res.stdout
+    assert "report: WARNING: the PDF print" in res.stdout and "web: WARNING: the browser parity" in res.stdout
+    parity = json.loads((copy / "reports/export/parity.json").read_text())
+    assert parity["browser"].startswith("WARNING: ") and "web.require_browser is false" in parity["browser"]
+    assert parity["runs"] and all(k.startswith("node ") for k in parity["runs"]) and parity["route_mismatches"] == 0
+    bench = json.loads((copy / "reports/export/browser_benchmark.json").read_text())
+    assert bench["backends"] == {} and "web.require_browser is false" in bench["warning"]
+    assert not list((copy / "reports/export/screenshots").iterdir()) and not list((copy / "reports/print").iterdir())
+    html = (copy / "reports/report.html").read_text()
+    assert 'id="pdf-warning"' in html and "web.require_browser is false" in html

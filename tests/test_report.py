@@ -376,7 +376,7 @@ def test_report_in_chromium(made, browser, width):
 
 def test_pdf_is_printed_with_pages_and_the_decision(made, browser):
     root = made["root"]
-    pdf = root / "reports/report.pdf"
+    pdf = root / "reports/print/report.pdf"
     assert pdf.read_bytes()[:5] == b"%PDF-" and pdf_pages(pdf) >= 2
     html = (root / "reports/report.html").read_text()
     page = browser.new_page()
@@ -409,7 +409,7 @@ def test_stage_logs_html_and_pdf_to_mlflow_and_is_quick(made):
     assert "report_seconds" in client.get_run(made["runs"][-1]).data.metrics
     assert "Not ready for the line" in made["stdout"]
     print(f"report stage {made['seconds']:.1f} s; html {(made['root'] / 'reports/report.html').stat().st_size:,} B; "
-          f"pdf {(made['root'] / 'reports/report.pdf').stat().st_size:,} B")
+          f"pdf {(made['root'] / 'reports/print/report.pdf').stat().st_size:,} B")
 
 
 def test_trend_reads_the_last_runs_newest_first(made):

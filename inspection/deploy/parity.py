@@ -235,13 +235,15 @@ def chromium_checks(web, bundle: Path, ref: Reference, positive_class: str, dest
     return chrome, bench, shown
 
 
-def compare_runs(node: dict, chrome: dict, ref: Reference, threshold: float) -> dict[str, dict]:
+def compare_runs(node: dict, chrome: dict | None, ref: Reference, threshold: float) -> dict[str, dict]:
     """Every TF.js run against the SavedModel (compare), by name: Node per backend on Python's pixels and with
     the page's resize, Chromium on Python's pixels (routed by the Python rule) and the page itself."""
     from inspection.decision.route import decide
 
     runs = {f"node {b}": r["prepared"] for b, r in node["backends"].items()}
     runs.update({f"node {b} (page resize)": r["js_resize"] for b, r in node["backends"].items()})
+    if chrome is None:  # no browser (web.require_browser false): Node only
+        return {name: compare(ref.saved, run, ref.routes, threshold) for name, run in runs.items()}
     chrome_prepared = dict(chrome["prepared"])
     if ref.rule:  # the page's numbers on Python's pixels, routed by the Python rule
         o = chrome_prepared.get("ood_score") or [None] * len(ref.rows)
@@ -252,8 +254,8 @@ def compare_runs(node: dict, chrome: dict, ref: Reference, threshold: float) -> 
     return {name: compare(ref.saved, run, ref.routes, threshold) for name, run in runs.items()}
 
 
-def parity_summary(checks: dict[str, dict], ref: Reference, node: dict, chrome: dict, shown: list[dict],
-                   sizes: dict, web, threshold: float) -> dict:
+def parity_summary(checks: dict[str, dict], ref: Reference, node: dict, chrome: dict | None, shown: list[dict],
+                   sizes: dict, web, threshold: float, skipped: str | None = None) -> dict:
     """reports/export/parity.json: the worst differences over all runs, mismatch totals, the Python routes,
     each run's check, resize and camera-statistics parity, the page upload and versions and sizes."""
     worst = max(c["max_abs_diff"] for c in checks.values())
@@ -271,10 +273,11 @@ def parity_summary(checks: dict[str, dict], ref: Reference, node: dict, chrome: 
                    if ref.routes else None),
         "runs": checks,
         "resize_node_vs_opencv": node["resize"],
-        "resize_chromium_vs_opencv": chrome["page_pixels"],
+        "resize_chromium_vs_opencv": chrome["page_pixels"] if chrome else None,
         "camera_stats_max_rel_diff": float((np.abs(js_stats - py_arr) / np.maximum(np.abs(py_arr), 1)).max()),
-        "page_upload": shown, "page_tensors_after": chrome["tensors_after"],
-        "tfjs": node["tfjs"], "node": node["node"], "chromium_backend": chrome["backend"],
+        "page_upload": shown, "page_tensors_after": chrome["tensors_after"] if chrome else None,
+        "tfjs": node["tfjs"], "node": node["node"], "chromium_backend": chrome["backend"] if chrome else None,
+        "browser": "checked in headless Chromium" if chrome else f"WARNING: {skipped}",
         "model_bytes": sizes["model"], "bundle_bytes": sizes,
     }
 
@@ -290,10 +293,12 @@ def require_parity(checks: dict[str, dict], tolerance: float, ood_tolerance: flo
                         f"{bad}; do not deploy this bundle")
 
 
-def benchmark_summary(web, node: dict, sizes: dict, metadata: dict, images: int, bench: dict) -> dict:
-    """reports/export/browser_benchmark.json: per backend, model-only and whole-page latency in Chromium."""
+def benchmark_summary(web, node: dict, sizes: dict, metadata: dict, images: int, bench: dict,
+                      skipped: str | None = None) -> dict:
+    """reports/export/browser_benchmark.json: per backend, model-only and whole-page latency in Chromium
+    (empty ``backends`` and the warning when the browser was skipped)."""
     size = int(metadata["input"]["height"])
-    return {"chromium": str(web.chromium), "tfjs": node["tfjs"], "model_bytes": sizes["model"],
+    return {"chromium": str(web.chromium), **({"warning": skipped} if skipped else {}), "tfjs": node["tfjs"], "model_bytes": sizes["model"],
             "quantization": metadata.get("tfjs_quantization", "none"), "input": [size, size],
             "repeats": web.benchmark_repeats, "page_images": min(16, images), "backends": bench,
             "note": "model_only: one prepared image through the model (both outputs); page_per_image: decode + "

@@ -92,65 +92,14 @@ def check_writable(spec: dict) -> None:
                             "run the stage from a writable checkout") from None
 
 
-def _dvc_targets() -> list[str] | None:
-    """The stage targets of the `dvc repro` / `dvc exp run` that started us ([] = the whole pipeline),
-    None when the parent is not a dvc command we can read."""
-    import psutil
-
-    from inspection.runner.watchdog import launcher
-
-    proc = launcher()  # DVC runs the cmd through $SHELL (or /bin/sh), which may not exec it: the shell's parent
-    try:
-        argv = [a for a in (proc.cmdline() if proc else []) if a]
-    except psutil.Error:
-        return None
-    if not argv:
-        return None
-    names = [Path(a).name for a in argv[:3]]
-    if "dvc" not in names and not any(n.startswith("dvc") for n in names):
-        return None
-    if "repro" in argv:
-        rest = argv[argv.index("repro") + 1:]
-    elif "exp" in argv and "run" in argv:
-        rest = argv[argv.index("run") + 1:]
-    else:
-        return []  # a queue worker or another dvc command: assume the whole pipeline
-    if "-P" in rest or "--all-pipelines" in rest or "--downstream" in rest:
-        return []
-    with_value = {"-S", "--set-param", "-n", "--name", "-j", "--jobs", "-m", "--message", "-C", "--copy-paths",
-                  "-r", "--rev"}
-    targets, skip = [], False
-    for a in rest:
-        if skip:
-            skip = False
-        elif a in with_value:
-            skip = True
-        elif not a.startswith("-"):
-            targets.append(a.rsplit(":", 1)[-1])
-    return targets
-
-
-def web_will_run(stage: str | None, dvc: dict) -> bool:
-    if stage == WEB_STAGE:
-        return True
-    if WEB_STAGE not in (dvc.get("stages") or {}) or not os.environ.get("DVC_STAGE"):
-        return False
-    targets = _dvc_targets()
-    return targets is not None and (not targets or WEB_STAGE in targets)
-
-
-def check_web_tools(params) -> None:
-    chromium = Path(params.web.chromium).expanduser()
-    if not (chromium.is_file() and os.access(chromium, os.X_OK)):
-        raise UserError(f"web.chromium {chromium} is not an executable Chromium (the web stage needs it); install it "
-                        "(apt-get install chromium), set web.chromium in params.yaml, or run without the web stage "
-                        "(dvc repro report export)")
+def check_web_tools() -> None:
+    """The web stage's Node.js half (its Chromium half is checked by the stages that use a browser: web, report)."""
     if shutil.which("node") is None:
-        raise UserError("node not found on PATH (the web stage needs Node.js 18+); install Node.js, or run without "
-                        "the web stage (dvc repro report export)")
+        raise UserError("node not found on PATH (the web stage needs Node.js 18+); run `make install`, or run "
+                        "without the web stage (dvc repro report)")
     if not Path("web/node_modules").is_dir() and shutil.which("npm") is None:
-        raise UserError("npm not found and web/node_modules is not installed (the web stage needs them); install "
-                        "Node.js with npm and run: npm ci --prefix web")
+        raise UserError("npm not found and web/node_modules is not installed (the web stage needs them); run "
+                        "`make install` (or install Node.js with npm and run: npm ci --prefix web)")
 
 
 def preflight(stage: str | None) -> None:
@@ -165,8 +114,8 @@ def preflight(stage: str | None) -> None:
     from inspection.tracking.journal import pending_notice
 
     params = load_params()  # all of it: a typo in any section fails the first stage that runs
-    if web_will_run(stage, dvc):
-        check_web_tools(params)
+    if stage == WEB_STAGE:
+        check_web_tools()
     check_inputs(spec, dvc, stage)
     check_writable(spec)
     check_store(RUN_FILE if RUN_FILE.as_posix() in _paths(spec.get("deps")) else None)

@@ -1,0 +1,79 @@
+"""Every make target of the README on tiny data, asserting on what each writes: `make bench` (the pipeline
+benchmark, the memory-scaling, batch-CLI and fingerprint tools), then `make results` (the same experiment, now
+restored from DVC's run cache), `make serve` (start, one request, stop). `make run` is the end-to-end run
+(conftest.e2e_repo), `make mlflow-server` is in test_team.py, `make install` in test_fresh_clone.py."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from conftest import make_cmd, sh
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tiny_mirror(e2e_repo: Path, dest: Path) -> Path:
+    """The e2e run's photos as a team mirror: a zip in the Kaggle archive's layout."""
+    with zipfile.ZipFile(dest, "w") as z:
+        for cls, folder in (("defect", "def_front"), ("ok", "ok_front")):
+            for f in sorted((e2e_repo / "data/raw" / cls).glob("*.jpeg")):
+                z.write(f, f"casting_data/casting_data/train/{folder}/{f.name}")
+    return dest
+
+
+def test_make_bench_then_make_results(e2e_repo, tmp_path):
+    repo = tmp_path / "repo"
+    shutil.copytree(e2e_repo, repo, symlinks=True)
+    mirror = _tiny_mirror(e2e_repo, tmp_path / "mirror.zip")
+    res = sh(make_cmd("bench", f"MIRROR={mirror}", "BENCH_SCALE=2", "BENCH_IMAGES=24", "BENCH_LARGE=48",
+                      "BENCH_FILES=60", f"BENCH_SCRATCH={tmp_path / 'scratch'}"), repo)
+    bench = json.loads((repo / "reports/benchmark.json").read_text())
+    assert {"machine", "stage_seconds", "memory_scaling"} <= set(bench), sorted(bench)
+    assert set(bench["stage_seconds"]) >= {"download", "train", "evaluate", "export"}
+    md = (repo / "reports/benchmark.md").read_text()
+    assert "SavedModel" in md or "saved" in md.lower()
+    predict = json.loads((repo / "reports/bench_predict.json").read_text())
+    assert predict["throughput"] and predict["peak_rss"]
+    fingerprint = json.loads((repo / "reports/bench_fingerprint.json").read_text())
+    assert fingerprint, res.stdout[-2000:]
+    source = json.loads((repo / "data/raw/SOURCE.json").read_text())
+    assert source["source"] == "local" and source["counts"] == {"defect": 70, "ok": 70}
+    (repo / "reports/timings.json").unlink()
+    res = sh(make_cmd("results", f"MIRROR={mirror}"), repo)   # the same experiment: DVC restores it
+    timings = json.loads((repo / "reports/timings.json").read_text())
+    assert "train" in timings and "evaluate" in timings, res.stdout[-2000:]
+
+
+def test_make_serve_answers_one_request_and_stops(e2e_repo):
+    port = _port()
+    proc = subprocess.Popen(make_cmd("serve", f"PORT={port}"), cwd=e2e_repo, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env=dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"))
+    try:
+        for line in proc.stdout:
+            if line.startswith("serving "):
+                break
+        else:
+            raise AssertionError(f"make serve ended: {proc.wait()}")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
+            page = r.read().decode()
+        assert r.status == 200 and "<html" in page.lower()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metadata.json", timeout=30) as r:
+            assert json.loads(r.read())["route"]["words"] == ["PASS", "REVIEW", "REJECT", "RETAKE"]
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(60)
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # stopped
