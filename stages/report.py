@@ -76,7 +76,7 @@ def collect(params) -> dict:
         band_choice=metrics.get("band_choice"),
         identity={"git commit": commit, "dataset sha256": dataset_sha256(),
                   "model version": meta.get("version", "not exported yet"),
-                  "MLflow run": f"{run['run_id']} (experiment {run['experiment']}, {run['tracking_uri']})",
+                  "MLflow run": f"{run['run_id']} (experiment {run['experiment']})",  # no store URI in a DVC output
                   "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")},
         changed=changed_params(params), versions=versions(), pdf_warning=None)
 

@@ -70,8 +70,7 @@ def main() -> None:
     import tensorflow as tf
 
     from inspection.data.dataset import dataset_sha256
-    from inspection.tracking.runs import git_commit, start_run
-    from inspection.tracking.store import tracking_uri
+    from inspection.tracking.runs import start_run
 
     keras.utils.set_random_seed(p.seed)
     tf.config.experimental.enable_op_determinism()
@@ -84,7 +83,7 @@ def main() -> None:
     sha = dataset_sha256()
     with staged_outputs(MODEL, HISTORY, RUN_FILE) as out:
         mlflow, run = start_run(p.mlflow_experiment, flat_params(params),
-                                tags={"git_commit": git_commit(), "dataset_sha256": sha, "arch": p.arch})
+                                tags={"dataset_sha256": sha, "arch": p.arch})  # + name, commit: run_identity
         try:
             epoch_times: list[float] = []
             stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.patience, verbose=1,
@@ -104,8 +103,8 @@ def main() -> None:
             model.save(out.path(MODEL))
             mlflow.log_metrics({k: float(v) for k, v in summary.items()})
             mlflow.set_tags({"settled": str(summary["settled"]).lower()})
-            write_json(out.path(RUN_FILE), {"run_id": run.info.run_id, "experiment": p.mlflow_experiment,
-                                            "tracking_uri": tracking_uri(), **summary})
+            # no store URI: every stage logs into the store it is given (MLFLOW_TRACKING_URI or the default)
+            write_json(out.path(RUN_FILE), {"run_id": run.info.run_id, "experiment": p.mlflow_experiment, **summary})
         except BaseException as exc:
             mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise

@@ -75,6 +75,8 @@ def test_metrics_have_their_keys(repo):
     assert ",PASS," not in "\n".join(rows)
     headline = json.loads((repo / "reports/headline.json").read_text())
     assert len(headline) <= 15 and headline["retake_share"] == rt["retake_share"]
+    assert not any("seconds" in k for k in headline)  # no wall times in the DVC metrics
+    assert "reports/headline.json" in sh(["git", "ls-files", "--others", "--exclude-standard"], repo).stdout  # kept in git
     data = json.loads((repo / "reports/data.json").read_text())
     assert {"feature_auc", "combined_test_auc", "flagged"} <= set(data["confound"])
 
@@ -213,6 +215,12 @@ def test_bench_saved_model_speed_runs_on_the_exported_model(repo, monkeypatch):
     assert speed["images_per_run"] == 8 and speed["throughput_images_per_s_median"] > 0
 
 
+def test_bundle_files_have_normal_modes(repo):
+    """No executable bits from node_modules: `dvc checkout` would call the bundle modified."""
+    modes = {oct(f.stat().st_mode & 0o777) for f in (repo / "models/web").rglob("*") if f.is_file()}
+    assert modes == {"0o644"}, modes
+
+
 def test_without_a_browser_report_and_web_skip_with_a_warning(repo, tmp_path):
     """web.require_browser false on a machine without Chromium: the report is written without its PDF and says
     so, the web stage runs Node parity only (still gating) and says so in parity.json; nothing else reruns."""
@@ -237,3 +245,22 @@ def test_without_a_browser_report_and_web_skip_with_a_warning(repo, tmp_path):
     assert not list((copy / "reports/export/screenshots").iterdir()) and not list((copy / "reports/print").iterdir())
     html = (copy / "reports/report.html").read_text()
     assert 'id="pdf-warning"' in html and "web.require_browser is false" in html
+
+
+def test_no_output_records_a_machine_path_or_a_store(repo):
+    """A pulled output must not send a teammate's logs to this machine's store, nor name its folders."""
+    import yaml
+
+    from inspection.runner.preflight import outputs, stage_spec
+
+    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
+    files = []
+    for name in dvc_yaml["stages"]:
+        for out in outputs(stage_spec(name, dvc_yaml)):
+            p = repo / out
+            files += [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else []
+    texts = [f for f in files if f.suffix in {".json", ".csv", ".html", ".md", ".txt", ".yaml"}]
+    assert len(texts) > 20
+    bad = {str(f.relative_to(repo)) for f in texts
+           for needle in (str(repo), str(repo.parent), "sqlite:", "mlflow.db") if needle in f.read_text(errors="replace")}
+    assert not bad, bad

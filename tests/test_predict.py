@@ -6,6 +6,7 @@ import csv
 import io
 import itertools
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -83,7 +84,7 @@ def test_cli_writes_one_row_per_file_unreadable_ones_as_retake(model_dir, tmp_pa
     folder = tmp_path / "line"
     for i in range(5):
         write_part(folder / f"part{i}.jpg", seed=100 + i, size=96)
-    (folder / "notes.txt").write_text("not an image, not listed from a folder")
+    (folder / "notes.txt").write_text("not an image: a RETAKE row too (one row per file, never skipped)")
     bad = tmp_path / "renamed.jpg"
     bad.write_text("a text file renamed .jpg")
     with zipfile.ZipFile(tmp_path / "batch.zip", "w") as zf:
@@ -96,12 +97,67 @@ def test_cli_writes_one_row_per_file_unreadable_ones_as_retake(model_dir, tmp_pa
     rows = list(csv.DictReader((tmp_path / "v.csv").open()))
     assert list(rows[0]) == list(CSV_COLUMNS)
     by = {r["file"].split("/")[-1]: r for r in rows}
-    assert len(rows) == 5 + 1 + 2 + 1 and "notes.txt" not in by
+    assert len(rows) == 5 + 1 + 1 + 2 + 1 and "unsupported format .txt" in by["notes.txt"]["reason"]
     assert by["renamed.jpg"]["route"] == "RETAKE" and by["renamed.jpg"]["reason"].startswith("unreadable:")
     assert by["empty.png"]["route"] == "RETAKE" and "empty file" in by["empty.png"]["reason"]
     assert by["grey.png"]["route"] == "RETAKE" and "contrast low" in by["grey.png"]["camera_check"]
     assert all(r["model_version"] == "testversion1" and r["route"] in ("PASS", "REVIEW", "REJECT", "RETAKE") for r in rows)
-    assert "RETAKE 3" in res.stderr and "Traceback" not in res.stderr
+    assert "RETAKE 4" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_cli_one_row_per_distinct_file_through_symlink_loops_nested_zips_and_odd_formats(model_dir, tmp_path):
+    """The promise "one row per file, never skipped": a `**` glob over a folder with a symlink loop gives one row
+    per image; a zip inside the input zip, a .heic and a .jfif each get a row (the .jfif is read: it is a JPEG)."""
+    folder = tmp_path / "line"
+    for i in range(120):
+        write_part(folder / f"b{i // 40}" / f"part{i:03d}.jpg", seed=300 + i, size=40)
+    (folder / "b0" / "loop").symlink_to(folder, target_is_directory=True)   # line/b0/loop -> line
+    (folder / "b1" / "again").symlink_to(folder / "b2", target_is_directory=True)
+    res = _run([f"{folder}/**", "--model", model_dir, "--out", tmp_path / "v.csv"], REPO)
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader((tmp_path / "v.csv").open()))
+    assert len(rows) == 120 and len({r["file"] for r in rows}) == 120
+
+    odd = tmp_path / "odd"
+    write_part(odd / "camera.jpg", seed=1, size=40)
+    (odd / "camera.jpg").rename(odd / "camera.jfif")   # what some cameras and browsers save JPEGs as
+    (odd / "phone.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    inner = tmp_path / "inner.zip"
+    with zipfile.ZipFile(inner, "w") as zf:
+        zf.write(odd / "camera.jfif", "x.jpg")
+    with zipfile.ZipFile(odd / "outer.zip", "w") as zf:
+        zf.write(inner, "nested/inner.zip")
+        zf.write(odd / "camera.jfif", "ok/direct.jpg")
+    res = _run([odd, "--model", model_dir, "--out", tmp_path / "o.csv"], REPO)
+    assert res.returncode == 0, res.stderr
+    by = {r["file"].split("/")[-1]: r for r in csv.DictReader((tmp_path / "o.csv").open())}
+    assert set(by) == {"camera.jfif", "phone.heic", "inner.zip", "direct.jpg"}
+    assert by["camera.jfif"]["route"] != "RETAKE" or not by["camera.jfif"]["reason"].startswith("unreadable")
+    assert by["phone.heic"]["route"] == "RETAKE" and "unsupported format .heic" in by["phone.heic"]["reason"]
+    assert by["inner.zip"]["route"] == "RETAKE" and "archive inside outer.zip" in by["inner.zip"]["reason"]
+
+
+def test_cli_refuses_a_huge_photo_from_its_header(model_dir, tmp_path):
+    """A 400 MP PNG (a few hundred KB compressed) is a RETAKE row read from its header: peak memory stays small."""
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    meta["input"]["max_pixels"] = 25_000_000
+    (model / "metadata.json").write_text(json.dumps(meta))
+    huge = tmp_path / "huge.png"
+    ok, buf = cv2.imencode(".png", np.zeros((20000, 20000), np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    huge.write_bytes(buf.tobytes())
+    del buf
+    code = ("import resource, subprocess, sys; r = subprocess.run([sys.executable, '-m', 'commands.predict', "
+            "sys.argv[1], '--model', sys.argv[2], '--out', sys.argv[3]]); "
+            "print(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    res = subprocess.run([sys.executable, "-c", code, str(huge), str(model), str(tmp_path / "h.csv")], cwd=REPO,
+                         capture_output=True, text=True)
+    rc, rss_kb = map(int, res.stdout.split())
+    assert rc == 0, res.stderr
+    row = next(csv.DictReader((tmp_path / "h.csv").open()))
+    assert row["route"] == "RETAKE" and "too large (20000x20000 px = 400 MP" in row["reason"]
+    assert rss_kb < 1.5 * 2**20, f"peak RSS {rss_kb / 2**20:.2f} GB"
 
 
 def test_cli_out_to_a_pipe_or_device_writes_into_it(model_dir, tmp_path):
@@ -202,3 +258,19 @@ def test_cli_refuses_a_damaged_model_folder_in_one_line(model_dir, tmp_path, fau
     assert len(errors) == 1 and errors == [ln for ln in res.stderr.splitlines() if ln.strip()][-1:], res.stderr
     assert errors[0].startswith(f"error: {bad / 'metadata.json'}: ") and expect in errors[0], errors[0]
     assert errors[0].endswith(DAMAGED) and not (tmp_path / "v.csv").exists()
+
+
+def test_cli_with_the_tracking_server_down_says_so(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write_part(tmp_path / "p.jpg", seed=1, size=40)
+    res = subprocess.run([sys.executable, "-m", "commands.predict", str(tmp_path / "p.jpg"), "--model",
+                          "models:/casting-inspector@champion"], cwd=tmp_path, capture_output=True, text=True,
+                         env=dict(os.environ, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}",
+                                  PYTHONPATH=str(REPO)))
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert "server unreachable (connection refused)" in res.stderr and "start the server" in res.stderr
+    assert "No module named" not in res.stderr   # runs outside the repository root

@@ -211,7 +211,7 @@ def test_remote_round_trip_needs_no_rerun(e2e_repo, tmp_path):
     shutil.copytree(e2e_repo, src, symlinks=True)
     remote = tmp_path / "remote"
     sh(["dvc", "remote", "add", "--default", "team", str(remote)], src)
-    sh(["git", "add", ".dvc/config", "dvc.lock"], src)
+    sh(["git", "add", ".dvc/config", "dvc.lock", "reports/headline.json"], src)  # the metrics live in git
     sh(["git", *GIT_ID, "commit", "-qm", "lock and remote"], src)
     sh(["dvc", "push", "--run-cache"], src)
     assert any(remote.rglob("*")), "nothing was pushed"
@@ -221,6 +221,10 @@ def test_remote_round_trip_needs_no_rerun(e2e_repo, tmp_path):
     assert not (clone / "models/model.keras").exists()
     pulled = sh(["dvc", "pull"], clone)
     assert (clone / "models/model.keras").exists() and (clone / "reports/headline.json").exists(), pulled.stdout
+    checkout = sh(["dvc", "checkout"], clone).stdout   # quiet: the bundle's files keep normal modes
+    assert not [ln for ln in checkout.splitlines() if ln.startswith("M")], checkout
+    metrics = sh(["dvc", "metrics", "show", "--json"], clone)  # from git, no remote needed
+    assert "route_missed" in metrics.stdout, metrics.stdout + metrics.stderr
 
     # up to date: only a stage declared always_changed may be listed
     status = json.loads(sh(["dvc", "status", "--json"], clone).stdout)
@@ -235,6 +239,54 @@ def test_remote_round_trip_needs_no_rerun(e2e_repo, tmp_path):
     assert (clone / "dvc.lock").read_text() == lock_before
     status = json.loads(sh(["dvc", "status", "--json"], clone).stdout)
     assert set(status) <= always_changed(clone), status
+
+
+def _runs(db: Path) -> set[str]:
+    import sqlite3
+
+    if not db.exists():
+        return set()
+    with sqlite3.connect(db) as con:
+        return {r[0] for r in con.execute("select run_uuid from runs")}
+
+
+def test_a_teammate_clone_logs_registers_and_promotes_in_its_own_store(e2e_repo, tmp_path):
+    """push -> second clone -> pull -> `dvc exp run` there: the runs, the registered version and the champion
+    alias land in the second clone's store; the first clone's store gets nothing, and nothing crashes on the run
+    id that only the first store knows."""
+    import mlflow
+
+    src = tmp_path / "src"
+    shutil.copytree(e2e_repo, src, symlinks=True)
+    sh(["dvc", "remote", "add", "--default", "team", str(tmp_path / "remote")], src)
+    sh(["git", "add", ".dvc/config", "dvc.lock", "reports/headline.json"], src)
+    sh(["git", *GIT_ID, "commit", "-qm", "lock and remote"], src)
+    sh(["dvc", "push"], src)
+    first_store = _runs(src / "mlflow.db")
+    original = json.loads((src / "models/mlflow_run.json").read_text())["run_id"]
+
+    clone = tmp_path / "mate"
+    sh(["git", "clone", "-q", str(src), str(clone)], tmp_path)
+    if (src / "web/node_modules").exists():
+        (clone / "web/node_modules").symlink_to((src / "web/node_modules").resolve())
+    sh(["dvc", "pull"], clone)
+    res = sh(["dvc", "exp", "run", "-n", "mate", "-S", "export.parity_images=12"], clone)
+    assert "Running stage 'export'" in res.stdout and "Running stage 'promote'" in res.stdout, res.stdout[-3000:]
+    assert "Traceback" not in res.stdout + res.stderr
+    assert _runs(src / "mlflow.db") == first_store   # nothing written into the first clone's store
+
+    uri = f"sqlite:///{clone / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    here = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string=f"tags.origin_run_id = '{original}'")
+    assert len(here) == 1 and here[0].info.run_name == "mate" and here[0].data.tags["dvc_exp_name"] == "mate"
+    name = yaml.safe_load((clone / "params.yaml").read_text())["registry"]["model_name"]
+    versions = client.search_model_versions(f"name='{name}'")
+    assert versions and {v.run_id for v in versions} <= {r.info.run_id for r in client.search_runs(
+        [here[0].info.experiment_id])}
+    promotion = json.loads((clone / "reports/promotion.json").read_text())
+    assert promotion["decision"] == "first model" and promotion["alias"] == "champion", promotion  # in this store
+    assert client.get_model_version_by_alias(name, "champion").version == promotion["challenger"]["version"]
 
 
 # ---- the team MLflow server on PostgreSQL ------------------------------------------------------------------
@@ -296,7 +348,7 @@ def test_mlflow_server_on_postgresql(e2e_repo, tmp_path):
         import mlflow
 
         info = json.loads((repo / "models/mlflow_run.json").read_text())
-        assert info["tracking_uri"] == uri
+        assert "tracking_uri" not in info  # no store in a DVC output: the run is in the store the stage was given
         client = mlflow.MlflowClient(tracking_uri=uri)
         run = client.get_run(info["run_id"])
         assert run.data.params["train.image_size"] == "64" and run.info.status == "FINISHED"

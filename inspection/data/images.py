@@ -19,7 +19,7 @@ from inspection.errors import UserError
 from inspection.interrupts import check_interrupted
 
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 RESIZE_METHOD = "opencv INTER_AREA (pixel-area averaging), square, no crop or padding"
 MIN_SIDE = 32
 

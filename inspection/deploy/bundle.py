@@ -75,19 +75,22 @@ def node_modules_match_lock(modules: Path = NODE_MODULES) -> bool:
 
 def build_bundle(dest: Path, metadata: dict, tfjs: Path = Path("models/tfjs"), modules: Path = NODE_MODULES,
                  src: Path = WEB_SRC) -> dict[str, int]:
-    """Copy the page, the vendored runtime and the model into dest; returns file sizes by part."""
-    shutil.copytree(src, dest)
+    """Copy the page, the vendored runtime and the model into dest; returns file sizes by part. Contents only,
+    with normal modes (0644): node_modules' executable bits would make `dvc checkout` report the bundle modified."""
+    shutil.copytree(src, dest, copy_function=shutil.copyfile)
     for rel, pkg_file in VENDOR.items():
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(Path(modules) / pkg_file, dest / rel)
+        shutil.copyfile(Path(modules) / pkg_file, dest / rel)
     for rel, repo_file in VENDOR_LICENSES.items():
-        shutil.copy2(repo_file, dest / rel)
+        shutil.copyfile(repo_file, dest / rel)
     packages = [read_json(Path(modules) / pkg / "package.json")
                 for pkg in ("@tensorflow/tfjs", "@tensorflow/tfjs-backend-wasm")]
     write_json(dest / "vendor/VERSIONS.json", {p["name"]: {"version": p["version"], "license": p.get("license")}
                                                for p in packages})
-    shutil.copytree(tfjs, dest / "model")
+    shutil.copytree(tfjs, dest / "model", copy_function=shutil.copyfile)
     write_json(dest / "metadata.json", metadata)
+    for f in dest.rglob("*"):
+        f.chmod(0o755 if f.is_dir() else 0o644)
     size = lambda d: sum(f.stat().st_size for f in (dest / d).rglob("*") if f.is_file())  # noqa: E731
     return {"model": size("model"), "vendor": size("vendor"),
             "app": sum(f.stat().st_size for f in dest.iterdir() if f.is_file())}

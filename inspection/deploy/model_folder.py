@@ -97,6 +97,7 @@ class Input(_Part):
     channels: Literal[1]
     name: str
     signature: str
+    max_pixels: Optional[int] = Field(default=None, ge=1)  # photos above it are refused from their header
 
     @field_validator("width")
     @classmethod

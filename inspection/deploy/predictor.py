@@ -2,9 +2,10 @@
 
     python -m commands.predict PATH... [--model models/ | models:/casting-inspector@champion] [--out verdicts.csv]
 
-PATH: image files, folders (searched recursively for images), zips (their image members) or globs
-("line3/**/*.jpg"). Every named file gets a row; an unreadable one is a RETAKE row with the reason,
-never skipped. The columns and words are the inspector page's CSV (inspection.decision.route.CSV_COLUMNS):
+PATH: image files, folders (searched recursively; symlinked folders are not entered), zips (their members) or
+globs ("line3/**/*.jpg"). Every distinct file gets exactly one row (real paths de-duplicated): an unreadable one,
+an unsupported format (.heic), a nested archive or a photo above the model's pixel limit (metadata.json
+input.max_pixels, read from the header, never decoded) is a RETAKE row with the reason, never skipped. The columns and words are the inspector page's CSV (inspection.decision.route.CSV_COLUMNS):
 file, route, reason, defect probability, threshold, OOD score, camera check, statistics, model version,
 timestamp. The decision is inspection.decision.route.decide with the model's own metadata.json route block.
 
@@ -66,8 +67,43 @@ def load_predictor(ref: str = "models") -> Predictor:
     return Predictor(folder, metadata, fn, module)
 
 
+ARCHIVES = {".zip", ".7z", ".rar", ".tar", ".gz", ".tgz", ".bz2", ".xz"}
+
+
+def _files(folder: Path) -> Iterator[Path]:
+    """Every non-hidden file under ``folder``, sorted; symlinked folders are not entered (no loops)."""
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            f = Path(dirpath) / name
+            if not name.startswith(".") and not (f.is_symlink() and not f.is_file()):  # a folder link past the
+                yield f                                                            # loop limit is not a file
+
+
 def expand(paths: Iterable[str]) -> Iterator[Item]:
-    """Files, folders, zips and globs -> (name, loader) in a stable order. Named files always yield an item."""
+    """Files, folders, zips and globs -> (name, loader) in a stable order: one item per distinct file (real
+    paths de-duplicated, so a glob through a symlink loop or an overlapping argument adds nothing). Every file is
+    an item, whatever its format (``_prepare`` gives unsupported ones a RETAKE reason); zips are opened."""
+    seen: set[str] = set()
+
+    def first_time(p: Path, from_glob: bool = False) -> bool:
+        try:
+            key = os.path.realpath(p, strict=True)
+        except OSError:  # ELOOP: a glob's path through a symlink loop, at the kernel's depth limit
+            if from_glob:
+                return False
+            key = os.path.abspath(p)  # a named file that cannot be read: its RETAKE row
+        if key in seen:
+            return False
+        seen.add(key)
+        return True
+
+    def one(p: Path) -> Iterator[Item]:
+        if p.suffix.lower() == ".zip" and p.is_file():
+            yield from _zip_items(p)
+        else:
+            yield str(p), (lambda p=p: p.read_bytes())
+
     for arg in paths:
         matches = sorted(glob.glob(arg, recursive=True)) if glob.has_magic(arg) else [arg]
         if not matches:
@@ -75,13 +111,11 @@ def expand(paths: Iterable[str]) -> Iterator[Item]:
         for m in matches:
             p = Path(m)
             if p.is_dir():
-                for f in sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS
-                                and not any(part.startswith(".") for part in q.relative_to(p).parts)):
-                    yield str(f), f.read_bytes
-            elif p.suffix.lower() == ".zip" and p.is_file():
-                yield from _zip_items(p)
-            elif p.exists() or not glob.has_magic(arg):
-                yield str(p), (lambda p=p: p.read_bytes())
+                for f in _files(p):
+                    if first_time(f):
+                        yield from one(f)
+            elif (p.exists() or not glob.has_magic(arg)) and first_time(p, glob.has_magic(arg)):
+                yield from one(p)
 
 
 def _zip_items(path: Path) -> Iterator[Item]:
@@ -91,18 +125,28 @@ def _zip_items(path: Path) -> Iterator[Item]:
         yield str(path), (lambda: b"")   # a broken archive is one RETAKE row, not a crash
         return
     for m in sorted(zf.infolist(), key=lambda m: m.filename):
-        if not m.is_dir() and Path(m.filename).suffix.lower() in IMAGE_EXTENSIONS:
+        if not m.is_dir() and not any(part.startswith(".") or part == "__MACOSX" for part in Path(m.filename).parts):
             yield f"{path}/{m.filename}", (lambda m=m: zf.read(m))
 
 
-def _prepare(item: Item, size: int) -> tuple[str, np.ndarray | None, dict | None, str]:
+def _prepare(item: Item, size: int, max_pixels: int | None = None) -> tuple[str, np.ndarray | None, dict | None, str]:
     name, load = item
+    suffix = Path(name).suffix.lower()
+    if suffix in ARCHIVES:
+        where = f" inside {Path(name.split('.zip/', 1)[0] + '.zip').name}" if ".zip/" in name else ""
+        return name, None, None, (f"unreadable: an archive{where} is not a photo; extract it and pass the folder"
+                                  if where else f"unreadable: {suffix} archives are not read; extract it and pass "
+                                                "the folder (.zip files are read)")
     try:
         data = load()
     except (OSError, zipfile.BadZipFile, RuntimeError) as exc:  # unreadable file or zip member (bad CRC, ...)
         return name, None, None, f"unreadable: {getattr(exc, 'strerror', None) or exc}"
-    img, why = decode_gray(data)
+    img, why = decode_gray(data, max_pixels)   # larger than the model's limit: refused from the header alone
     if img is None:
+        if suffix not in IMAGE_EXTENSIONS and not why.startswith("too large"):
+            why = (f"unsupported format {suffix or '(no extension)'}; save the photo as JPEG, PNG or TIFF"
+                   if suffix in {".heic", ".heif", ".avif", ".raw", ".cr2", ".nef", ".dng"} or suffix
+                   else "not a photo (no file extension and not a decodable image)")
         return name, None, None, f"unreadable: {why}"
     h, w = img.shape
     if w < size or h < size:  # as the page: the model's resize only shrinks (line photos are larger than its input)
@@ -128,7 +172,8 @@ def predict_items(items: Iterable[Item], predictor: Predictor, batch: int = 64, 
     meta, rule = predictor.metadata, predictor.metadata["route"]
     camera = (rule.get("retake") or {}).get("camera") or {}
     with ThreadPoolExecutor(workers) as pool:
-        for decoded in _decoded(pool, _chunks(iter(items), batch), predictor.size):
+        for decoded in _decoded(pool, _chunks(iter(items), batch), predictor.size,
+                                meta["input"].get("max_pixels")):
             ok = [d for d in decoded if d[1] is not None]
             probs, oods = predictor(np.stack([d[1] for d in ok])) if ok else ([], [])
             scores = {id(d): (p, o) for d, p, o in zip(ok, probs, oods)}
@@ -147,9 +192,9 @@ def predict_items(items: Iterable[Item], predictor: Predictor, batch: int = 64, 
                 yield row
 
 
-def _decoded(pool: ThreadPoolExecutor, chunks: Iterator[list[Item]], size: int):
+def _decoded(pool: ThreadPoolExecutor, chunks: Iterator[list[Item]], size: int, max_pixels: int | None = None):
     """Decode batch k+1 in the pool while the caller runs the model on batch k."""
-    prepare = lambda it: _prepare(it, size)  # noqa: E731
+    prepare = lambda it: _prepare(it, size, max_pixels)  # noqa: E731
     nxt = next(chunks, None)
     future = pool.map(prepare, nxt) if nxt else None
     while future is not None:

@@ -113,7 +113,7 @@ def preflight(stage: str | None) -> None:
     from inspection.tracking.store import check_store
     from inspection.tracking.journal import pending_notice
 
-    params = load_params()  # all of it: a typo in any section fails the first stage that runs
+    load_params()  # all of it: a typo in any section fails the first stage that runs
     if stage == WEB_STAGE:
         check_web_tools()
     check_inputs(spec, dvc, stage)

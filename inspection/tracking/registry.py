@@ -283,8 +283,19 @@ def model_version(ref: str, client=None):
         _, client = _client()
     try:
         client.get_registered_model(name)
-    except Exception:
-        raise UserError(f"{ref}: no model {name!r} in the registry at {tracking_uri()}; run the pipeline "
+    except Exception as exc:
+        from mlflow.exceptions import MlflowException
+
+        from inspection.tracking.store import _fixes, store_problem
+
+        uri = tracking_uri()
+        problem = store_problem(uri)   # "server unreachable" when it is, not "no model"
+        if problem or not (isinstance(exc, MlflowException)
+                           and getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"):
+            what = "server unreachable" if uri.startswith(("http://", "https://")) and problem else "cannot be read"
+            raise UserError(f"{ref}: the MLflow registry at {uri}: {what} "
+                            f"({problem or ' '.join(str(exc).split())[:160]}); {_fixes(uri)}") from None
+        raise UserError(f"{ref}: no model {name!r} in the registry at {uri}; run the pipeline "
                         "(dvc repro) to register one, or set MLFLOW_TRACKING_URI to the store that holds it") from None
     try:
         return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))

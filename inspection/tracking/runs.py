@@ -42,9 +42,46 @@ def git_commit() -> str:
         return "unknown"
 
 
+def run_identity(params: dict) -> tuple[str | None, dict[str, str]]:
+    """The run's name and identity tags. Under `dvc exp run` (also queued and --temp runs) the name is the DVC
+    experiment's (DVC_EXP_NAME), ``git_commit`` is the experiment's baseline commit (DVC_EXP_BASELINE_REV)
+    rather than the workspace's HEAD-dirty, and ``params_diff`` lists the params (``params``: flat, as logged)
+    that differ from that commit's params.yaml. Outside an experiment: MLflow's generated name, HEAD(-dirty)."""
+    import json as _json
+    import os
+
+    import yaml
+
+    name = os.environ.get("DVC_EXP_NAME") or None
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV")
+    tags = {"git_commit": baseline or git_commit()}
+    if name:
+        tags["dvc_exp_name"] = name
+    if baseline:
+        tags["dvc_exp_baseline"] = baseline
+        try:
+            text = subprocess.run(["git", "show", f"{baseline}:params.yaml"], capture_output=True, text=True,
+                                  check=True).stdout
+            flat: dict[str, object] = {}
+
+            def walk(d: dict, prefix: str) -> None:
+                for k, v in d.items():
+                    if isinstance(v, dict) and k != "classes":
+                        walk(v, f"{prefix}{k}.")
+                    else:
+                        flat[f"{prefix}{k}"] = v
+            walk(yaml.safe_load(text) or {}, "")
+            diff = {k: str(v) for k, v in params.items() if k in flat and str(flat[k]) != str(v)}
+            tags["params_diff"] = _json.dumps(diff, sort_keys=True)[:5000]
+        except (OSError, subprocess.CalledProcessError, yaml.YAMLError, AttributeError):
+            pass  # not a git checkout of that commit: the params are logged in full anyway
+    return name, tags
+
+
 def start_run(experiment: str, params: dict, tags: dict):
-    """Open a new run (used by the train stage); returns (Tracker, run). If the store cannot create the
-    run, the stage stops with one line before the expensive work."""
+    """Open a new run (used by the train stage); returns (Tracker, run). The run's name and identity tags come
+    from ``run_identity`` (the DVC experiment). If the store cannot create the run, the stage stops with one line
+    before the expensive work."""
     uri = tracking_uri()
     _mlflow()
     from mlflow.tracking import MlflowClient
@@ -62,7 +99,8 @@ def start_run(experiment: str, params: dict, tags: dict):
             if exp.lifecycle_stage == "deleted":
                 client.restore_experiment(exp.experiment_id)
             exp_id = exp.experiment_id
-        run = client.create_run(exp_id, tags=resolve_tags(tags))
+        name, identity = run_identity(params)
+        run = client.create_run(exp_id, run_name=name, tags=resolve_tags({**tags, **identity}))
     except Exception as exc:
         raise UserError(f"cannot open an MLflow run in {uri} ({_reason(exc)}); {_fixes(uri)}") from None
     tracker = Tracker(uri, run.info.run_id, experiment)
@@ -76,7 +114,7 @@ def resume_run(run_file: Path = RUN_FILE) -> Iterator["Tracker"]:
     """Log into the run the train stage opened (marked FINISHED again at the end, like MLflow's own
     ``start_run(run_id=...)`` block)."""
     info = read_json(run_file)
-    tracker = Tracker(info.get("tracking_uri") or tracking_uri(), info["run_id"], info.get("experiment"))
+    tracker = Tracker(tracking_uri(), info["run_id"], info.get("experiment"))  # the store is always the current one
     try:
         yield tracker
     except BaseException as exc:
@@ -112,8 +150,9 @@ def experiment_run_id(stage: str, params, used: tuple[str, ...] = (), run_file: 
         _mlflow()
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(info.get("tracking_uri") or tracking_uri())
-        parent = client.get_run(parent_id)
+        client = MlflowClient(tracking_uri())
+        parent = run_here(client, info, params)
+        parent_id = parent.info.run_id
         diff = params_changed_from(params, parent.data.params)
         if not diff:
             return parent_id
@@ -144,6 +183,45 @@ def experiment_run_id(stage: str, params, used: tuple[str, ...] = (), run_file: 
         print(f"tracking: could not choose a child run for {stage} ({' '.join(str(exc).split())[:160]}); "
               f"logging into run {parent_id}")
         return parent_id
+
+
+ORIGIN_TAG = "origin_run_id"
+
+
+def run_here(client, info: dict, params):
+    """train's run (``info``: models/mlflow_run.json) in the current store. When that store does not know the
+    run (outputs pulled from a teammate's remote, a move to a team server), a run is started here for it, tagged
+    ``origin_run_id`` with the original id and holding the params, and found again by the later stages: logs
+    never go to another machine's store, and never fail for a missing run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(info["run_id"])
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+            raise
+    from inspection.config import flat_params
+
+    experiment = info.get("experiment") or "casting-inspection"
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    found = client.search_runs([exp_id], max_results=1, filter_string=f"tags.{ORIGIN_TAG} = '{info['run_id']}'")
+    if found:
+        return found[0]
+    from mlflow.entities import Param
+
+    name, identity = run_identity({mlflow_key(k): str(v) for k, v in flat_params(params).items()})
+    run = client.create_run(exp_id, run_name=name, tags={
+        ORIGIN_TAG: info["run_id"], **identity,
+        "mlflow.note.content": f"Started in this store for run {info['run_id']} of models/mlflow_run.json, "
+                               "which this store does not hold (outputs pulled from another clone, or a new "
+                               "tracking server); training's per-epoch metrics are in that run."})
+    todo = [Param(mlflow_key(k), str(v)) for k, v in flat_params(params).items()]
+    for i in range(0, len(todo), 100):
+        client.log_batch(run.info.run_id, params=todo[i:i + 100])
+    print(f"tracking: run {info['run_id']} is not in {tracking_uri()} (pulled outputs or a new server); "
+          f"logging into run {run.info.run_id} (tag {ORIGIN_TAG})")
+    return client.get_run(run.info.run_id)
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ import os
 import tempfile
 from pathlib import Path
 from inspection.errors import UserError
-from inspection.fsutil import read_json
 
 
 HTTP_CHECK_TIMEOUT = 3.0
@@ -178,18 +177,10 @@ def store_problem(uri: str) -> str | None:
 
 
 def check_store(run_file: Path | None = None) -> None:
-    """Stop with one line when the tracking store (and the one ``run_file`` names) cannot be used."""
-    uris = [tracking_uri()]
-    if run_file is not None and Path(run_file).exists():
-        try:
-            recorded = read_json(run_file).get("tracking_uri")
-        except (OSError, ValueError):
-            recorded = None
-        if recorded and recorded not in uris:
-            uris.append(recorded)
-    for uri in uris:
-        problem = store_problem(uri)
-        if problem:
-            which = "recorded in " + str(run_file) if uri != uris[0] else "MLFLOW_TRACKING_URI" \
-                if "MLFLOW_TRACKING_URI" in os.environ else "the default"
-            raise UserError(f"MLflow tracking store {uri} ({which}) cannot be used: {problem}; {_fixes(uri)}")
+    """Stop with one line when the tracking store cannot be used. (``run_file`` is accepted for the callers'
+    sake: models/mlflow_run.json no longer names a store, every stage logs into the current one.)"""
+    uri = tracking_uri()
+    problem = store_problem(uri)
+    if problem:
+        which = "MLFLOW_TRACKING_URI" if "MLFLOW_TRACKING_URI" in os.environ else "the default"
+        raise UserError(f"MLflow tracking store {uri} ({which}) cannot be used: {problem}; {_fixes(uri)}")

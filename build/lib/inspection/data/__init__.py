@@ -1,0 +1,1 @@
+"""Images in: sources and their layouts, decoding, synthetic parts, duplicates, splitting, shards."""

@@ -1,0 +1,118 @@
+"""Further image sources (data.extra), merged with data.source by the download stage.
+
+data.extra is a list of folders or zips in the one-folder-per-class layout (class folder names as in
+data.classes), e.g. the inspector page's corrections-<timestamp>.zip (<class>/<file> + corrections.json; any
+file outside the class folders, such as corrections.json, is ignored). The download stage copies every image to
+data/raw/<class>/extra/<n>-<name>/<file>, so the split stage decodes, quarantines and groups exact and near
+duplicates across all sources alike; data/raw/ORIGINS.csv records which source each extra file came from and
+the split manifest's `origin` column carries it (the main source's files have origin = data.source).
+
+The extra folders live outside the repository (and may be absent on another machine), so DVC cannot hash them
+as dependencies: the `sources` stage (always run) writes their content fingerprints
+(inspection/data/fingerprint.py) to data/extra.json, a dependency of download, so DVC re-runs download only
+when their content changes.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+import shutil
+from pathlib import Path
+from inspection.errors import UserError
+from inspection.fsutil import sha256_file
+from inspection.artifacts import EXTRA_SUBFOLDER, ORIGINS
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(folder).parts))
+
+
+def class_folders(root: Path, data) -> dict[str, list[Path]]:
+    """class -> folders of an extra source: sub-folders of ``root`` named like a class (data.classes aliases);
+    a single wrapping folder (a zip of the folder) is looked through. Other files (corrections.json) are ignored;
+    a source may hold only some of the classes."""
+    from inspection.data.acquire import map_class_folders
+
+    for _ in range(3):
+        subs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name != "__MACOSX")
+        if any(data.class_of(d.name) for d in subs):
+            return map_class_folders(subs, data, root, require_all=False)
+        if len(subs) != 1:
+            break
+        root = subs[0]
+    raise UserError(f"{root}: no class folders (expected sub-folders named like {sorted(data.classes)}); "
+                    "data.extra sources use the one-folder-per-class layout")
+
+
+def copy_extras(data, out: Path, tmp: Path, info: dict) -> None:
+    """Copy every data.extra source into ``out`` (data/raw) under <class>/extra/<n>-<name>/, write
+    ORIGINS.csv, and record them in ``info`` (SOURCE.json): "extra", updated "counts" and "dataset_sha256"
+    (the main source's hash combined with the extras')."""
+    from inspection.artifacts import resolve_user_path
+    from inspection.data.acquire import extract_zip, named_as
+    from inspection.data.images import iter_image_files
+
+    if not data.extra:
+        return
+    quarantined = info.setdefault("quarantined", [])
+    extra, origins = [], []
+    combined = hashlib.sha256((info.get("dataset_sha256") or "").encode())
+    for i, spec in enumerate(data.extra):
+        path = resolve_user_path(spec)
+        if not path.exists():
+            raise UserError(f"data.extra[{i}] {spec} ({path}) does not exist; fix the path or remove it from data.extra")
+        if path.is_file():
+            if path.suffix.lower() != ".zip":
+                raise UserError(f"data.extra[{i}] {spec} is a file but not a .zip; give a .zip or a folder")
+            root = tmp / f"extra-{i}"
+            before = len(quarantined)
+            extract_zip(path, root, None, quarantined)
+            for q in quarantined[before:]:
+                q["path"] = f"{spec}: {q['path']}"
+                print(f"download: quarantined {q['path']}: {q['reason']}")
+        else:
+            root = path
+        slug = f"{i}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', path.stem)[:60]}"
+        counts: dict[str, int] = {}
+        tree = hashlib.sha256()
+        with named_as(root, spec):
+            folders = class_folders(root, data)
+        for cls, dirs in sorted(folders.items()):
+            for d in dirs:
+                for f in iter_image_files(d):
+                    rel = Path(cls) / EXTRA_SUBFOLDER / slug / f.relative_to(d)
+                    dst = out / rel
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(f, dst)
+                    tree.update(f"{rel.as_posix()}\0{sha256_file(dst)}\n".encode())
+                    origins.append((rel.as_posix(), spec))
+                    counts[cls] = counts.get(cls, 0) + 1
+        combined.update(f"{spec}\0{tree.hexdigest()}\n".encode())
+        extra.append({"path": spec, "kind": "zip" if path.is_file() else "folder", "files_sha256": tree.hexdigest(),
+                      "counts": counts})
+        print(f"download: extra source {spec}: {sum(counts.values())} files {counts}")
+        for cls, n in counts.items():
+            info.setdefault("counts", {})[cls] = info.get("counts", {}).get(cls, 0) + n
+    with open(out / ORIGINS, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["path", "origin"])
+        w.writerows(origins)
+    info["extra"] = extra
+    info["dataset_sha256"] = combined.hexdigest()
+
+
+def add_origins(rows: list[dict], raw: Path) -> None:
+    """Set row["origin"] for manifest rows (path = data/raw/...): the extra source a file came from
+    (data/raw/ORIGINS.csv), else the main source (SOURCE.json "source")."""
+    import json
+
+    source = json.loads((raw / "SOURCE.json").read_text()).get("source", "") if (raw / "SOURCE.json").exists() else ""
+    origins: dict[str, str] = {}
+    if (raw / ORIGINS).exists():
+        with open(raw / ORIGINS, newline="") as f:
+            origins = {r["path"]: r["origin"] for r in csv.DictReader(f)}
+    for r in rows:
+        rel = Path(r["path"]).relative_to(raw).as_posix() if Path(r["path"]).is_relative_to(raw) else r["path"]
+        r["origin"] = origins.get(rel, source)

@@ -1,0 +1,1 @@
+"""The line's decision as pure functions: the route rule, operating-point metrics, camera perturbations."""

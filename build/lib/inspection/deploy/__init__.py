@@ -1,0 +1,1 @@
+"""The exported model in use: SavedModel and TF.js export, model references, batch prediction, the browser bundle."""

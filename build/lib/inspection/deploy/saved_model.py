@@ -1,0 +1,76 @@
+"""The deployable model: a SavedModel with one signature, its TF.js conversion, and the one signature runner.
+
+SavedModel (serving_default: image float32 [N,H,W,1] raw 0-255 -> defect_probability
+[N,1] and ood_score [N,1]), a TF.js graph model converted from it, models/metadata.json (with the route
+block every consumer decides with) and reports/headline.json (the DVC metrics: a dozen headline numbers).
+
+Asserts that the SavedModel matches Keras on test images within export.parity_tolerance (both outputs).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+import numpy as np
+
+
+OUTPUTS = ("defect_probability", "ood_score")
+SIGNATURE = "serving_default"
+INPUT_NAME = "image"
+
+
+def export_saved_model(model, size: int, path: Path) -> None:
+    import tensorflow as tf
+
+    model.export(str(path), format="tf_saved_model", verbose=False,
+                 input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32, name=INPUT_NAME)])
+
+
+def saved_model_outputs(path: Path, images: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
+    """Run the exported serving signature on uint8 [N, H, W]; returns {output name: [N] float64}."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(path)).signatures[SIGNATURE]
+    parts: dict[str, list] = {}
+    for i in range(0, len(images), batch):
+        out = fn(**{INPUT_NAME: tf.constant(images[i:i + batch, ..., None].astype(np.float32))})
+        for k, v in out.items():
+            parts.setdefault(k, []).append(v.numpy()[:, 0].astype(np.float64))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def graph_output_names(path: Path) -> dict[str, str]:
+    """Signature output -> graph tensor name (what the TF.js graph model calls it, e.g. Identity_1:0)."""
+    import tensorflow as tf
+
+    fn = tf.saved_model.load(str(path)).signatures[SIGNATURE]
+    keys = tf.nest.flatten({k: k for k in fn.structured_outputs})
+    return {k: t.name for k, t in zip(keys, fn.outputs)}
+
+
+def convert_to_tfjs(saved_model: Path, dest: Path, quantize: str = "none") -> None:
+    cmd = [sys.executable, "-m", "tensorflowjs.converters.converter", "--input_format=tf_saved_model",
+           "--output_format=tfjs_graph_model", f"--signature_name={SIGNATURE}", "--saved_model_tags=serve",
+           *(["--quantize_float16=*"] if quantize == "float16" else []),
+           str(saved_model), str(dest)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        tail = (res.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"tensorflowjs_converter failed: {tail}")
+
+
+def bundle_version(tfjs_dir: Path) -> str:
+    """Short content hash of the TF.js model files: the version shown by the page and in its CSV."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in tfjs_dir.rglob("*") if p.is_file()):
+        data = f.read_bytes()
+        if f.suffix == ".json":  # the converter writes model.json's keys in no fixed order
+            data = json.dumps(json.loads(data), sort_keys=True).encode()
+        h.update(f.relative_to(tfjs_dir).as_posix().encode() + b"\0" + data)
+    return h.hexdigest()[:12]
+
+
+def dir_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

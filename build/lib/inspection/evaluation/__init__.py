@@ -1,0 +1,1 @@
+"""Scoring a model on the splits and under the robustness and out-of-distribution batteries."""

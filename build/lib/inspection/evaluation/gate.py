@@ -1,0 +1,78 @@
+"""The RETAKE gate, fitted on the training images and calibrated on validation.
+
+Two checks decide that a photo cannot be judged: the camera check (brightness, contrast and sharpness of the
+model input within the training photos' range plus ``evaluate.drift_margin``) and the out-of-distribution
+score (distance of the CNN's pooled features from the training features, ``inspection.model.ood``). The OOD
+limit is the lowest validation score whose validation RETAKE share (either check) has an exact upper bound
+within ``evaluate.retake.max_share`` (``ood.calibrate_limit``).
+
+``fit_gate`` streams the shards once per split and returns everything later steps need: validation and test
+probabilities, the drift reference, the camera ranges, the fitted gate and its calibration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from inspection.decision.route import camera_reasons
+from inspection.evaluation.scoring import BATCH, predict, stream_split
+
+
+@dataclass
+class Gate:
+    """What fitting the gate measured on train/val/test (probabilities are the CNN's defect probability)."""
+    probs: dict[str, np.ndarray]
+    drift_reference: dict
+    camera: dict[str, dict[str, float]]      # the RETAKE range
+    warn_camera: dict[str, dict[str, float]] | None   # the training range (a camera warning), when it differs
+    gate: dict
+    calibration: dict
+    val_scores: np.ndarray
+
+
+def fit_gate(model, prob_model, data: dict, e, validated: dict | None = None) -> Gate:
+    """Stream train (features, camera statistics), val (probability, features, statistics) and test
+    (probability); fit the OOD gate on train and calibrate its limit on val. ``prob_model`` computes the
+    probability (the CNN with the deployed test-time views), ``model`` the pooled features (identity view).
+    ``validated``: the camera feature tables of the validation photos under each gated perturbation; with
+    evaluate.retake.camera_range: validated, the RETAKE range is the training range joined with theirs
+    (``imagestats.validated_range``) and the training range becomes a warning."""
+    from inspection.data.imagestats import drift_reference, feature_table, validated_range
+    from inspection.model.ood import calibrate_limit, distances, feature_extractor, fit
+
+    extractor = feature_extractor(model)
+
+    def probability(images):
+        return predict(prob_model, images)
+
+    def pooled(images):
+        return extractor.predict(images[..., None].astype(np.float32), batch_size=BATCH, verbose=0)
+
+    print("evaluate: drift reference and out-of-distribution gate from the training images")
+    train = stream_split(data["train"], {"features": pooled, "stats": feature_table})
+    val = stream_split(data["val"], {"probability": probability, "features": pooled, "stats": feature_table})
+    probs = {"val": val["probability"], "test": stream_split(data["test"], {"probability": probability})["probability"]}
+    drift_ref = drift_reference(None, e.drift_margin, table=train["stats"])
+    gate = fit(train["features"])
+    val_scores = distances(val["features"], gate)
+    training = {k: {"min": v["min"], "max": v["max"]} for k, v in drift_ref["features"].items()}
+    camera, warn = training, None
+    if e.retake.camera_range == "validated" and validated:
+        camera, warn = validated_range(drift_ref, validated), training
+        drift_ref["validated"] = {"range": camera, "conditions": sorted(validated)}
+    val_camera = np.array([bool(e.retake.camera_check and camera_reasons({k: val["stats"][k][i] for k in camera}, camera))
+                           for i in range(len(val_scores))], bool)
+    gate["limit"], calibration = calibrate_limit(val_scores, val_camera, e.retake.max_share, e.bootstrap.confidence)
+    _print_calibration(gate["limit"], calibration, e.retake.max_share)
+    return Gate(probs, drift_ref, camera, warn, gate, calibration, val_scores)
+
+
+def _print_calibration(limit: float, c: dict, budget: float) -> None:
+    print(f"evaluate: out-of-distribution limit {limit:.2f}: {c['val_retake']} of {c['val_images']} validation "
+          f"photos to RETAKE (camera check {c['val_camera_flagged']}, over the limit {c['val_over_limit']}), exact "
+          f"upper bound {c['val_retake_high']:.2%} (budget {budget:.1%})")
+    if not c["met"]:
+        print(f"evaluate: warning: {c['val_images']} validation photos cannot show a RETAKE share within "
+              f"{budget:.1%} (upper bound {c['val_retake_high']:.1%}); the limit is the highest validation score. "
+              "More validation photos, or a wider camera check (evaluate.drift_margin), fix this")

@@ -1,0 +1,152 @@
+"""The report's numbers and sentences: everything reports/report.html shows, derived from the pipeline's outputs.
+
+From the top: the decision block (the deployed route rule in one sentence, the acceptance targets of
+``report.targets`` against what was achieved, each judged on the upper bound of its exact binomial
+interval, and the verdict), the expected cost per shift at the line's defect rate, the comparison with
+the model on the line (reports/promotion.json, when the promote stage wrote one), the test results,
+operating points, curves, robustness, bad cases with Grad-CAM, the trend of the last MLflow runs,
+training, data, and a sign-off block. Figures are matplotlib PNGs and photos JPEGs, embedded as data
+URIs; the page is rendered by Jinja2 from inspection/report/templates/report.html.j2, printed to PDF by the
+system Chromium (web.chromium) and both are logged to the MLflow run.
+
+Every rate that is a count over parts (missed defects, false rejects, REVIEW and RETAKE shares, on
+the test split and on each robustness row) has an exact Clopper-Pearson interval
+(inspection.decision.metrics.binomial_ci); the bootstrap is kept for precision only. Numbers shown carry
+``data-metric`` (a key of reports/metrics.json), ``data-derived`` (a value this module derives from
+metrics.json and params, see ``derive``) or ``data-promotion`` (reports/promotion.json) so tests can
+check every one of them.
+"""
+from __future__ import annotations
+
+from inspection.decision.metrics import binomial_ci
+from inspection.decision.readiness import judge_targets, line_costs, robustness_rows, verdict
+
+
+WORDS = ("PASS", "REVIEW", "REJECT", "RETAKE")
+
+
+def lookup(doc, key: str):
+    """A value by its path: 'a.b.c', or 'a|b c.d|e' when a name holds dots or spaces (robustness rows)."""
+    for k in key.split("|" if "|" in key else "."):
+        doc = doc[k]
+    return doc
+
+
+def _fallback_route(metrics: dict, confidence: float) -> dict:
+    """The route block from an evaluate that predates the route (threshold and review band only, no RETAKE)."""
+    t, b = metrics["test"], metrics.get("review_band")
+    nd, no = t["tp"] + t["fn"], t["tn"] + t["fp"]
+    if b:
+        d = {"PASS": b["defects_slipping_through"], "REVIEW": b["review_defects"], "RETAKE": 0}
+        o = {"REVIEW": b["review_ok"], "REJECT": b["ok_auto_rejected"], "RETAKE": 0}
+        d["REJECT"], o["PASS"] = nd - d["PASS"] - d["REVIEW"], no - o["REVIEW"] - o["REJECT"]
+    else:
+        d = {"PASS": t["fn"], "REVIEW": 0, "REJECT": t["tp"], "RETAKE": 0}
+        o = {"PASS": t["tn"], "REVIEW": 0, "REJECT": t["fp"], "RETAKE": 0}
+    counts = {"defect": {w: int(d[w]) for w in WORDS}, "ok": {w: int(o[w]) for w in WORDS}}
+    n = nd + no
+    review, retake = d["REVIEW"] + o["REVIEW"], 0
+    ci = lambda k, m: binomial_ci(k, m, confidence)  # noqa: E731
+    test = {"n": n, "defects": nd, "ok": no, "counts": counts, "missed": d["PASS"], "false_rejects": o["REJECT"],
+            "review": review, "retake": retake,
+            "intervals": {"missed": ci(d["PASS"], nd), "false_rejects": ci(o["REJECT"], no), "review": ci(review, n),
+                          "retake": ci(retake, n), "defect_review": ci(d["REVIEW"], nd), "ok_review": ci(o["REVIEW"], no),
+                          "defect_retake": ci(0, nd), "ok_retake": ci(0, no)}}
+    band = {"low": b["low"], "high": b["high"]} if b else None
+    return {"threshold": metrics["threshold"], "review_band": band, "retake": None,
+            "rule": rule_sentence(metrics["threshold"], band, None), "test": test}
+
+
+def rule_sentence(threshold: float, band: dict | None, retake: dict | None) -> str:
+    """The deployed route in one sentence (used when metrics.json carries no ``route.rule``)."""
+    gate = ""
+    if retake:
+        why = ["it is unreadable"] + (["the camera check fails"] if retake.get("camera") else []) + \
+              (["it scores above the out-of-distribution limit"] if retake.get("ood") else [])
+        gate = f"RETAKE when {', '.join(why[:-1]) + ' or ' if len(why) > 1 else ''}{why[-1]}; otherwise "
+    if band:
+        lo, hi = min(threshold, band["low"]), max(threshold, band["high"])
+        return f"{gate}PASS when the defect probability is below {lo:.4f}, REJECT at or above {hi:.4f}, REVIEW in between."
+    return f"{gate}PASS when the defect probability is below {threshold:.4f}, REJECT at or above it (no review band)."
+
+
+def route_block(metrics: dict, confidence: float) -> tuple[dict, bool]:
+    """(metrics.json's route block, True), or one derived from the threshold and review band (False)."""
+    if metrics.get("route") and metrics["route"].get("test"):
+        return metrics["route"], True
+    return _fallback_route(metrics, confidence), False
+
+
+def confidence_of(metrics: dict, params) -> float:
+    route = metrics.get("route") or {}
+    iv = (route.get("test") or {}).get("intervals") or {}
+    return float(iv.get("missed", {}).get("confidence") or params.evaluate.bootstrap.confidence)
+
+
+def derive(metrics: dict, params, robustness_csv: list[dict], decision: dict | None = None) -> dict:
+    """Everything the report computes from metrics.json and params: route block, per-shift costs, robustness
+    intervals, targets, verdict, and ``flat``: every derived number the page shows, by its data-derived key.
+    ``decision`` (reports/decision.json) supplies the targets and the verdict when given: the page shows the
+    judgement the evaluate stage recorded, never a second one."""
+    r = params.report
+    conf = confidence_of(metrics, params)
+    route, from_metrics = route_block(metrics, conf)
+    test = route["test"]
+    costs = line_costs(test, r.line_defect_rate, r.parts_per_shift, conf)
+    robust = robustness_rows(metrics, robustness_csv, test, conf, r.targets)
+    if decision is not None:
+        targets, ready, sentence = decision["targets"], decision["ready"], decision["sentence"]
+    else:
+        targets = judge_targets(test, costs, robust, r.targets)
+        ready, sentence = verdict(targets)
+    t = metrics["test"]
+    exact_threshold = metrics.get("test_exact") or {
+        "missed": binomial_ci(t["fn"], t["tp"] + t["fn"], conf), "false_rejects": binomial_ci(t["fp"], t["tn"] + t["fp"], conf)}
+    flat: dict[str, float] = {}
+
+    def put(prefix, d):
+        for k, v in d.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                flat[f"{prefix}{k}"] = v
+    for k, v in costs.items():
+        put(f"cost.{k}.", v)
+    for tg in targets:
+        put(f"target.{tg['key']}.", tg)
+    for row in robust:
+        for k in ("missed", "false_rejects", "review_share", "retake_share"):
+            if k in row:
+                put(f"robust|{row['name']}|{k}|", row[k])
+    put("exact_threshold.missed.", exact_threshold["missed"])
+    put("exact_threshold.false_rejects.", exact_threshold["false_rejects"])
+    if not from_metrics:
+        put("route.test.", test)
+        for k, v in test["intervals"].items():
+            put(f"route.test.intervals.{k}.", v)
+        for cls, v in test["counts"].items():
+            put(f"route.test.counts.{cls}.", v)
+    rob, gated = metrics.get("robustness") or {}, {r["name"] for r in robust if r["gated"]}
+    for scope, names in (("gated", [k for k in rob if k in gated]), ("all", list(rob))):
+        if names:
+            flat[f"worst.{scope}.recall"] = min(rob[k]["recall"] for k in names)
+            flat[f"worst.{scope}.false_reject_rate"] = max(rob[k]["false_reject_rate"] for k in names)
+    best = {"defects": binomial_ci(0, test["defects"], conf)["high"], "ok": binomial_ci(0, test["ok"], conf)["high"]}
+    put("zero_events_bound.", best)
+    flat["test_defect_share"] = test["defects"] / test["n"] if test["n"] else 0.0
+    return {"confidence": conf, "route": route, "route_from_metrics": from_metrics, "costs": costs, "robust": robust,
+            "targets": targets, "ready": ready, "decision": sentence, "exact_threshold": exact_threshold,
+            "zero_events_bound": best, "flat": flat}
+
+
+def training_sentence(epochs_run: int, best_epoch: int, max_epochs: int, settled: bool | None = None) -> str:
+    """What early stopping did, in words ("kept epoch N (the epoch limit)" when it never fired); a run that did
+    not settle (models/mlflow_run.json ``settled``) says so first."""
+    warn = ("WARNING: training did not settle: one of the last validation losses is far above the lowest (see "
+            "the curves below); do not ship this model without looking at them. " if settled is False else "")
+    if epochs_run < max_epochs:
+        return warn + (f"Early stopping ended training after {epochs_run} of {max_epochs} epochs and kept epoch "
+                       f"{best_epoch} (lowest validation loss).")
+    if best_epoch == epochs_run:
+        return warn + (f"Early stopping never fired: training ran all {max_epochs} epochs and kept epoch {best_epoch} "
+                       f"(the epoch limit); validation loss was still falling, so more epochs may help.")
+    return warn + (f"Training ran to the epoch limit ({max_epochs}) and kept epoch {best_epoch} (lowest validation "
+                   f"loss); early stopping had not fired yet.")

@@ -1,0 +1,1 @@
+"""MLflow: store checks, runs, the offline journal, the model registry and the champion gate."""

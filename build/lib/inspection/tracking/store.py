@@ -1,0 +1,186 @@
+"""The MLflow tracking store: which one to use, opening it safely, and checking that it works.
+
+``tracking_uri`` is MLFLOW_TRACKING_URI or ``default_uri``, a sqlite mlflow.db in the main workspace shared with
+DVC's temporary workspaces. ``_mlflow`` returns mlflow pointed at it, creating or upgrading a sqlite store under a
+file lock, so stages started together do not race on MLflow's schema migrations. ``check_store`` / ``store_problem``
+check an HTTP server, a sqlite file or a folder store within seconds and stop with one line naming the problem
+and the fix; ``configure_http`` caps MLflow's HTTP retries so an unreachable server fails in seconds, not minutes.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from inspection.errors import UserError
+
+
+HTTP_CHECK_TIMEOUT = 3.0
+# MLflow's own HTTP client retries for minutes by default; a stage should fail (or buffer) in seconds
+HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+_READY: set[str] = set()  # sqlite stores created in this process
+
+
+def default_uri() -> str:
+    """sqlite:///<main workspace>/mlflow.db: one store for the workspace and DVC's temporary ones."""
+    from inspection.artifacts import main_root
+
+    return f"sqlite:///{(main_root() / 'mlflow.db').as_posix()}"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+
+
+def _mlflow():
+    import logging
+
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    mlflow.set_tracking_uri(tracking_uri())
+    _init_sqlite_store(tracking_uri())
+    return mlflow
+
+
+def _init_sqlite_store(uri: str) -> None:
+    """Create or upgrade a sqlite store under an exclusive file lock (``<db>.lock`` beside it). Two stages
+    opening a new mlflow.db at the same moment (``dvc queue start -j 2``) would both run MLflow's schema
+    migrations and one would fail ('table ... already exists'); once the schema exists, opening is safe."""
+    if not uri.startswith("sqlite:///") or uri in _READY:
+        return
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    db = Path(uri[len("sqlite:///"):].split("?", 1)[0])
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(db.with_name(db.name + ".lock"), "a")
+    except OSError:
+        return  # an unusable folder is reported by the store check / the first call
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(uri).search_experiments(max_results=1)  # creates/migrates the schema
+        except Exception:  # noqa: BLE001 - the caller's first real call reports it in its own words
+            return
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _READY.add(uri)
+
+
+def configure_http() -> None:
+    for key, value in HTTP_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def _fixes(uri: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return (f"start the server (mlflow server --host 127.0.0.1 --port <port>), or unset MLFLOW_TRACKING_URI "
+                f"to use the local store {default_uri()}")
+    if "MLFLOW_TRACKING_URI" in os.environ:
+        return f"fix the path in MLFLOW_TRACKING_URI, or unset it to use {default_uri()}"
+    return "make that folder writable, or set MLFLOW_TRACKING_URI to another store"
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    for marker in ("Connection refused", "Max retries exceeded", "timed out", "Name or service not known",
+                   "database is locked", "no such table", "file is not a database", "unable to open database"):
+        if marker.lower() in text.lower():
+            return marker.lower()
+    return text[:160]
+
+
+def _http_problem(uri: str) -> str | None:
+    import socket
+    import urllib.error
+    import urllib.request
+
+    base = uri.rstrip("/")
+    last = None
+    for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
+        try:
+            with urllib.request.urlopen(base + path, timeout=HTTP_CHECK_TIMEOUT) as res:
+                if res.status < 400:
+                    return None
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 and exc.code != 404:
+                return None  # it answers (e.g. asks for credentials): the server is up
+            last = f"HTTP {exc.code} from {path}"
+        except (urllib.error.URLError, socket.timeout, TimeoutError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ConnectionRefusedError):
+                return "connection refused"
+            if isinstance(reason, (socket.timeout, TimeoutError)):
+                return f"no answer within {HTTP_CHECK_TIMEOUT:g} s"
+            return " ".join(str(reason).split())[:160] or type(reason).__name__
+    return last
+
+
+def sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def _sqlite_problem(path: Path) -> str | None:
+    import sqlite3
+
+    folder = path.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, not a folder"
+    if path.is_dir():
+        return f"{path} is a folder, not a database file"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return f"cannot write in {folder} ({exc.strerror or exc})"
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=rwc", uri=True, timeout=HTTP_CHECK_TIMEOUT)
+        try:
+            con.execute("select count(*) from sqlite_master").fetchone()
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        return f"cannot open {path} ({exc}; a damaged file can be moved away, MLflow starts a new one)"
+    return None
+
+
+def store_problem(uri: str) -> str | None:
+    """What is wrong with the tracking store at ``uri``, in a few words, or None (checked in seconds)."""
+    if uri.startswith(("http://", "https://")):
+        return _http_problem(uri)
+    path = sqlite_path(uri)
+    if path is not None:
+        return _sqlite_problem(path)
+    if uri.startswith("file:") or "://" not in uri:  # a local folder store
+        folder = Path(uri[len("file://"):] if uri.startswith("file://") else uri[len("file:"):] if uri.startswith("file:") else uri)
+        existing = folder
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"{existing} is not a folder"
+        if not os.access(existing, os.W_OK):
+            return f"cannot write in {existing}"
+    return None  # other stores (databricks, postgresql...) are checked by their first call
+
+
+def check_store(run_file: Path | None = None) -> None:
+    """Stop with one line when the tracking store cannot be used. (``run_file`` is accepted for the callers'
+    sake: models/mlflow_run.json no longer names a store, every stage logs into the current one.)"""
+    uri = tracking_uri()
+    problem = store_problem(uri)
+    if problem:
+        which = "MLFLOW_TRACKING_URI" if "MLFLOW_TRACKING_URI" in os.environ else "the default"
+        raise UserError(f"MLflow tracking store {uri} ({which}) cannot be used: {problem}; {_fixes(uri)}")

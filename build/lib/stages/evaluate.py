@@ -1,0 +1,145 @@
+"""Stage evaluate: choose the operating threshold and the route rule on validation, measure them on test.
+
+Reads the shards (model-size images), the full-resolution photos in data/raw (robust threshold, routes and
+both batteries), models/model.keras and the run file. Steps: fit and calibrate the RETAKE gate
+(inspection.evaluation.gate), choose the threshold (evaluate.policy, optionally robust to the gated
+perturbations), route the test photos, run the robustness and out-of-distribution batteries, then write
+reports/metrics.json, the gate (models/ood_gate.npz), the drift reference and the reports/eval/*.csv tables,
+and log them to the training run in MLflow.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from inspection.artifacts import DATA_REPORT, DECISION, DRIFT_REFERENCE, EVAL, GATE, METRICS, MODEL, RUN_FILE
+from inspection.config import load_params
+from inspection.decision.metrics import choose_threshold
+from inspection.decision.band import choose_band
+from inspection.evaluation.batteries import (battery, ood_battery, perturbed, robust_threshold, robustness, routes,
+                                             val_conditions)
+from inspection.evaluation.summary import headline_line, ood_summary, summarize
+from inspection.evaluation.tables import table_paths, write_tables
+from inspection.fsutil import staged_outputs, write_json
+from inspection.runner.cli import cli
+from inspection.tracking.runs import mlflow_key
+
+
+def choose(prob_model, data: dict, y: dict, probs: dict, params, conditions: dict | None) -> dict:
+    """The threshold and the review band, from validation only. evaluate.review_band auto: one rule gives both
+    (inspection.decision.band: the narrowest band whose missed-defect and false-reject rates hold
+    report.targets at the exact bound, clean and, with robust_threshold, under every gated perturbation);
+    otherwise evaluate.policy chooses the threshold and the band is the fixed one (or none)."""
+    e, size, r = params.evaluate, params.train.image_size, params.report   # report.targets bound band_targets
+    conditions = conditions if e.robust_threshold else None
+    max_f1 = choose_threshold(y["val"], probs["val"], e.model_copy(update={"policy": "max_f1"}))
+    if e.review_band == "auto":
+        gated = {k: v for k, v in (conditions or {}).items() if k != "clean"}
+        band = choose_band(y["val"], probs["val"], e.band_targets.max_missed_rate,
+                           e.band_targets.max_false_reject_rate, e.bootstrap.confidence, r.line_defect_rate, gated)
+        v = band["validation"]
+        print(f"evaluate: review band [{band['low']:.4f}, {band['high']:.4f}) chosen on validation"
+              f"{' (no review needed)' if band['review_empty'] else ''}: {v['missed']} of {v['defects']} defects "
+              f"passed, {v['false_rejects']} of {v['ok']} good parts rejected, REVIEW {v['review_share_at_line_rate']:.1%}"
+              f" of parts at {r.line_defect_rate:.0%} defective")
+        return {"threshold": band["low"], "band": None if band["review_empty"] else (band["low"], band["high"]),
+                "band_choice": band, "max_f1": max_f1, "policy": "review_band auto",
+                "threshold_by_condition": {k: v["low"] for k, v in band["edges_by_condition"].items()}}
+    threshold, per_condition = choose_threshold(y["val"], probs["val"], e), None
+    if conditions is not None and e.policy == "min_recall":
+        per_condition = robust_threshold(prob_model, data["val"].paths, y["val"], e, size, probs=conditions)
+        threshold = min(per_condition.values())
+    return {"threshold": threshold, "band": e.review_band, "band_choice": None, "max_f1": max_f1,
+            "policy": e.policy, "threshold_by_condition": per_condition}
+
+
+def judge(metrics: dict, params, rob: list[dict]) -> dict:
+    """reports/decision.json: is this model ready for the line (inspection.decision.readiness)?"""
+    from inspection.decision.readiness import decision
+    from inspection.fsutil import read_json, sha256_file
+
+    run = read_json(RUN_FILE)
+    model = {"mlflow_run_id": run.get("run_id"), "model_sha256": sha256_file(MODEL),
+             "settled": run.get("settled"), "tta": metrics.get("tta")}
+    return decision(metrics, params.report, [{"perturbation": r["perturbation"], "gated": str(r["gated"])} for r in rob],
+                    model)
+
+
+def log(params, metrics: dict, rob: list[dict], judged: dict) -> None:
+    from inspection.tracking.runs import stage_run
+
+    rt = metrics["route"]["test"]
+    with stage_run("evaluate", params) as mlflow:  # train's run, or a child run when params changed
+        mlflow.set_tags({"ready_for_line": str(judged["ready"]).lower(), "decision": judged["sentence"][:5000]})
+        mlflow.log_metric("ready_for_line", float(judged["ready"]))
+        mlflow.log_artifact(str(DECISION), "reports")
+        mlflow.log_metric("threshold", metrics["threshold"])
+        for split in ("val", "test"):
+            mlflow.log_metrics({f"{split}_{k}": float(v) for k, v in metrics[split].items() if v is not None})
+        mlflow.log_metrics({"test_route_missed": rt["missed"], "test_route_false_rejects": rt["false_rejects"],
+                            "test_review_share": rt["review_share"], "test_retake_share": rt["retake_share"],
+                            "ood_limit": metrics["ood"]["limit"], "ood_battery_passed": metrics["ood"]["battery_passed"]})
+        mlflow.log_metrics({mlflow_key(f"robust_{row['perturbation']}_{k}"): float(row[k])
+                            for row in rob for k in ("recall", "false_reject_rate", "retake_share")})
+        mlflow.log_artifact(str(METRICS), "reports")
+        mlflow.log_artifacts(str(EVAL), "reports/eval")
+        if Path(DATA_REPORT).exists():
+            mlflow.log_artifact(str(DATA_REPORT), "reports")
+
+
+def main() -> None:
+    params = load_params()
+    e, t = params.evaluate, params.train
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from inspection.data.dataset import open_shards
+    from inspection.decision.route import make_rule
+    from inspection.evaluation.gate import fit_gate
+    from inspection.model.architectures import load_model
+    from inspection.model.ood import METHOD, save_gate, serving_model
+
+    pos, neg = params.data.positive_class, params.data.negative_class
+    # the shards are checked against their index and the current manifest first (one-line errors, no TF import)
+    data = {s: open_shards(s, t.image_size, pos) for s in ("train", "val", "test")}
+    from inspection.model.tta import probability_model
+
+    model = load_model(MODEL)
+    prob_model = probability_model(model, e.tta)   # what the deployed graph computes (inspection.model.tta)
+    y = {s: d.labels for s, d in data.items()}
+    stats: dict = {}   # the validation photos under each gated perturbation: probabilities and camera statistics
+    conditions = (val_conditions(prob_model, data["val"].paths, e, t.image_size, stats=stats)
+                  if e.robust_threshold or e.retake.camera_range == "validated" else None)
+    fitted = fit_gate(model, prob_model, data, e, stats)
+    probs, serving = fitted.probs, serving_model(model, fitted.gate, e.tta)
+    chosen = choose(prob_model, data, y, probs, params, conditions)
+    camera_on = e.retake.camera_check
+    rule = make_rule(chosen["threshold"], chosen["band"], fitted.camera if camera_on else None,
+                     fitted.gate["limit"], METHOD, fitted.warn_camera if camera_on else None)
+
+    print("evaluate: routes of the test photos, robustness battery, out-of-distribution battery")
+    results = perturbed(serving, data["test"].paths, t.image_size, e.robustness, battery(e.robustness))
+    decided = routes(results["clean"], rule)
+    warned = fitted.warn_camera or fitted.camera   # drift_flagged_share: outside the training range
+    rob = robustness(results, y["test"], rule, e.robustness, e.bootstrap.confidence, warned)
+    ood_rows = ood_battery(serving, data["test"].paths, t.image_size, rule, e.retake.ood_battery_per_kind,
+                           e.robustness.seed)
+    ood = ood_summary(fitted, results["clean"], ood_rows, rule["words"], METHOD)
+    metrics = summarize(e, pos, y, probs, chosen, rule, decided, rob, ood)
+
+    thresholds = [chosen["threshold"], chosen["max_f1"], 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, *(chosen["band"] or ())]
+    judged = judge(metrics, params, rob)
+    files = table_paths(EVAL)
+    with staged_outputs(METRICS, DECISION, DRIFT_REFERENCE, GATE, *files.values()) as out:
+        write_json(out.path(METRICS), metrics)
+        write_json(out.path(DECISION), judged)
+        write_json(out.path(DRIFT_REFERENCE), fitted.drift_reference)
+        save_gate(out.path(GATE), fitted.gate)
+        write_tables({k: out.path(v) for k, v in files.items()}, data=data, y=y, probs=probs, chosen=chosen,
+                     thresholds=thresholds, decided=decided, test_ood=results["clean"]["ood"], rob=rob,
+                     ood_rows=ood_rows, names={1: pos, 0: neg}, sweep_points=e.sweep_points)
+    log(params, metrics, rob, judged)
+    print(headline_line(metrics))
+    print(f"evaluate: {judged['sentence']}")
+
+
+if __name__ == "__main__":
+    cli(main)()

@@ -1,0 +1,122 @@
+"""Stage train: fit the CNN (train.arch) on the train shards, early-stopped on the val shards.
+
+Reads data/shards and the manifest; writes models/model.keras (the restored best epoch),
+reports/train/history.csv (one row per epoch) and models/mlflow_run.json (the MLflow run the later stages log
+into, with the training summary). Deterministic for a seed on one machine (Keras seed, TF op determinism).
+"""
+from __future__ import annotations
+
+import os
+import resource
+import time
+
+import numpy as np
+
+from inspection.artifacts import HISTORY, MODEL, RUN_FILE
+from inspection.config import flat_params, load_params
+from inspection.fsutil import staged_outputs, write_csv, write_json
+from inspection.interrupts import at_safe_points
+from inspection.model.input_pipeline import distribution, make_datasets, stream
+from inspection.model.training import (calibration_images, class_weights, history_rows, learning_rate,
+                                       precise_batchnorm, settled, tracker)
+from inspection.runner.cli import cli
+
+
+def datasets(p, pos: str):
+    """The train and val readers and their tf.data pipelines (streamed from the shards or held in memory)."""
+    from inspection.data.dataset import SplitData, open_shards
+
+    train, val = open_shards("train", p.image_size, pos), open_shards("val", p.image_size, pos)
+    if p.input == "stream":
+        return train, val, stream(train, p, True), stream(val, p, False)
+    return train, val, *make_datasets(SplitData(train.paths, train.labels, train.load_all()),
+                                      SplitData(val.paths, val.labels, val.load_all()), p)
+
+
+def compiled(p, train_images: int):
+    """The model, built and compiled under the distribution strategy, and the learning-rate callbacks."""
+    import keras
+    import tensorflow as tf
+
+    from inspection.model.architectures import build
+
+    strategy = distribution()
+    with strategy.scope():
+        model = build(p.arch, p.image_size, p.normalize)
+        lr, lr_callbacks = learning_rate(p, int(np.ceil(train_images / p.batch_size)))
+        model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
+                      metrics=["accuracy", keras.metrics.AUC(name="auc")])
+    mirrored = isinstance(strategy, tf.distribute.MirroredStrategy)
+    return model, lr_callbacks, strategy.num_replicas_in_sync if mirrored else 1
+
+
+def summarize(h: dict, epoch_times: list[float], wall: float, train_images: int, model, replicas: int, p) -> dict:
+    start = min(p.stop_from_epoch, len(h["val_loss"]) - 1)   # the epochs early stopping could keep
+    best = start + int(np.argmin(h["val_loss"][start:]))
+    epochs_run = len(h["loss"])
+    return {"epochs_run": epochs_run, "best_epoch": best + 1, "best_val_loss": float(h["val_loss"][best]),
+            "settled": settled(h["val_loss"], p.settle_epochs, p.settle_ratio),
+            "train_seconds": wall, "seconds_per_epoch": float(np.median(epoch_times)),
+            "train_images_per_second": train_images * epochs_run / wall,
+            "parameters": model.count_params(), "replicas": replicas,
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def main() -> None:
+    params = load_params()
+    p = params.train
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    from inspection.data.dataset import dataset_sha256
+    from inspection.tracking.runs import start_run
+
+    keras.utils.set_random_seed(p.seed)
+    tf.config.experimental.enable_op_determinism()
+    train, val, train_ds, val_ds = datasets(p, params.data.positive_class)
+    model, lr_callbacks, replicas = compiled(p, len(train.labels))
+    print(f"train: {p.arch} model, {model.count_params():,} parameters, {len(train.labels)} train / "
+          f"{len(val.labels)} val images at {p.image_size}px, input {p.input}"
+          f"{f', MirroredStrategy over {replicas} devices' if replicas > 1 else ''}")
+
+    sha = dataset_sha256()
+    with staged_outputs(MODEL, HISTORY, RUN_FILE) as out:
+        mlflow, run = start_run(p.mlflow_experiment, flat_params(params),
+                                tags={"dataset_sha256": sha, "arch": p.arch})  # + name, commit: run_identity
+        try:
+            epoch_times: list[float] = []
+            stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.patience, verbose=1,
+                                                    restore_best_weights=True, start_from_epoch=p.stop_from_epoch)
+            steps = int(np.ceil(len(train.labels) / p.batch_size))
+            calibrate = ([precise_batchnorm(model, calibration_images(train, p.bn_calibration_images), steps)]
+                         if p.bn_calibration_images else [])
+            t0 = time.perf_counter()
+            with at_safe_points():  # a stop signal ends fit between batches (tracker), never inside tf.data
+                h = model.fit(train_ds, validation_data=val_ds, epochs=p.max_epochs, verbose=2,
+                              class_weight=class_weights(train.labels, p.class_weight),
+                              callbacks=[*calibrate, stopper, tracker(mlflow.log_metrics, epoch_times),
+                                         *lr_callbacks]).history
+            summary = summarize(h, epoch_times, time.perf_counter() - t0, len(train.labels), model, replicas, p)
+            rows = history_rows(h, epoch_times)
+            write_csv(out.path(HISTORY), rows, list(rows[0].keys()))
+            model.save(out.path(MODEL))
+            mlflow.log_metrics({k: float(v) for k, v in summary.items()})
+            mlflow.set_tags({"settled": str(summary["settled"]).lower()})
+            # no store URI: every stage logs into the store it is given (MLFLOW_TRACKING_URI or the default)
+            write_json(out.path(RUN_FILE), {"run_id": run.info.run_id, "experiment": p.mlflow_experiment, **summary})
+        except BaseException as exc:
+            mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
+    mlflow.log_artifact(str(HISTORY), "reports/train")
+    mlflow.end_run()
+    print(f"train: {summary['epochs_run']} epochs ({summary['seconds_per_epoch']:.1f} s each), best epoch "
+          f"{summary['best_epoch']} val_loss {summary['best_val_loss']:.4f}; MLflow run {run.info.run_id}")
+    if not summary["settled"]:
+        print(f"train: WARNING: training did not settle: one of the last {p.settle_epochs} validation losses "
+              f"({', '.join(f'{v:.3f}' for v in h['val_loss'][-p.settle_epochs:])}) is over {p.settle_ratio:g}x the "
+              f"lowest ({min(h['val_loss']):.3f}); do not ship this model without looking at reports/train/history.csv")
+
+
+if __name__ == "__main__":
+    cli(main)()
