@@ -102,3 +102,24 @@ def test_yaml_syntax_errors_keep_line_and_column(tmp_path):
     bad.write_text("data:\n  source: [auto\n")
     with pytest.raises(UserError, match=r"is not valid YAML at line \d+, column \d+"):
         load_params(bad)
+
+
+def test_positive_class_other_than_defect_is_refused(project):
+    """positive_class: ok would silently invert the labels (synthetic defects written into data/raw/ok/)."""
+    project(data__positive_class="ok")
+    with pytest.raises(UserError, match="positive_class: must be 'defect'"):
+        load_params()
+
+
+def test_class_folders_match_unicode_normalised(project):
+    import unicodedata
+
+    project(data__classes={"defect": ["défaut"], "ok": ["bon"]})
+    data = load_params().data
+    assert data.class_of(unicodedata.normalize("NFD", "Défaut")) == "defect"   # as macOS writes folder names
+
+
+def test_a_whole_number_in_exponent_form_names_the_fix(project):
+    project(train__max_epochs="2e1")
+    with pytest.raises(UserError, match=r"train.max_epochs: must be a whole number, got '2e1'; write 20"):
+        load_params()

@@ -852,3 +852,30 @@ def _ppid(pid: int) -> int | None:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
     except (OSError, IndexError, ValueError):
         return None
+
+
+def test_a_store_from_a_newer_mlflow_is_named_in_preflight(tmp_path):
+    """A sqlite store whose schema revision this MLflow does not know: one line in preflight, before any work,
+    that does not advise `mlflow db upgrade` (wrong for a newer store); an older one gets exactly that advice."""
+    import sqlite3
+
+    from inspection.tracking.store import store_problem
+
+    db = tmp_path / "mlflow.db"
+    with sqlite3.connect(db) as con:
+        con.execute("create table alembic_version (version_num varchar(32) not null)")
+        con.execute("insert into alembic_version values ('ffffffffffff')")
+    problem = store_problem(f"sqlite:///{db}")
+    assert problem and "written by a newer MLflow" in problem and "db upgrade" not in problem
+    with sqlite3.connect(db) as con:
+        con.execute("update alembic_version set version_num = '451aebb31d03'")   # MLflow 1.x's first revision
+    problem = store_problem(f"sqlite:///{db}")
+    assert problem and "older MLflow schema" in problem and f"mlflow db upgrade sqlite:///{db}" in problem
+    root = project(tmp_path, name="p2")
+    with sqlite3.connect(db) as con:
+        con.execute("update alembic_version set version_num = 'ffffffffffff'")
+    res = subprocess.run([sys.executable, "-m", "stages.download"], cwd=root, capture_output=True, text=True,
+                         env=dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{db}",
+                                  PYTHONPATH=str(REPO)))
+    assert res.returncode == 2 and "written by a newer MLflow" in res.stderr and "Traceback" not in res.stderr
+    assert not (root / "data/raw").exists()   # nothing was done

@@ -67,3 +67,19 @@ def test_validated_range_joins_the_training_range_with_the_validated_conditions(
     assert got["sharpness"]["min"] == pytest.approx(np.percentile(blurred["sharpness"], 0.5))
     assert got["contrast"] == {"min": ref["features"]["contrast"]["p0_5"], "max": ref["features"]["contrast"]["p99_5"]}
     assert validated_range(ref, {})["brightness"]["min"] == ref["features"]["brightness"]["p0_5"]
+
+
+def test_16_bit_images_are_refused_the_same_way_by_split_and_predict(tmp_path):
+    """A 12-bit sensor image in a 16-bit PNG: one reason from the one decoder split (quarantine) and the batch CLI
+    (RETAKE) share, instead of training on a nearly black 8-bit squeeze."""
+    import cv2
+    import numpy as np
+
+    from inspection.data.images import decode_gray
+
+    img16 = (np.random.default_rng(0).integers(0, 4096, (64, 64))).astype(np.uint16)
+    ok, buf = cv2.imencode(".png", img16)
+    img, why = decode_gray(buf.tobytes())
+    assert img is None and why.startswith("16-bit image") and "8-bit JPEG or PNG" in why
+    ok, buf8 = cv2.imencode(".png", (img16 >> 4).astype(np.uint8))
+    assert decode_gray(buf8.tobytes())[0] is not None

@@ -101,3 +101,32 @@ def test_source_test_folder_kept_as_test(project, tmp_path):
     split.main()
     test = [r for r in manifest() if r["split"] == "test"]
     assert test and all("/source-test/" in r["path"] for r in test) and len(test) == 8
+
+
+def test_a_correction_in_data_extra_overrides_the_main_sources_label(project, tmp_path):
+    """The corrections loop: a part shipped in ok/ was a defect; the page's corrections zip puts the same photo
+    under defect/. The extra's label wins, the main copy is dropped, and reports/data.json lists it."""
+    src = tmp_path / "plant"
+    make_class_tree(src, {"defect": "defect", "ok": "ok"}, n=30)
+    fixes = tmp_path / "corrections" / "defect"
+    fixes.mkdir(parents=True)
+    (fixes / "img_003.jpeg").write_bytes((src / "ok" / "img_003.jpeg").read_bytes())
+    project(data__source="local", data__local__path=str(src), data__extra=[str(tmp_path / "corrections")])
+    download.main()
+    split.main()
+    rows = manifest()
+    assert len(rows) == 60 and not [r for r in rows if r["path"].endswith("ok/img_003.jpeg")]
+    fixed = [r for r in rows if "/extra/" in r["path"]]
+    assert len(fixed) == 1 and fixed[0]["label"] == "defect"
+    report = json.loads(Path("reports/data.json").read_text())
+    (c,) = report["label_corrections"]
+    assert c["label"] == "defect" and c["replaces"] == ["ok/img_003.jpeg (ok)"] and "extra" in c["by"][0]
+
+
+def test_identical_pixels_under_both_classes_of_one_source_stop_the_split(project, tmp_path):
+    src = prepare(project, tmp_path, n=30)
+    (src / "defect" / "twin.jpeg").write_bytes((src / "ok" / "img_005.jpeg").read_bytes())
+    download.main()
+    with pytest.raises(UserError, match=r"identical pixels labelled both defect and ok: defect/twin.jpeg \(defect\), "
+                                        r"ok/img_005.jpeg \(ok\); remove the wrong copy"):
+        split.main()
