@@ -76,4 +76,4 @@ def main(prog: str = "python -m commands.predict") -> None:
 
 
 if __name__ == "__main__":
-    cli(main)()
+    cli(main, tensorflow=True)()

@@ -192,6 +192,8 @@ def e2e_repo(tmp_path_factory):
     mp.setenv("KAGGLE_API_ENDPOINT", "http://127.0.0.1:9")  # any network use would fail
     res = sh(make_cmd("run"), root)
     assert "source: data.source auto: Kaggle" in res.stdout, res.stdout[-2000:]
+    for noise in ("Unable to register cuDNN factory", "absl::InitializeLog", "computation placer already registered"):
+        assert noise not in res.stdout + res.stderr, noise   # TF's C++ start-up lines: INSPECTION_TF_LOGS=1 shows them
     yield root
     mp.undo()
 

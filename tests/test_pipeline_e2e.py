@@ -264,3 +264,31 @@ def test_no_output_records_a_machine_path_or_a_store(repo):
     bad = {str(f.relative_to(repo)) for f in texts
            for needle in (str(repo), str(repo.parent), "sqlite:", "mlflow.db") if needle in f.read_text(errors="replace")}
     assert not bad, bad
+
+
+def test_dvc_plots_render_offline(repo, tmp_path, browser):
+    """`dvc plots show` with the repo's page template: vega from web/node_modules, no CDN; every plot of dvc.yaml
+    is drawn as an SVG with the network blocked; the probability strip has a numeric 0-1 axis."""
+    import shutil
+
+    import yaml
+
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy, symlinks=True)
+    res = sh(["dvc", "plots", "show"], copy)
+    index = copy / "dvc_plots/index.html"
+    assert index.exists(), res.stdout + res.stderr
+    assert "cdn.jsdelivr" not in index.read_text()
+    page = browser.new_page()
+    blocked = []
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
+               else (blocked.append(route.request.url), route.abort()))
+    page.goto(index.as_uri())
+    expected = len(yaml.safe_load((copy / "dvc.yaml").read_text())["plots"])
+    page.wait_for_function(f"document.querySelectorAll('svg.marks').length >= {expected}", timeout=60_000)
+    assert page.eval_on_selector_all("svg.marks", "e => e.length") == expected
+    ticks = page.evaluate("""() => [...document.querySelectorAll('svg.marks')].map(s => s.textContent)
+                             .find(t => t.includes('Defect probability per true class'))""")
+    assert ticks and "0.5" in ticks and "1.0" in ticks   # a numeric axis, not one tick per value
+    page.screenshot(path=str(tmp_path / "plots.png"), full_page=True)
+    page.close()
