@@ -125,7 +125,13 @@ def test_mlflow_run_holds_params_metrics_artifacts(repo, monkeypatch):
     assert run.data.params["train.image_size"] == "64" and run.data.params["data.source"] == "auto"
     assert "test_recall" in run.data.metrics and "val_loss" in run.data.metrics and "tfjs_bytes" in run.data.metrics
     assert len(client.get_metric_history(run_id, "loss")) >= 1
-    assert run.data.tags["dataset_sha256"] == json.loads((repo / "data/raw/SOURCE.json").read_text())["dataset_sha256"]
+    sha = json.loads((repo / "data/raw/SOURCE.json").read_text())["dataset_sha256"]
+    assert run.data.tags["dataset_sha256"] == sha
+    (used,) = run.inputs.dataset_inputs   # MLflow's Dataset column: name, digest, source, counts
+    assert used.dataset.name == "casting-images" and sha.startswith(used.dataset.digest)
+    assert "kaggle:ravirajsinh45/real-life-industrial-dataset-of-casting-product/versions/2" in used.dataset.source
+    profile = json.loads(used.dataset.profile)
+    assert profile["sha256"] == sha and sum(profile["train"].values()) + sum(profile["val"].values()) < 140
     top = {a.path for a in client.list_artifacts(run_id)}
     assert {"reports", "model"} <= top
     assert {"reports/report.html", "reports/report.pdf"} <= {a.path for a in client.list_artifacts(run_id, "reports")}
@@ -292,3 +298,30 @@ def test_dvc_plots_render_offline(repo, tmp_path, browser):
     assert ticks and "0.5" in ticks and "1.0" in ticks   # a numeric axis, not one tick per value
     page.screenshot(path=str(tmp_path / "plots.png"), full_page=True)
     page.close()
+
+
+def test_the_batch_cli_default_model_stays_while_export_reruns(repo, tmp_path):
+    """While `dvc repro -f export` runs, models/ is gone (DVC removes outputs first); predicts with the default
+    model run in a loop all the while and never fail: they use published/current, swapped atomically."""
+    import shutil
+    import time
+
+    copy = tmp_path / "repo"
+    shutil.copytree(repo, copy, symlinks=True)
+    assert (copy / "published/current/metadata.json").exists()   # the e2e run's export published it
+    photos = copy / "data/raw/defect"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    repro = subprocess.Popen(["dvc", "repro", "-f", "--single-item", "export"], cwd=copy, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    results, saw_models_gone = [], False
+    while repro.poll() is None or not results:
+        saw_models_gone |= not (copy / "models/metadata.json").exists()
+        res = subprocess.run([sys.executable, "-m", "commands.predict", str(photos)], cwd=copy, env=env,
+                             capture_output=True, text=True)
+        results.append((res.returncode, res.stderr[-300:]))
+        time.sleep(0.2)
+    out = repro.stdout.read()
+    assert repro.returncode == 0, out[-2000:]
+    assert saw_models_gone and len(results) >= 2, (saw_models_gone, len(results))
+    assert all(code == 0 for code, _ in results), [r for r in results if r[0]]
+    assert "export: published to" in out
