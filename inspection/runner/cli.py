@@ -122,6 +122,10 @@ def quiet_tensorflow() -> None:
         os.close(devnull)
 
 
+if stage_name() in TENSORFLOW_STAGES:   # at import: a stage module may import Keras/TensorFlow at its top,
+    quiet_tensorflow()                   # before cli() wraps its main
+
+
 def cli(main: Callable[[], None], tensorflow: bool | None = None) -> Callable[[], None]:
     """Wrap a stage's ``main``: signals, parent watch, preflight checks, one-line errors (exit 2). ``tensorflow``
     (default: the stages in TENSORFLOW_STAGES): import it quietly first (quiet_tensorflow)."""
