@@ -139,12 +139,15 @@ def open_page(browser, server):
     """open_page(width) -> a fresh page on the inspector with empty storage, model loaded."""
     pages = []
 
-    def opener(width: int = 1366):
+    def opener(width: int = 1366, accept_dialogs: bool = True):
         ctx = browser.new_context(viewport={"width": width, "height": 900 if width > 600 else 844},
                                   accept_downloads=True, has_touch=width < 600)
         page = ctx.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        page.dialogs = []
+        if accept_dialogs:   # Clear asks first; the tests that are not about it say yes
+            page.on("dialog", lambda d: (page.dialogs.append(d.message), d.accept()))
         page.goto(server)  # a new browser context: empty localStorage and IndexedDB
         page.evaluate("() => window.inspector.ready")
         page.errors = errors
@@ -300,7 +303,8 @@ def test_results_survive_a_reload_until_clear(open_page, photos):
     page.reload()
     page.evaluate("() => window.inspector.ready")
     assert table(page) == shown
-    assert banner(page)["route"] == "REJECT"
+    assert banner(page)["hidden"]   # the banner is for a photo inspected now: no replay of the last session's
+    assert "4 earlier results kept on this device" in page.text_content("#status")
     rows = page.evaluate("() => window.inspector.rows()")
     assert [r["has_thumb"] for r in rows] == [True, True, False, True]
     assert [r["correction"] for r in rows] == [None, "defect", None, None]
@@ -309,6 +313,74 @@ def test_results_survive_a_reload_until_clear(open_page, photos):
     page.reload()
     page.evaluate("() => window.inspector.ready")
     assert table(page) == [] and banner(page)["hidden"]
+
+
+def test_non_castings_get_no_label_until_the_operator_says_it_is_a_casting(open_page, photos, tmp_path):
+    """A RETAKE photo (here a blank frame: contrast low) offers "It is a casting", not Is defect / Is OK; the
+    corrections zip never holds it unless the operator first confirmed it."""
+    from inspection.deploy.server import upload
+
+    page = open_page(1366)
+    upload(page, [photos["blank"], photos["review"]])
+    retake = "#results tbody tr[data-route='RETAKE']"
+    assert page.locator(f"{retake} .fix-button").count() == 0
+    assert page.locator(f"{retake} .casting-button").count() == 1
+    page.click("#results tbody tr[data-route='REVIEW'] [data-fix='defect']")
+    page.fill("#who", "QA Jane")
+    with page.expect_download() as dl:
+        page.click("#corrections")
+    with zipfile.ZipFile(dl.value.path()) as z:
+        assert [n for n in z.namelist() if n != "corrections.json"] == [f"defect/{photos['review'].name}"]
+    page.click(f"{retake} .casting-button")      # the operator says: this is a casting
+    page.click(f"{retake} [data-fix='ok']")
+    with page.expect_download() as dl:
+        page.click("#corrections")
+    with zipfile.ZipFile(dl.value.path()) as z:
+        assert sorted(n for n in z.namelist() if n != "corrections.json") == sorted(
+            [f"defect/{photos['review'].name}", f"ok/{photos['blank'].name}"])
+    assert not page.errors
+
+
+def test_banner_says_last_photo_with_the_batch_verdict_beside_it(open_page, photos):
+    from inspection.deploy.server import upload
+
+    page = open_page(1366)
+    upload(page, [photos["reject"], photos["blank"], photos["pass"]])
+    assert banner(page)["route"] == "PASS"   # the last photo ...
+    assert page.text_content("#latest-label") == "Last photo"
+    assert page.text_content("#batch-verdict") == "· batch: 3 parts, 2 need action (see the list)"  # ... and the batch
+
+
+def test_clear_asks_first_and_keeps_everything_when_refused(open_page, photos):
+    from inspection.deploy.server import table, upload
+
+    page = open_page(390, accept_dialogs=False)
+    upload(page, [photos["review"]])
+    page.click("#results tbody tr[data-route='REVIEW'] [data-fix='defect']")
+    asked = []
+    page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+    page.click("#clear")
+    assert asked and "1 correction" in asked[0] and "cannot be undone" in asked[0]
+    assert len(table(page)) == 1 and page.evaluate("() => window.inspector.rows()")[0]["correction"] == "defect"
+    page.once("dialog", lambda d: d.accept())
+    page.click("#clear")
+    assert table(page) == []
+
+
+def test_a_second_retake_for_the_same_reason_goes_to_review(open_page, photos):
+    """The same part photographed again (one photo at a time) and RETAKE again for the same reason: a third photo
+    will not help, a person inspects it. In a batch of many photos nothing is escalated."""
+    from inspection.deploy.server import upload
+
+    page = open_page(1366)
+    first, = upload(page, [photos["blank"]])
+    second, = upload(page, [photos["blank"]])
+    assert first["route"] == "RETAKE" and second["route"] == "REVIEW"
+    assert second["reason"].startswith(f"second RETAKE for the same reason ({first['reason']})")
+    third, = upload(page, [photos["blank"]])
+    assert third["route"] == "RETAKE"   # a new part: the count starts again
+    batch = upload(page, [photos["blank"], photos["blank"]])
+    assert [r["route"] for r in batch] == ["RETAKE", "RETAKE"]
 
 
 def python_rows(tiny, files: list[Path]) -> list[dict]:

@@ -231,8 +231,11 @@ function fixButtons(row, idPrefix) {
   }));
 }
 
-// A part can be corrected when its photo could be read (an unreadable file is no training image).
-const fixable = (row) => row.probability !== null;
+// A part can be corrected when its photo could be read (an unreadable file is no training image) and it is a
+// casting: a RETAKE photo (a label card, a hand, a blank frame) gets labels only after the operator says
+// "It is a casting", so non-castings never reach the retraining set as ok or defect.
+const fixable = (row) => row.probability !== null && (row.route !== 'RETAKE' || row.casting === true);
+const confirmable = (row) => row.probability !== null && row.route === 'RETAKE' && row.casting !== true;
 
 /** The file name whole, with line-break opportunities only after _ - and spaces (never mid-word). */
 function fileName(name) {
@@ -258,7 +261,9 @@ function renderRow(row, index) {
     el('td', { className: 'file' }, fileName(row.file)),
     el('td', { className: 'route' }, el('span', { className: 'pill', textContent: row.route, dataset: { route: row.route } })),
     el('td', { className: 'reason' }, row.reason, detail),
-    el('td', { className: 'fixcell' }, fixable(row) ? el('div', { className: 'fix' }, ...fixButtons(row)) : null),
+    el('td', { className: 'fixcell' }, fixable(row) ? el('div', { className: 'fix' }, ...fixButtons(row))
+      : confirmable(row) ? el('button', { type: 'button', className: 'casting-button', textContent: 'It is a casting',
+        dataset: { casting: '1', row: row.id } }) : null),
   );
   tableRows.set(row.id, tr);
   return tr;
@@ -280,7 +285,9 @@ function showLatest(row) {
   $('latest-action').textContent = ACTION[row.route];
   $('latest-reason').textContent = row.reason;
   $('latest-file').replaceChildren(fileName(row.file));
-  document.querySelector('#banner .fix').hidden = !fixable(row);
+  document.querySelector('#banner .fix').hidden = !fixable(row) && !confirmable(row);
+  $('latest-casting').hidden = !confirmable(row);
+  $('latest-defect').hidden = $('latest-ok').hidden = !fixable(row);
   const img = $('latest-img');
   img.hidden = !row.thumb;
   if (row.thumb) img.src = row.thumb;
@@ -307,6 +314,10 @@ function syncFix(row) {
 
 function updateSummary() {
   $('batch').hidden = rows.length === 0;
+  const pending = rows.filter((r) => r.route !== 'PASS').length;
+  $('batch-verdict').textContent = rows.length < 2 ? '' : `· batch: ${rows.length} parts, ` +
+    (pending ? `${pending} need${pending === 1 ? 's' : ''} action (see the list)` : 'all PASS');
+  $('batch-verdict').dataset.state = pending ? 'action' : 'pass';
   $('results').classList.toggle('many', rows.length > 100);
   const counts = Object.fromEntries(ROUTES.map((r) => [r, 0]));
   for (const r of rows) counts[r.route] += 1;
@@ -320,9 +331,19 @@ function updateSummary() {
   $('corrections').disabled = fixes === 0;
 }
 
+function confirmCasting(id) {
+  const row = rows.find((r) => r.id === id);
+  if (!row || !confirmable(row)) return;
+  row.casting = true;
+  const tr = tableRows.get(id);
+  if (tr) tr.replaceWith(renderRow(row, rows.indexOf(row) + 1));
+  if (latestId === id) showLatest(row);
+  scheduleSave();
+}
+
 function mark(id, cls) {
   const row = rows.find((r) => r.id === id);
-  if (!row) return;
+  if (!row || !fixable(row)) return;
   row.correction = row.correction === cls ? null : cls;
   if (row.correction && photos.has(id)) keepPhoto(id, photos.get(id));
   syncFix(row);
@@ -373,7 +394,7 @@ async function downloadCorrections() {
   const parts = [];
   const taken = new Map();
   let missing = 0;
-  for (const r of rows.filter((x) => x.correction)) {
+  for (const r of rows.filter((x) => x.correction && fixable(x))) {
     const blob = photos.get(r.id) || await loadPhoto(r.id);
     if (!blob) {
       missing += 1;
@@ -434,13 +455,20 @@ function restore() {
   const frag = document.createDocumentFragment();
   rows.forEach((r, i) => frag.append(renderRow(r, i + 1)));
   $('results').tBodies[0].append(frag);
-  showLatest(rows[rows.length - 1] || null);
+  showLatest(null);   // the big banner is for a photo inspected now: never replay the previous session's last one
   updateSummary();
   return rows.length;
 }
 
 function clearAll() {
+  if (rows.length) {
+    const fixes = rows.filter((r) => r.correction).length;
+    const what = `Clear ${rows.length} result${rows.length === 1 ? '' : 's'}` +
+      (fixes ? ` and ${fixes} correction${fixes === 1 ? '' : 's'} (download them first: they cannot be recovered)` : '');
+    if (!window.confirm(`${what}? This cannot be undone.`)) return;
+  }
   generation += 1;
+  lastSingle = null;
   rows = [];
   photos.clear();
   tableRows.clear();
@@ -484,6 +512,18 @@ const keepPhoto = (id, blob) => idb('readwrite', (s) => s.put(blob, id)).catch((
 const loadPhoto = (id) => idb('readonly', (s) => s.get(id)).catch(() => null);
 const clearPhotos = () => idb('readwrite', (s) => s.clear()).catch(() => null);
 
+// ----- a RETAKE that cannot succeed ----------------------------------------------------------------
+// One photo at a time (the camera, or one file) is a part being photographed again. A second RETAKE in a row for
+// the same reason will not be cured by a third photo: the part goes to a person (REVIEW).
+let lastSingle = null;
+function escalate(r) {
+  const again = r.route === 'RETAKE' && lastSingle && lastSingle.route === 'RETAKE' && lastSingle.reason === r.reason;
+  const out = again ? { ...r, route: 'REVIEW', reason: `second RETAKE for the same reason (${r.reason}): a person ` +
+    'inspects the part', escalated: true } : r;
+  lastSingle = again ? null : { route: r.route, reason: r.reason };
+  return out;
+}
+
 // ----- batches -----------------------------------------------------------------------------------
 async function inspectFiles(files) {
   const list = Array.from(files);
@@ -495,7 +535,7 @@ async function inspectFiles(files) {
     const r = await inspectBlob(file);
     if (gen !== generation) return;
     if (r.probability === null) bad += 1;
-    record(file.name, r, file);
+    record(file.name, list.length === 1 ? escalate(r) : r, file);
     await yieldToUI();
   }
   saveNow();
@@ -551,7 +591,7 @@ async function captureFrame() {
     r = unreadable(err);
   }
   const blob = await canvas.convertToBlob({ type: 'image/png' });
-  record(`camera-${stamp()}.png`, { ...r, ms: performance.now() - t0 }, blob);
+  record(`camera-${stamp()}.png`, escalate({ ...r, ms: performance.now() - t0 }), blob);
 }
 
 // ----- wiring ----------------------------------------------------------------------------------
@@ -603,7 +643,10 @@ function wire() {
   $('results').addEventListener('click', (e) => {
     const b = e.target.closest('.fix-button');
     if (b) mark(Number(b.dataset.row), b.dataset.cls);
+    const c = e.target.closest('.casting-button');
+    if (c) confirmCasting(Number(c.dataset.row));
   });
+  $('latest-casting').addEventListener('click', () => { if (latestId !== null) confirmCasting(latestId); });
   for (const id of ['latest-defect', 'latest-ok']) {
     $(id).addEventListener('click', () => { if (latestId !== null) mark(latestId, $(id).dataset.cls); });
   }
