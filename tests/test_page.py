@@ -351,6 +351,21 @@ def test_banner_says_last_photo_with_the_batch_verdict_beside_it(open_page, phot
     assert page.text_content("#batch-verdict") == "· batch: 3 parts, 2 need action (see the list)"  # ... and the batch
 
 
+def test_reasons_come_with_an_operator_action_and_the_numbers_below(open_page, photos):
+    from inspection.deploy.server import upload
+
+    page = open_page(1366)
+    row, = upload(page, [photos["blank"]])
+    assert "contrast low" in row["reason"]   # the engineer's numbers, in the reason line
+    assert page.text_content("#latest-action") == "Flat photo: check the lamp and that the part fills the frame"
+    assert "contrast low" in page.text_content("#latest-reason")
+    upload(page, [photos["junk"]])
+    assert page.text_content("#latest-action").startswith("The file could not be read")
+    upload(page, [photos["reject"]])
+    assert page.text_content("#latest-action") == "Scrap or rework the part"
+    assert page.text_content("#results tbody tr[data-route='RETAKE'] .todo").startswith("Flat photo")
+
+
 def test_clear_asks_first_and_keeps_everything_when_refused(open_page, photos):
     from inspection.deploy.server import table, upload
 

@@ -255,18 +255,41 @@ function renderRow(row, index) {
   if (row.correction) tr.dataset.correction = row.correction;
   const detail = row.probability === null ? null
     : el('span', { className: 'detail', textContent: `defect probability ${fixed(row.probability, 4)}` });
+  const todo = row.route === 'PASS' ? null : el('span', { className: 'todo', textContent: operatorAction(row) });
   tr.append(
     el('td', { className: 'idx', textContent: String(index) }),
     el('td', { className: 'thumb' }, row.thumb ? el('img', { src: row.thumb, alt: '' }) : null),
     el('td', { className: 'file' }, fileName(row.file)),
     el('td', { className: 'route' }, el('span', { className: 'pill', textContent: row.route, dataset: { route: row.route } })),
-    el('td', { className: 'reason' }, row.reason, detail),
+    el('td', { className: 'reason' }, row.reason, detail, todo),
     el('td', { className: 'fixcell' }, fixable(row) ? el('div', { className: 'fix' }, ...fixButtons(row))
       : confirmable(row) ? el('button', { type: 'button', className: 'casting-button', textContent: 'It is a casting',
         dataset: { casting: '1', row: row.id } }) : null),
   );
   tableRows.set(row.id, tr);
   return tr;
+}
+
+/** What the operator does, in plain words, for a row's route and reason (the engineer's numbers stay in the reason
+ * line below it). The first matching hint per cause, most specific first. */
+const HINTS = [
+  [/^second RETAKE/, 'Photographing it again did not help: a person inspects the part'],
+  [/^unreadable/, 'The file could not be read: photograph the part again (JPEG or PNG)'],
+  [/out-of-distribution/, 'This does not look like a casting from the top: centre the part and move labels, ' +
+    'hands and other objects out of the frame'],
+  [/brightness low/, 'Too dark: check the lamp, then photograph the part again'],
+  [/brightness high/, 'Too bright: check the lamp and for glare, then photograph the part again'],
+  [/contrast low/, 'Flat photo: check the lamp and that the part fills the frame'],
+  [/contrast high/, 'Harsh photo: check for glare or a label in the frame'],
+  [/sharpness low/, 'Blurred: check the focus and clean the lens'],
+  [/sharpness high/, 'Grainy or cluttered: check the lamp and move labels out of the frame'],
+];
+export function operatorAction(row) {
+  if (row.route === 'RETAKE' || row.escalated) {
+    for (const [pattern, hint] of HINTS) if (pattern.test(row.reason || '')) return hint;
+  }
+  const warn = /camera warning/.test(row.reason || '') ? ' · the lighting or focus has drifted: check the lamp' : '';
+  return `${ACTION[row.route][0].toUpperCase()}${ACTION[row.route].slice(1)}${warn}`;
 }
 
 let latestId = null;
@@ -282,7 +305,7 @@ function showLatest(row) {
   }
   banner.dataset.route = row.route;
   $('latest-route').textContent = row.route;
-  $('latest-action').textContent = ACTION[row.route];
+  $('latest-action').textContent = operatorAction(row);
   $('latest-reason').textContent = row.reason;
   $('latest-file').replaceChildren(fileName(row.file));
   document.querySelector('#banner .fix').hidden = !fixable(row) && !confirmable(row);
