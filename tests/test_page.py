@@ -366,6 +366,34 @@ def test_reasons_come_with_an_operator_action_and_the_numbers_below(open_page, p
     assert page.text_content("#results tbody tr[data-route='RETAKE'] .todo").startswith("Flat photo")
 
 
+def test_a_review_goes_into_the_csv_and_need_action_counts_down(open_page, photos):
+    """The operator's decision on a REVIEW part: the row shows the final route, "need action" goes down, the CSV
+    carries the label, the final route, who and when; the message to enter a name appears beside its field."""
+    from inspection.deploy.server import upload
+
+    page = open_page(1366)
+    upload(page, [photos["review"], photos["reject"]])
+    assert "2 need action" in page.text_content("#summary")
+    review = "#results tbody tr[data-route='REVIEW']"
+    page.click(f"{review} [data-fix='ok']")               # no name yet: said next to the name field
+    assert page.is_visible("#who-note") and "Checked by" in page.text_content("#who-note")
+    page.click(f"{review} [data-fix='ok']")               # undo
+    page.fill("#who", "QA Jane")
+    assert page.is_hidden("#who-note")
+    page.click(f"{review} [data-fix='ok']")
+    assert page.text_content(f"{review} .pill") == "REVIEW → PASS"
+    summary = page.text_content("#summary")
+    assert "1 needs action" in summary and "1 reviewed" in summary
+    with page.expect_download() as dl:
+        page.click("#csv")
+    rows = list(csv.DictReader(io.StringIO(Path(dl.value.path()).read_text())))
+    by = {r["file"]: r for r in rows}
+    done = by[photos["review"].name]
+    assert (done["route"], done["reviewed_as"], done["final_route"], done["checked_by"]) == ("REVIEW", "ok", "PASS", "QA Jane")
+    assert done["checked_at"].endswith("+00:00")
+    assert by[photos["reject"].name]["reviewed_as"] == "" and by[photos["reject"].name]["final_route"] == ""
+
+
 def test_clear_asks_first_and_keeps_everything_when_refused(open_page, photos):
     from inspection.deploy.server import table, upload
 
@@ -774,7 +802,7 @@ def test_page_csv_equals_the_batch_cli(e2e_repo, browser, tmp_path):
     assert not outside, outside
     parity = json.loads((e2e_repo / "reports/export/parity.json").read_text())
     assert parity["route_mismatches"] == 0 and parity["ood_max_rel_diff"] <= parity["ood_tolerance"]
-    assert all((e2e_repo / f"reports/export/inspector-{w}.png").stat().st_size > 10_000 for w in WIDTHS)
+    assert all((e2e_repo / f"reports/export/screenshots/inspector-{w}.png").stat().st_size > 10_000 for w in WIDTHS)
     page_rows = list(csv.DictReader(io.StringIO(page_text, newline="")))
     from inspection.decision.route import CSV_COLUMNS
 

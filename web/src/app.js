@@ -4,7 +4,7 @@
 // the operator's corrections as a zip for retraining. window.inspector exposes the same functions to
 // the parity check, the browser benchmark and the tests.
 import { centreSquare, features, resizeArea, rgbaToGray } from './preprocess.js';
-import { ACTION, CSV_COLUMNS, NOT_PASSED, ROUTES, cameraReasons, csvRow, csvText, decide, fixed } from './route.js';
+import { ACTION, CSV_COLUMNS, NOT_PASSED, REVIEWED_ROUTE, ROUTES, cameraReasons, csvRow, csvText, decide, fixed } from './route.js';
 import { DAMAGED, metadataProblem } from './schema.js';
 import { outputNodes, runModel } from './outputs.js';
 import { zipStore } from './zip.js';
@@ -332,22 +332,30 @@ function syncFix(row) {
   if (tr) {
     if (row.correction) tr.dataset.correction = row.correction;
     else delete tr.dataset.correction;
+    const pill = tr.querySelector('.pill');
+    const final = row.correction ? REVIEWED_ROUTE[classWord(row.correction)] : null;
+    pill.textContent = final && final !== row.route ? `${row.route} → ${final}` : row.route;
+    if (final) pill.dataset.final = final;
+    else delete pill.dataset.final;
+    pill.title = final ? `reviewed as ${classWord(row.correction)} by ${row.checked_by || '(no name)'}` : '';
   }
 }
 
 function updateSummary() {
   $('batch').hidden = rows.length === 0;
-  const pending = rows.filter((r) => r.route !== 'PASS').length;
+  const pending = rows.filter((r) => r.route !== 'PASS' && !r.correction).length;
   $('batch-verdict').textContent = rows.length < 2 ? '' : `· batch: ${rows.length} parts, ` +
     (pending ? `${pending} need${pending === 1 ? 's' : ''} action (see the list)` : 'all PASS');
   $('batch-verdict').dataset.state = pending ? 'action' : 'pass';
   $('results').classList.toggle('many', rows.length > 100);
   const counts = Object.fromEntries(ROUTES.map((r) => [r, 0]));
   for (const r of rows) counts[r.route] += 1;
-  const action = NOT_PASSED.reduce((s, r) => s + counts[r], 0);
+  const reviewed = rows.filter((r) => r.correction && r.route !== 'PASS').length;
+  const action = NOT_PASSED.reduce((s, r) => s + counts[r], 0) - reviewed;   // a reviewed part needs no more action
   const warned = rows.filter((r) => (r.reason || '').includes('camera warning:')).length;
   $('summary').textContent = `${rows.length} part${rows.length === 1 ? '' : 's'} · ` +
     ROUTES.map((r) => `${r} ${counts[r]}`).join(' · ') + ` · ${action} need${action === 1 ? 's' : ''} action` +
+    (reviewed ? ` · ${reviewed} reviewed` : '') +
     (warned ? ` · camera warning on ${warned}: the lighting or focus has drifted, check the lamp and the focus` : '');
   const fixes = rows.filter((r) => r.correction).length;
   $('corrections').textContent = `Download corrections (${fixes})`;
@@ -368,6 +376,11 @@ function mark(id, cls) {
   const row = rows.find((r) => r.id === id);
   if (!row || !fixable(row)) return;
   row.correction = row.correction === cls ? null : cls;
+  row.checked_by = row.correction ? $('who').value.trim() : null;   // the review: who and when
+  row.checked_at = row.correction ? isoNow() : null;
+  if (row.correction && !row.checked_by) {
+    note('who-note', 'Enter who checked the parts ("Checked by"): the CSV and the corrections record it');
+  }
   if (row.correction && photos.has(id)) keepPhoto(id, photos.get(id));
   syncFix(row);
   updateSummary();
@@ -376,7 +389,8 @@ function mark(id, cls) {
 
 function csvRows() {
   return rows.map((r) => csvRow(r.file, r.route, r.reason, r.probability, r.threshold, r.ood_score, r.stats,
-    r.camera, r.model_version, r.timestamp));
+    r.camera, r.model_version, r.timestamp, r.correction ? classWord(r.correction) : '',
+    r.correction ? r.checked_by || '' : '', r.correction ? r.checked_at || '' : ''));
 }
 
 const stamp = () => new Date().toISOString().slice(0, 19).replace(/[:T]/g, '-');
@@ -406,10 +420,19 @@ function zipName(name, taken) {
   return out;
 }
 
+/** A message beside the control that caused it (the status line may have scrolled away); also in the status. */
+function note(id, text, state = 'error') {
+  const n = $(id);
+  n.textContent = text;
+  n.dataset.state = state;
+  n.hidden = !text;
+  if (text) setStatus(text, state);
+}
+
 async function downloadCorrections() {
   const who = $('who').value.trim();
   if (!who) {
-    setStatus('Enter who checked the parts ("Checked by") before downloading the corrections', 'error');
+    note('corrections-note', 'Enter who checked the parts ("Checked by") before downloading the corrections');
     $('who').focus();
     return;
   }
@@ -427,12 +450,13 @@ async function downloadCorrections() {
     const name = zipName(r.file, taken.get(r.correction));
     files.push({ name: `${r.correction}/${name}`, bytes: new Uint8Array(await blob.arrayBuffer()) });
     parts.push({ file: name, path: `${r.correction}/${name}`, original_file: r.file, route: r.route, reason: r.reason,
-      defect_probability: r.probability, ood_score: r.ood_score, corrected_label: r.correction, inspected: r.timestamp });
+      defect_probability: r.probability, ood_score: r.ood_score, corrected_label: r.correction, inspected: r.timestamp,
+      checked_by: r.checked_by || who, checked_at: r.checked_at });
   }
   const doc = { who, when: new Date().toISOString(), model_version: meta.version, classes: meta.classes, parts };
   files.push({ name: 'corrections.json', bytes: new TextEncoder().encode(`${JSON.stringify(doc, null, 1)}\n`) });
   download(new Blob([zipStore(files)], { type: 'application/zip' }), `corrections-${stamp()}.zip`);
-  setStatus(`Corrections downloaded: ${parts.length} part${parts.length === 1 ? '' : 's'}` +
+  note('corrections-note', `Corrections downloaded: ${parts.length} part${parts.length === 1 ? '' : 's'}` +
     (missing ? `; ${missing} left out because their photo was not kept after a reload (add the photo again)` : ''),
   missing ? 'error' : 'ready');
 }
@@ -674,7 +698,10 @@ function wire() {
     $(id).addEventListener('click', () => { if (latestId !== null) mark(latestId, $(id).dataset.cls); });
   }
   $('who').value = localStorage.getItem(WHO) || '';
-  $('who').addEventListener('input', () => localStorage.setItem(WHO, $('who').value));
+  $('who').addEventListener('input', () => {
+    localStorage.setItem(WHO, $('who').value);
+    if ($('who').value.trim()) note('who-note', '', 'ready');
+  });
   $('corrections').addEventListener('click', () => downloadCorrections().catch((err) => {
     setStatus(`Corrections could not be written: ${err.message}`, 'error');
   }));

@@ -7,7 +7,8 @@ export const ROUTES = ['PASS', 'REVIEW', 'REJECT', 'RETAKE'];
 export const NOT_PASSED = ['REVIEW', 'REJECT', 'RETAKE'];
 // One row per file, the same columns and words as the batch CLI (python -m commands.predict).
 export const CSV_COLUMNS = ['file', 'route', 'reason', 'defect_probability', 'threshold', 'ood_score', 'camera_check',
-  'brightness', 'contrast', 'sharpness', 'model_version', 'timestamp'];
+  'brightness', 'contrast', 'sharpness', 'model_version', 'timestamp',
+  'reviewed_as', 'final_route', 'checked_by', 'checked_at'];
 export const ACTION = {
   PASS: 'ship the part', REVIEW: 'a person inspects the part',
   REJECT: 'scrap or rework the part', RETAKE: 'photograph the part again',
@@ -102,7 +103,10 @@ export function decide(probability, stats, oodScore, rule) {
 }
 
 /** One CSV row as strings (empty cells where a value does not exist, e.g. unreadable files). */
-export function csvRow(file, route_, reason, probability, threshold, oodScore, stats, camera, modelVersion, timestamp) {
+export const REVIEWED_ROUTE = { defect: 'REJECT', ok: 'PASS' }; // what a person's label decides for the part
+
+export function csvRow(file, route_, reason, probability, threshold, oodScore, stats, camera, modelVersion, timestamp,
+  reviewedAs = '', checkedBy = '', checkedAt = '') {
   const num = (v, digits) => (v === null || v === undefined ? '' : fixed(v, digits));
   const s = stats || {};
   const hasStats = Object.keys(s).length > 0;
@@ -112,6 +116,8 @@ export function csvRow(file, route_, reason, probability, threshold, oodScore, s
     camera_check: camera && camera.length ? camera.join('; ') : (hasStats ? 'ok' : ''),
     brightness: num(s.brightness, 2), contrast: num(s.contrast, 2), sharpness: num(s.sharpness, 1),
     model_version: modelVersion, timestamp,
+    reviewed_as: reviewedAs || '', final_route: REVIEWED_ROUTE[reviewedAs] || '', checked_by: checkedBy || '',
+    checked_at: checkedAt || '',
   };
 }
 

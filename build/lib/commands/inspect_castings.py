@@ -24,7 +24,7 @@ def entry() -> None:
     else:
         from commands.predict import main as predict
 
-        cli(functools.partial(predict, prog=PROG))()
+        cli(functools.partial(predict, prog=PROG), tensorflow=True)()
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ def main(prog: str = "python -m commands.predict") -> None:
                                         "stderr). The inspector page's server: python -m commands.serve, or "
                                         "inspect-castings serve.")
     ap.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders, zips or globs")
-    ap.add_argument("--model", default="models", help="model folder (default models/) or models:/name@alias")
+    ap.add_argument("--model", default=None, help="model folder or models:/name@alias (default: the last model the "
+                                                  "pipeline published, published/current, else models/)")
     ap.add_argument("--out", default="-", help="CSV file to write (default: standard output)")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2, help="decoding threads")
@@ -37,7 +38,9 @@ def main(prog: str = "python -m commands.predict") -> None:
     items = list(expand(args.paths))  # names and loaders only (no pixels): cheap even for 100,000 files
     if not items:
         raise UserError(f"no images found in {' '.join(args.paths)}; give image files, folders, zips or globs")
-    predictor = load_predictor(args.model)
+    from inspection.deploy.published import default_model
+
+    predictor = load_predictor(args.model or default_model())
     from tqdm import tqdm
 
     counts = dict.fromkeys(("PASS", "REVIEW", "REJECT", "RETAKE"), 0)
@@ -76,4 +79,4 @@ def main(prog: str = "python -m commands.predict") -> None:
 
 
 if __name__ == "__main__":
-    cli(main)()
+    cli(main, tensorflow=True)()

@@ -37,6 +37,13 @@ class SyntheticParams(_Strict):
     seed: int
 
 
+def _folder_key(name: str) -> str:
+    """A folder name as compared with data.classes: NFC-normalised, case-folded."""
+    import unicodedata
+
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 class DataParams(_Strict):
     source: Literal["auto", "kaggle", "local", "synthetic"]
     kaggle: KaggleParams
@@ -53,10 +60,16 @@ class DataParams(_Strict):
             raise ValueError("classes: exactly two classes are needed (a defect class and an ok class)")
         if self.positive_class not in self.classes:
             raise ValueError(f"positive_class: {self.positive_class!r} is not one of classes {sorted(self.classes)}")
+        if "defect" not in self.classes or self.positive_class != "defect":
+            # the model outputs a defect probability and every route word assumes it: anything else would silently
+            # invert the labels (e.g. synthetic defects written into data/raw/ok/)
+            raise ValueError(f"positive_class: must be 'defect' (the class the model's defect probability is "
+                             f"about; got {self.positive_class!r} with classes {sorted(self.classes)}); put other "
+                             "folder names for it under classes.defect")
         seen: dict[str, str] = {}
         for name, folders in self.classes.items():
             for folder in [name, *folders]:
-                if seen.setdefault(folder.lower(), name) != name:
+                if seen.setdefault(_folder_key(folder), name) != name:
                     raise ValueError(f"classes: folder name {folder!r} maps to two classes")
         return self
 
@@ -65,9 +78,11 @@ class DataParams(_Strict):
         return next(c for c in self.classes if c != self.positive_class)
 
     def class_of(self, folder_name: str) -> str | None:
-        """The class a folder name stands for (the class itself or one of its aliases, any case), or None."""
-        name = folder_name.lower()
-        return next((c for c, aliases in self.classes.items() if name in {a.lower() for a in [c, *aliases]}), None)
+        """The class a folder name stands for (the class itself or one of its aliases, any case, Unicode-normalised:
+        'défaut' typed on macOS (NFD) matches 'défaut' in params.yaml (NFC)), or None."""
+        name = _folder_key(folder_name)
+        return next((c for c, aliases in self.classes.items() if name in {_folder_key(a) for a in [c, *aliases]}),
+                    None)
 
 
 class NearDupParams(_Strict):
@@ -292,6 +307,19 @@ def _format(err: ValidationError, source: Path) -> str:
     msg = first["msg"].removeprefix("Value error, ")  # a validator's own sentence, without pydantic's prefix
     if first["type"] == "extra_forbidden":
         msg = "unknown key; check its spelling against params.yaml's documented keys"
+    elif first["type"] in ("int_parsing", "int_from_float", "int_type"):
+        got = first.get("input")
+        hint = ""
+        try:
+            value = float(got)
+            if value.is_integer():
+                hint = f"; write {int(value)}"
+        except (TypeError, ValueError):
+            pass
+        msg = f"must be a whole number, got {got!r}{hint}"   # YAML reads 2e1 as the string '2e1'
+    elif first["type"] in ("float_parsing", "float_type") and isinstance(first.get("input"), str):
+        msg = (f"must be a number, got the string {first['input']!r} (YAML reads 1e-3 as a string: write "
+               "1.0e-3 or 0.001)")
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
     return f"{source}: {key}: {msg}{more}"
 

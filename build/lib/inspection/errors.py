@@ -35,7 +35,13 @@ def write_stderr(line: str) -> None:
 
 
 def disk_error_message(exc: OSError, action: str = "write") -> str | None:
-    """One line for a read-only / full disk / permission error, naming the path; None for other errors."""
+    """One line for a read-only / full disk / permission error, naming the path; None for other errors. A short
+    write without an errno (numpy's "N requested and M written", what a full disk gives under tofile) is a full
+    disk too."""
+    if exc.errno is None and re.search(r"\d+ requested and \d+ written", str(exc)):
+        where = re.sub(r"\.partial-[0-9a-f]{8}\.", "", str(exc.filename)) if exc.filename else os.getcwd()
+        return f"cannot {action} {where}: no space left on device (a short write); free some space and run the " \
+               "stage again"
     if exc.errno not in DISK_ERRORS:
         return None
     # a staged output's temporary name -> the output's own name (data/split/.partial-1a2b3c4d.manifest.csv)

@@ -52,6 +52,11 @@ def main() -> None:
         write_json(out.path(METADATA), metadata)
         write_json(out.path(HEADLINE), {**headline(metrics, run, metadata), "ready": judged["ready"]})
     log_to_mlflow(params, diff, metadata)
+    from inspection.deploy.published import publish
+
+    published = publish(METADATA.parent, metadata["version"])   # the batch CLI's default model, swapped atomically
+    if published is not None:
+        print(f"export: published to {published} (published/current: the batch CLI's default model)")
     print(f"export: SavedModel vs Keras max |diff| {diff:.2e} (probability), {ood_diff:.2e} (OOD score, relative) on "
           f"{len(test.labels)} images; TF.js model {metadata['size_bytes']['tfjs']:,} bytes")
     from inspection.tracking.registry import register_after_export

@@ -85,10 +85,11 @@ def main() -> None:
     params = load_params()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     t0 = time.perf_counter()
-    from inspection.deploy.server import browser_or_skip, chromium
+    from inspection.deploy.server import chromium
+    from inspection.runner.preflight import BROWSER_STAGES, browser_or_skip
     from inspection.tracking.runs import stage_run
 
-    skipped = browser_or_skip(params.web, f"the PDF print ({PDF})")  # before any work
+    skipped = browser_or_skip(params.web, BROWSER_STAGES["report"])  # checked in preflight too
     context = collect(params)
     context["pdf_warning"] = skipped
     html = render(context)

@@ -12,7 +12,7 @@ from inspection.runner.cli import cli
 from inspection.data.extras import add_origins
 from inspection.fsutil import staged_outputs, write_csv, write_json
 from inspection.artifacts import DATA_REPORT, MANIFEST, SPLITS
-from inspection.data.splitting import assign_groups, assign_splits, confound, scan
+from inspection.data.splitting import assign_groups, assign_splits, confound, resolve_label_conflicts, scan
 
 
 def main() -> None:
@@ -29,6 +29,12 @@ def main() -> None:
             f"{len(quarantined)} of {total} files are unreadable (limit split.max_quarantined_fraction="
             f"{cfg.max_quarantined_fraction}); fix or remove them (first: {quarantined[0]['path']}: {quarantined[0]['reason']})"
         )
+    keep = {id(r): i for i, r in enumerate(records)}
+    corrections = resolve_label_conflicts(records)   # data.extra's label wins over the main source's
+    if corrections:
+        thumbs = thumbs[[keep[id(r)] for r in records]]
+        for c in corrections:
+            print(f"split: label corrected to {c['label']!r} by {', '.join(c['by'])}: dropped {', '.join(c['replaces'])}")
     dup = assign_groups(records, thumbs, cfg)
     assign_splits(records, cfg)
     labels = sorted({r["label"] for r in records})
@@ -41,6 +47,7 @@ def main() -> None:
                                 "the split fractions or split.min_images_per_class")
     conf = confound(records, params.data.positive_class, cfg.confound_warn_auc)
     report = {"images": len(records), "counts": counts, "duplicates": dup, "confound": conf,
+              "label_corrections": corrections,
               "quarantined": quarantined, "quarantined_count": len(quarantined),
               "use_source_test": cfg.use_source_test, "seed": cfg.seed}
     with staged_outputs(MANIFEST, DATA_REPORT) as out:

@@ -69,7 +69,10 @@ def main() -> None:
     import keras
     import tensorflow as tf
 
-    from inspection.data.dataset import dataset_sha256
+    from inspection.data.dataset import dataset_sha256, dataset_source
+
+    def counts(labels) -> dict:
+        return {params.data.positive_class: int(np.sum(labels)), params.data.negative_class: int(len(labels) - np.sum(labels))}
     from inspection.tracking.runs import start_run
 
     keras.utils.set_random_seed(p.seed)
@@ -84,6 +87,8 @@ def main() -> None:
     with staged_outputs(MODEL, HISTORY, RUN_FILE) as out:
         mlflow, run = start_run(p.mlflow_experiment, flat_params(params),
                                 tags={"dataset_sha256": sha, "arch": p.arch})  # + name, commit: run_identity
+        mlflow.log_dataset("casting-images", sha, dataset_source(), {
+            "sha256": sha, "train": counts(train.labels), "val": counts(val.labels)})
         try:
             epoch_times: list[float] = []
             stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.patience, verbose=1,

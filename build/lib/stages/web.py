@@ -39,11 +39,11 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params()
     w, pos = params.web, params.data.positive_class
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from inspection.deploy.server import browser_or_skip
+    from inspection.runner.preflight import BROWSER_STAGES, browser_or_skip
     METADATA, SAVED_MODEL, TFJS = model_paths(args.model)  # noqa: N806
 
     # before any work: the Chromium half of the check would fail at the end (or, allowed, is skipped with a warning)
-    skipped = browser_or_skip(w, "the browser parity check, benchmark and screenshots")
+    skipped = browser_or_skip(w, BROWSER_STAGES["web"])
     for needed in (METADATA, SAVED_MODEL, TFJS):
         if not Path(needed).exists():
             raise UserError(f"{needed} is missing; run the export stage first (dvc repro export)")

@@ -59,6 +59,14 @@ def dataset_sha256() -> str:
     return read_json(SOURCE_FILE)["dataset_sha256"] if SOURCE_FILE.exists() else "unknown"
 
 
+def dataset_source() -> str:
+    """Where the images came from, as SOURCE.json records it (no machine folder): e.g.
+    kaggle:ravirajsinh45/...-casting-product/versions/2, local:../shared/datasets/casting-product-train.zip."""
+    info = read_json(SOURCE_FILE) if SOURCE_FILE.exists() else {}
+    where = info.get("dataset") or info.get("path") or info.get("source", "unknown")
+    return f"{info.get('source', 'unknown')}:{where}" + (f"/versions/{info['version']}" if "version" in info else "")
+
+
 def npy_data_offset(path: Path) -> tuple[int, tuple[int, ...]]:
     """Byte offset of the array data in a C-ordered uint8 .npy file, and its shape."""
     with open(path, "rb") as f:

@@ -59,6 +59,38 @@ def scan(raw: Path, max_pixels: int | None = None) -> tuple[list[dict], np.ndarr
     return records, (np.stack(thumbs) if thumbs else np.empty((0, THUMB, THUMB), np.uint8)), quarantined
 
 
+def resolve_label_conflicts(records: list[dict]) -> list[dict]:
+    """Identical pixels under both classes. When the copies from data.extra (data/raw/<class>/extra/...: the
+    inspector page's corrections) agree on one class, that label wins: the main source's copies with the other
+    label are dropped from ``records`` (in place) and returned, one entry per corrected photo, for
+    reports/data.json. Any other conflict (within one source, or extras that disagree) stops the split with the
+    files named: a model must not be trained and scored on a photo that is both defect and ok."""
+    from inspection.artifacts import EXTRA_SUBFOLDER
+
+    by_hash: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        by_hash[r["sha256"]].append(r)
+    corrections, drop = [], set()
+    for members in by_hash.values():
+        labels = {r["label"] for r in members}
+        if len(labels) < 2:
+            continue
+        extra = [r for r in members if Path(r["path"]).parts[1:2] == (EXTRA_SUBFOLDER,)]
+        extra_labels = {r["label"] for r in extra}
+        if len(extra_labels) == 1:
+            label = extra_labels.pop()
+            dropped = [r for r in members if r["label"] != label]
+            drop.update(id(r) for r in dropped)
+            corrections.append({"label": label, "by": sorted(r["path"] for r in extra),
+                                "replaces": sorted(f"{r['path']} ({r['label']})" for r in dropped)})
+            continue
+        shown = ", ".join(sorted(f"{r['path']} ({r['label']})" for r in members)[:6])
+        raise UserError(f"identical pixels labelled both {' and '.join(sorted(labels))}: {shown}; remove the wrong "
+                        "copy from the source (a correction belongs in data.extra, which overrides the main source)")
+    records[:] = [r for r in records if id(r) not in drop]
+    return corrections
+
+
 def assign_groups(records: list[dict], thumbs: np.ndarray, cfg: SplitParams) -> dict:
     """Set record['group']; return duplicate statistics."""
     n = len(records)

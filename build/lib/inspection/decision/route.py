@@ -25,7 +25,10 @@ ROUTES = ("PASS", "REVIEW", "REJECT", "RETAKE")
 NOT_PASSED = ("REVIEW", "REJECT", "RETAKE")
 # One row per file, the same columns and words in the batch CLI (python -m commands.predict) and the page's CSV.
 CSV_COLUMNS = ("file", "route", "reason", "defect_probability", "threshold", "ood_score", "camera_check",
-               "brightness", "contrast", "sharpness", "model_version", "timestamp")
+               "brightness", "contrast", "sharpness", "model_version", "timestamp",
+               # a person's review (the inspector page; empty from the batch CLI): the label they gave, the route
+               # that follows from it (defect -> REJECT, ok -> PASS), who and when
+               "reviewed_as", "final_route", "checked_by", "checked_at")
 ACTION = {"PASS": "ship the part", "REVIEW": "a person inspects the part",
           "REJECT": "scrap or rework the part", "RETAKE": "photograph the part again"}
 
@@ -108,10 +111,14 @@ def csv_safe(value: object) -> str:
     return s
 
 
+REVIEWED_ROUTE = {"defect": "REJECT", "ok": "PASS"}   # what a person's label decides for the part
+
+
 def csv_row(file: str, route_: str, reason: str, probability: Optional[float], threshold: float,
             ood_score: Optional[float], stats: Optional[dict], camera: Sequence[str], model_version: str,
-            timestamp: str) -> dict:
-    """One CSV row (strings, fixed decimals; empty cells where a value does not exist, e.g. unreadable files)."""
+            timestamp: str, reviewed_as: str = "", checked_by: str = "", checked_at: str = "") -> dict:
+    """One CSV row (strings, fixed decimals; empty cells where a value does not exist, e.g. unreadable files). A
+    review (``reviewed_as`` defect/ok) adds the final route it implies, who and when."""
     def num(v, digits):
         return "" if v is None else f"{v:.{digits}f}"
     stats = stats or {}
@@ -119,7 +126,9 @@ def csv_row(file: str, route_: str, reason: str, probability: Optional[float], t
             "threshold": num(threshold, 6), "ood_score": num(ood_score, 3),
             "camera_check": "; ".join(camera) if camera else ("" if not stats else "ok"),
             "brightness": num(stats.get("brightness"), 2), "contrast": num(stats.get("contrast"), 2),
-            "sharpness": num(stats.get("sharpness"), 1), "model_version": model_version, "timestamp": timestamp}.items()}
+            "sharpness": num(stats.get("sharpness"), 1), "model_version": model_version, "timestamp": timestamp,
+            "reviewed_as": reviewed_as, "final_route": REVIEWED_ROUTE.get(reviewed_as, ""),
+            "checked_by": checked_by, "checked_at": checked_at}.items()}
 
 
 def make_rule(threshold: float, band: Optional[Sequence[float]], camera: Optional[dict], ood_limit: Optional[float],

@@ -237,5 +237,10 @@ def load_saved_model(saved_model: str | Path, metadata: dict, where: str | Path 
     (``serving_function``). Keep ``module`` while ``fn`` is used."""
     import tensorflow as tf
 
-    module = tf.saved_model.load(str(saved_model))
+    try:
+        module = tf.saved_model.load(str(saved_model))
+    except (OSError, ValueError, IndexError, KeyError, EOFError, tf.errors.OpError) as exc:
+        raise UserError(f"{saved_model} cannot be loaded ({type(exc).__name__}: {' '.join(str(exc).split())[:120]}): "
+                        "the SavedModel is damaged or cut short; copy the model folder again, `dvc checkout` it, or "
+                        "re-run the export stage (dvc repro -f export)") from None
     return module, serving_function(module, metadata, where)

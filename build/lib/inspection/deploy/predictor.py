@@ -133,7 +133,7 @@ def _prepare(item: Item, size: int, max_pixels: int | None = None) -> tuple[str,
     name, load = item
     suffix = Path(name).suffix.lower()
     if suffix in ARCHIVES:
-        where = f" inside {Path(name).parent.name}" if ".zip/" in name else ""
+        where = f" inside {Path(name.split('.zip/', 1)[0] + '.zip').name}" if ".zip/" in name else ""
         return name, None, None, (f"unreadable: an archive{where} is not a photo; extract it and pass the folder"
                                   if where else f"unreadable: {suffix} archives are not read; extract it and pass "
                                                 "the folder (.zip files are read)")

@@ -10,7 +10,6 @@ loopback address unless --host says otherwise, and then prints a warning (no log
 from __future__ import annotations
 
 import contextlib
-import os
 import functools
 import ipaddress
 import socket
@@ -98,18 +97,6 @@ def require_chromium(executable: Path | str) -> None:
     if not Path(executable).expanduser().exists():
         raise UserError(f"Chromium not found at {executable}; install it (apt-get install chromium) or set "
                         f"web.chromium in params.yaml")
-
-
-def browser_or_skip(web, needs: str) -> str | None:
-    """Params ``web``: None when web.chromium is an executable; otherwise, with web.require_browser false, the
-    warning that replaces ``needs`` (what the browser was for) in the outputs. With it true: a one-line error."""
-    exe = Path(web.chromium).expanduser()
-    if exe.is_file() and os.access(exe, os.X_OK):
-        return None
-    if web.require_browser:
-        raise UserError(f"Chromium not found at {exe} ({needs}); run `make install` (it installs it), set "
-                        "web.chromium in params.yaml, or set web.require_browser: false to skip this with a warning")
-    return f"{needs} skipped: no Chromium at {exe} (web.require_browser is false)"
 
 
 @contextlib.contextmanager

@@ -9,6 +9,8 @@ line and which this dataset confounds with the label (see the split stage's conf
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 from keras import layers, ops
 
@@ -85,5 +87,17 @@ def build(arch: str, size: int, normalize: str = "none") -> keras.Model:
 
 
 def load_model(path):
-    """Load a saved .keras model (this module registers the custom layers it may contain)."""
-    return keras.models.load_model(path)
+    """Load a saved .keras model (this module registers the custom layers it may contain); a damaged or
+    truncated file is one line naming it (Keras says "File not found" for a cut-short zip)."""
+    import zipfile
+
+    from inspection.errors import UserError
+
+    try:
+        return keras.models.load_model(path)
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        if not Path(path).exists():
+            raise UserError(f"{path} is missing; run the train stage first (dvc repro train)") from None
+        raise UserError(f"{path} cannot be loaded ({type(exc).__name__}: {' '.join(str(exc).split())[:100]}): the "
+                        f"file is damaged or cut short; `dvc checkout {path}` restores the recorded one, or re-run "
+                        "the train stage (dvc repro -f train)") from None

@@ -99,8 +99,36 @@ def _unexpected() -> None:
     raise SystemExit(1)
 
 
-def cli(main: Callable[[], None]) -> Callable[[], None]:
-    """Wrap a stage's ``main``: signals, parent watch, preflight checks, one-line errors (exit 2)."""
+TENSORFLOW_STAGES = {"train", "evaluate", "export", "promote", "report", "web"}
+VERBOSE_ENV = "INSPECTION_TF_LOGS"   # =1: TensorFlow's C++ start-up lines are shown
+
+
+def quiet_tensorflow() -> None:
+    """Import TensorFlow once with file descriptor 2 pointed at /dev/null: its C++ start-up lines (absl's
+    pre-init notice, cuDNN/cuBLAS factory registration on a machine without a GPU, "computation placer already
+    registered") bypass TF_CPP_MIN_LOG_LEVEL. Python errors still surface: an import error is raised after the
+    descriptor is restored. INSPECTION_TF_LOGS=1 shows everything."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if os.environ.get(VERBOSE_ENV) == "1" or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+if stage_name() in TENSORFLOW_STAGES:   # at import: a stage module may import Keras/TensorFlow at its top,
+    quiet_tensorflow()                   # before cli() wraps its main
+
+
+def cli(main: Callable[[], None], tensorflow: bool | None = None) -> Callable[[], None]:
+    """Wrap a stage's ``main``: signals, parent watch, preflight checks, one-line errors (exit 2). ``tensorflow``
+    (default: the stages in TENSORFLOW_STAGES): import it quietly first (quiet_tensorflow)."""
 
     @functools.wraps(main)
     def wrapper() -> None:
@@ -117,6 +145,8 @@ def cli(main: Callable[[], None]) -> Callable[[], None]:
 
             configure_http()  # MLflow's HTTP retries in seconds, not minutes, for every entry point
             preflight(stage_name())
+            if tensorflow or (tensorflow is None and stage_name() in TENSORFLOW_STAGES):
+                quiet_tensorflow()
             main()
             if interrupts.interrupted() is not None:  # the interrupt was swallowed somewhere; commit refused to publish
                 raise KeyboardInterrupt

@@ -92,6 +92,22 @@ def check_writable(spec: dict) -> None:
                             "run the stage from a writable checkout") from None
 
 
+def browser_or_skip(web, needs: str) -> str | None:
+    """Params ``web``: None when web.chromium is an executable; otherwise, with web.require_browser false, the
+    warning that replaces ``needs`` (what the browser was for) in the outputs. With it true: a one-line error."""
+    exe = Path(web.chromium).expanduser()
+    if exe.is_file() and os.access(exe, os.X_OK):
+        return None
+    if web.require_browser:
+        raise UserError(f"Chromium not found at {exe} ({needs}); run `make install` (it installs it), set "
+                        "web.chromium in params.yaml, or set web.require_browser: false to skip this with a warning")
+    return f"{needs} skipped: no Chromium at {exe} (web.require_browser is false)"
+
+
+BROWSER_STAGES = {"report": "the PDF print (reports/print/report.pdf)",
+                  "web": "the browser parity check, benchmark and screenshots"}
+
+
 def check_web_tools() -> None:
     """The web stage's Node.js half (its Chromium half is checked by the stages that use a browser: web, report)."""
     if shutil.which("node") is None:
@@ -113,7 +129,9 @@ def preflight(stage: str | None) -> None:
     from inspection.tracking.store import check_store
     from inspection.tracking.journal import pending_notice
 
-    load_params()  # all of it: a typo in any section fails the first stage that runs
+    params = load_params()  # all of it: a typo in any section fails the first stage that runs
+    if stage in BROWSER_STAGES:  # only the stages that use Chromium check it (web.require_browser false: they skip)
+        browser_or_skip(params.web, BROWSER_STAGES[stage])
     if stage == WEB_STAGE:
         check_web_tools()
     check_inputs(spec, dvc, stage)

@@ -110,6 +110,12 @@ class Tracker:
     def log_dict(self, obj: dict, artifact_file: str) -> None:
         self.log_text(json.dumps(obj, indent=2, default=str), artifact_file)
 
+    def log_dataset(self, name: str, digest: str, source: str, profile: dict, context: str = "training") -> None:
+        """The run's input dataset (MLflow's Dataset column): name, digest (our sha256), where it came from and
+        its counts (profile), as ``mlflow.log_input`` records it."""
+        self._call({"op": "log_input", "name": name, "digest": digest, "source": source, "profile": profile,
+                    "context": context})
+
     def end_run(self, status: str = "FINISHED") -> None:
         self._call({"op": "set_terminated", "status": status, "end_time": int(time.time() * 1000)},
                    interruptible=False)
@@ -189,6 +195,13 @@ def apply_entry(client, run_id: str, entry: dict, base: Path | None = None) -> N
         getattr(client, op)(run_id, path, entry.get("artifact_path"))
     elif op == "set_terminated":
         client.set_terminated(run_id, entry["status"], entry.get("end_time"))
+    elif op == "log_input":
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(name=entry["name"], digest=entry["digest"][:36], source_type="local",
+                          source=json.dumps({"uri": entry["source"]}), profile=json.dumps(entry["profile"]))
+        client.log_inputs(run_id, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context",
+                                                                               entry["context"])])])
     elif op != "header":
         raise ValueError(f"unknown journal entry {op!r}")
 

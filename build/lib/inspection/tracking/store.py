@@ -150,11 +150,43 @@ def _sqlite_problem(path: Path) -> str | None:
         con = sqlite3.connect(f"file:{path}?mode=rwc", uri=True, timeout=HTTP_CHECK_TIMEOUT)
         try:
             con.execute("select count(*) from sqlite_master").fetchone()
+            try:
+                con.execute("BEGIN IMMEDIATE")   # a write lock, released at once: a read-only file says so here
+                con.rollback()
+            except sqlite3.OperationalError as exc:
+                if "readonly" in str(exc) or "read-only" in str(exc):
+                    return f"{path} is read-only (chmod u+w {path}, or set MLFLOW_TRACKING_URI to another store)"
+                raise
+            has_version = con.execute("select 1 from sqlite_master where name = 'alembic_version'").fetchone()
+            found = con.execute("select version_num from alembic_version").fetchone() if has_version else None
         finally:
             con.close()
     except sqlite3.Error as exc:
         return f"cannot open {path} ({exc}; a damaged file can be moved away, MLflow starts a new one)"
-    return None
+    return _schema_problem(path, found[0]) if found else None
+
+
+def _schema_problem(path: Path, found: str) -> str | None:
+    """The store's schema revision against this MLflow's: a newer MLflow's store must not get `mlflow db upgrade`
+    advice, an older one needs exactly that (after a backup)."""
+    try:
+        import mlflow
+        from alembic.script import ScriptDirectory
+        from mlflow.store.db.utils import _get_alembic_config
+
+        scripts = ScriptDirectory.from_config(_get_alembic_config(f"sqlite:///{path}"))
+        head = scripts.get_current_head()
+        known = {rev.revision for rev in scripts.walk_revisions()}
+    except Exception:  # noqa: BLE001 - MLflow's internals moved: leave the check to MLflow itself
+        return None
+    if found == head:
+        return None
+    if found not in known:
+        return (f"{path} was written by a newer MLflow (schema {found}; this MLflow {mlflow.__version__} knows up "
+                f"to {head}); install the MLflow version of requirements.lock everywhere that writes it "
+                "(make install), or use another store")
+    return (f"{path} has an older MLflow schema ({found}, this MLflow {mlflow.__version__} needs {head}); back it "
+            f"up, then run: mlflow db upgrade sqlite:///{path}")
 
 
 def store_problem(uri: str) -> str | None:
