@@ -394,6 +394,19 @@ def test_a_review_goes_into_the_csv_and_need_action_counts_down(open_page, photo
     assert by[photos["reject"].name]["reviewed_as"] == "" and by[photos["reject"].name]["final_route"] == ""
 
 
+def test_the_same_photo_added_twice_is_flagged_and_counted_once(open_page, photos):
+    from inspection.deploy.server import upload
+
+    page = open_page(1366)
+    upload(page, [photos["review"], photos["pass"]])
+    upload(page, [photos["review"]])
+    assert page.text_content("#results tbody tr:nth-child(3) .dupe") == \
+        f"same photo as #1 ({photos['review'].name}): counted once"
+    summary = page.text_content("#summary")
+    assert summary.startswith("2 parts") and "1 photo added twice" in summary and "1 needs action" in summary
+    assert "added twice" in page.text_content("#status")
+
+
 def test_clear_asks_first_and_keeps_everything_when_refused(open_page, photos):
     from inspection.deploy.server import table, upload
 
@@ -774,7 +787,7 @@ def test_page_csv_equals_the_batch_cli(e2e_repo, browser, tmp_path):
     manifest = [r.split(",") for r in (e2e_repo / "data/split/manifest.csv").read_text().splitlines()]
     head, rows = manifest[0], [dict(zip(manifest[0], r)) for r in manifest[1:]]
     test = [r for r in rows if r["split"] == "test"]
-    files = [e2e_repo / r["path"] for r in (test[:3] + [r for r in test if r["label"] == "defect"][:2])]
+    files = list(dict.fromkeys(e2e_repo / r["path"] for r in (test[:3] + [r for r in test if r["label"] == "defect"][:2])))
     junk = tmp_path / "notes_renamed.jpg"
     junk.write_text("not a photo\n")
     files.append(junk)

@@ -189,8 +189,9 @@ function thumbnail(input) {
 const isoNow = () => `${new Date().toISOString().slice(0, 19)}+00:00`;
 
 // ----- results ---------------------------------------------------------------------------------
-function record(file, r, blob) {
+function record(file, r, blob, digest = null, duplicateOf = null) {
   const row = {
+    digest, duplicate_of: duplicateOf,
     id: nextId, file, route: r.route, reason: r.reason, probability: r.probability, ood_score: r.ood_score,
     threshold: rule.threshold, stats: r.stats, camera: r.camera, model_version: meta.version, timestamp: isoNow(),
     ms: r.ms, thumb: thumbnail(r.input), correction: null,
@@ -256,12 +257,16 @@ function renderRow(row, index) {
   const detail = row.probability === null ? null
     : el('span', { className: 'detail', textContent: `defect probability ${fixed(row.probability, 4)}` });
   const todo = row.route === 'PASS' ? null : el('span', { className: 'todo', textContent: operatorAction(row) });
+  const twin = row.duplicate_of === null || row.duplicate_of === undefined ? -1
+    : rows.findIndex((x) => x.id === row.duplicate_of);
+  const dupe = twin < 0 ? null : el('span', { className: 'dupe',
+    textContent: `same photo as #${twin + 1} (${rows[twin].file}): counted once` });
   tr.append(
     el('td', { className: 'idx', textContent: String(index) }),
     el('td', { className: 'thumb' }, row.thumb ? el('img', { src: row.thumb, alt: '' }) : null),
     el('td', { className: 'file' }, fileName(row.file)),
     el('td', { className: 'route' }, el('span', { className: 'pill', textContent: row.route, dataset: { route: row.route } })),
-    el('td', { className: 'reason' }, row.reason, detail, todo),
+    el('td', { className: 'reason' }, row.reason, detail, todo, dupe),
     el('td', { className: 'fixcell' }, fixable(row) ? el('div', { className: 'fix' }, ...fixButtons(row))
       : confirmable(row) ? el('button', { type: 'button', className: 'casting-button', textContent: 'It is a casting',
         dataset: { casting: '1', row: row.id } }) : null),
@@ -349,13 +354,15 @@ function updateSummary() {
   $('batch-verdict').dataset.state = pending ? 'action' : 'pass';
   $('results').classList.toggle('many', rows.length > 100);
   const counts = Object.fromEntries(ROUTES.map((r) => [r, 0]));
-  for (const r of rows) counts[r.route] += 1;
-  const reviewed = rows.filter((r) => r.correction && r.route !== 'PASS').length;
+  const distinct = rows.filter((r) => r.duplicate_of === null || r.duplicate_of === undefined);
+  for (const r of distinct) counts[r.route] += 1;
+  const reviewed = distinct.filter((r) => r.correction && r.route !== 'PASS').length;
   const action = NOT_PASSED.reduce((s, r) => s + counts[r], 0) - reviewed;   // a reviewed part needs no more action
   const warned = rows.filter((r) => (r.reason || '').includes('camera warning:')).length;
-  $('summary').textContent = `${rows.length} part${rows.length === 1 ? '' : 's'} · ` +
+  const twice = rows.length - distinct.length;
+  $('summary').textContent = `${distinct.length} part${distinct.length === 1 ? '' : 's'} · ` +
     ROUTES.map((r) => `${r} ${counts[r]}`).join(' · ') + ` · ${action} need${action === 1 ? 's' : ''} action` +
-    (reviewed ? ` · ${reviewed} reviewed` : '') +
+    (reviewed ? ` · ${reviewed} reviewed` : '') + (twice ? ` · ${twice} photo${twice === 1 ? '' : 's'} added twice` : '') +
     (warned ? ` · camera warning on ${warned}: the lighting or focus has drifted, check the lamp and the focus` : '');
   const fixes = rows.filter((r) => r.correction).length;
   $('corrections').textContent = `Download corrections (${fixes})`;
@@ -572,22 +579,37 @@ function escalate(r) {
 }
 
 // ----- batches -----------------------------------------------------------------------------------
+/** SHA-256 of a file's bytes (hex): the same photo added twice is flagged, and counted once. */
+async function sha256(blob) {
+  try {
+    const hash = await crypto.subtle.digest('SHA-256', await blob.arrayBuffer());
+    return Array.from(new Uint8Array(hash), (b) => b.toString(16).padStart(2, '0')).join('');
+  } catch (err) {
+    return null;   // no WebCrypto (plain http from another machine): no duplicate check
+  }
+}
+
 async function inspectFiles(files) {
   const list = Array.from(files);
   const gen = generation;
   let bad = 0;
+  let dupes = 0;
   for (const [i, file] of list.entries()) {
     if (gen !== generation) return; // cleared meanwhile
     setStatus(`Inspecting ${i + 1} of ${list.length}: ${file.name}`, 'busy');
     const r = await inspectBlob(file);
     if (gen !== generation) return;
     if (r.probability === null) bad += 1;
-    record(file.name, list.length === 1 ? escalate(r) : r, file);
+    const digest = await sha256(file);
+    const twin = rows.find((x) => x.digest && x.digest === digest);
+    record(file.name, list.length === 1 ? escalate(r) : r, file, digest, twin ? twin.id : null);
+    if (twin) dupes += 1;
     await yieldToUI();
   }
   saveNow();
   setStatus(`Ready · ${list.length} photo${list.length === 1 ? '' : 's'} inspected` +
-    (bad ? ` · ${bad} could not be read (RETAKE)` : ''));
+    (bad ? ` · ${bad} could not be read (RETAKE)` : '') +
+    (dupes ? ` · ${dupes} added twice (the same photo as an earlier row: counted once)` : ''));
 }
 
 function enqueue(files) {
