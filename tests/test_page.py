@@ -407,6 +407,12 @@ def test_the_same_photo_added_twice_is_flagged_and_counted_once(open_page, photo
     assert "added twice" in page.text_content("#status")
 
 
+def test_a_model_folder_without_a_decision_shows_approval_unknown(open_page):
+    page = open_page(1366)
+    version = page.evaluate("() => fetch('metadata.json').then((r) => r.json()).then((m) => m.version)")
+    assert page.text_content("#approval") == f"Model {version}: approval unknown (no decision in metadata.json)"
+
+
 def test_clear_asks_first_and_keeps_everything_when_refused(open_page, photos):
     from inspection.deploy.server import table, upload
 
@@ -805,6 +811,9 @@ def test_page_csv_equals_the_batch_cli(e2e_repo, browser, tmp_path):
         page.evaluate("() => window.inspector.ready")
         shown = upload(page, files)
         assert page.get_attribute("#banner", "data-route") == shown[-1]["route"] == "RETAKE"
+        approval = page.text_content("#approval")   # the report's decision, on the page
+        assert (("ready for the line" in approval) if meta["decision"]["ready"] else
+                ("NOT approved for the line" in approval and meta["decision"]["sentence"] in approval)), approval
         page.click("#about summary")
         about = page.text_content("#about")
         assert meta["version"] in about and f"{meta['threshold']:.4f}" in about and "backend wasm" in about

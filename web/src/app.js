@@ -738,6 +738,24 @@ function wire() {
   }
 }
 
+/** The model's approval state from the report's decision (metadata.json "decision", written by export). */
+function showApproval(m) {
+  const d = m.decision;
+  const el_ = $('approval');
+  el_.hidden = false;
+  if (!d || typeof d.ready !== 'boolean') {
+    el_.dataset.state = 'unknown';
+    el_.textContent = `Model ${m.version}: approval unknown (no decision in metadata.json)`;
+  } else if (d.ready) {
+    el_.dataset.state = 'ready';
+    el_.textContent = `Model ${m.version}: ready for the line (the report's decision)`;
+  } else {
+    el_.dataset.state = 'not-ready';
+    el_.textContent = `Model ${m.version}: NOT approved for the line. ${d.sentence || ''} Use its verdicts only with a ` +
+      'person checking every part.';
+  }
+}
+
 async function main() {
   const m = await loadMetadata();
   const backend = await pickBackend();
@@ -752,6 +770,7 @@ async function main() {
   predictPixels(new Uint8Array(meta.input.height * meta.input.width), 1); // warm-up: compile kernels
   const detail = await backendDetail(backend);
   about(detail);
+  showApproval(meta);
   wire();
   const restored = restore();
   setStatus(restored ? `Ready · ${restored} earlier result${restored === 1 ? '' : 's'} kept on this device (Clear removes them)`
