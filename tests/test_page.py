@@ -470,6 +470,48 @@ def python_rows(tiny, files: list[Path]) -> list[dict]:
     return out
 
 
+def decoder_contract_files(folder: Path) -> dict[str, Path]:
+    """One table of odd formats run through both the page and the batch CLI (the decoder contract)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    base = photo(110, 11)                                   # a good-looking part, 8-bit gray
+    files = {}
+    rgba = np.dstack([base, base, base, np.full_like(base, 255)])
+    rgba[:, :12, 3] = 0                                     # a transparent border ...
+    rgba[:, 12:20, 3] = 128                                 # ... and a half-transparent one
+    rgba[:, :12, :3] = 255                                  # (white under the transparent pixels)
+    Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
+    pal = Image.fromarray(base).convert("P")
+    pal.info["transparency"] = 0
+    pal.save(folder / "palette_transparent.png", transparency=0)
+    Image.fromarray(base).save(folder / "gray.tif")
+    Image.fromarray(np.dstack([base, base, base])).save(folder / "rgb_deflate.tif", compression="tiff_adobe_deflate")
+    Image.fromarray((base.astype(np.uint16) * 16)).save(folder / "sensor_16bit.tif")
+    cv2.imwrite(str(folder / "sensor_16bit.png"), base.astype(np.uint16) * 16)
+    return {p.name: p for p in sorted(folder.iterdir())}
+
+
+def test_page_and_cli_decode_the_same_formats_the_same_way(open_page, tiny, tmp_path):
+    """TIFF (gray, RGB deflate), PNG with alpha or a transparent palette entry, 16-bit PNG/TIFF: the page and the
+    batch CLI (inspection.data.images.decode_gray) give the same route and reason, and the same numbers."""
+    from inspection.deploy.server import upload
+
+    files = decoder_contract_files(tmp_path / "contract")
+    page = open_page(1366)
+    shown = upload(page, list(files.values()))
+    expected = python_rows(tiny, list(files.values()))
+    for got, want in zip(shown, expected):
+        assert (got["file"], got["route"], got["reason"]) == (want["file"], want["route"], want["reason"]), (got, want)
+        if want["defect_probability"]:
+            assert abs(got["probability"] - float(want["defect_probability"])) <= 2e-3, (got, want)
+    by = {r["file"]: r for r in shown}
+    assert by["sensor_16bit.png"]["reason"] == by["sensor_16bit.tif"]["reason"] == \
+        "unreadable: 16-bit image; save it as an 8-bit JPEG or PNG"
+    assert by["gray.tif"]["probability"] is not None and by["rgb_deflate.tif"]["probability"] is not None
+    assert not page.errors
+
+
 def test_csv_has_the_cli_columns_words_and_escapes_formulas(open_page, photos, tiny):
     from inspection.deploy.server import upload
     from inspection.decision.route import CSV_COLUMNS

@@ -49,9 +49,12 @@ def header_size(data: bytes) -> tuple[int, int] | None:
 
 
 def high_bit_depth(data: bytes) -> str:
-    """The reason to refuse a 16-bit (or float) image, read from its header, else ''. Decoded to 8 bits by the
+    """The reason to refuse a 16-bit (or 32-bit) image, read from its header, else ''. Decoded to 8 bits by the
     top byte, a 12-bit sensor image in a 16-bit PNG would become nearly black; scaling by its own maximum would
-    make every photo's exposure look alike. The line's cameras write 8-bit JPEG/PNG: ask for that."""
+    make every photo's exposure look alike. The line's cameras write 8-bit JPEG/PNG: ask for that. The page
+    (web/src/preprocess.js pngBitDepth, and TIFF's BitsPerSample) gives the same reason."""
+    if data[:8] == PNG_SIGNATURE and len(data) > 25 and data[12:16] == b"IHDR":
+        return f"{data[24]}-bit image; save it as an 8-bit JPEG or PNG" if data[24] > 8 else ""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -61,8 +64,38 @@ def high_bit_depth(data: bytes) -> str:
             Image.DecompressionBombError):
         return ""
     if mode.startswith("I;16") or mode in ("I", "F"):
-        return f"{'16-bit' if mode.startswith('I;16') else '32-bit'} image ({mode}); save it as an 8-bit JPEG or PNG"
+        return f"{16 if mode.startswith('I;16') else 32}-bit image; save it as an 8-bit JPEG or PNG"
     return ""
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def has_alpha(data: bytes) -> bool:
+    """From the header: a PNG with an alpha channel or a transparent palette entry (tRNS), or a TIFF with
+    extra (alpha) samples."""
+    if data[:8] == PNG_SIGNATURE and len(data) > 25:
+        return data[25] in (4, 6) or b"tRNS" in data[:data.find(b"IDAT") if b"IDAT" in data else 4096]
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        from PIL import Image
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return im.mode in ("RGBA", "LA", "PA")
+        except Exception:  # noqa: BLE001 - OpenCV decides what it can read
+            return False
+    return False
+ALPHA_RULE = "transparent pixels are composited over black: gray = (gray(RGB) * alpha + 127) // 255"
+
+
+def flatten_alpha(img: np.ndarray) -> np.ndarray:
+    """A decoded image with an alpha channel (BGRA, or gray+alpha) -> 8-bit gray over black (ALPHA_RULE), as the
+    page does it (web/src/preprocess.js rgbaToGray with alpha)."""
+    if img.ndim == 3 and img.shape[2] == 4:
+        gray, alpha = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY), img[..., 3]
+    else:
+        gray, alpha = img[..., 0], img[..., 1]
+    return ((gray.astype(np.uint32) * alpha + 127) // 255).astype(np.uint8)
 
 
 def too_large(data: bytes, max_pixels: int) -> str:
@@ -89,6 +122,10 @@ def decode_gray(data: bytes, max_pixels: int | None = None) -> tuple[np.ndarray 
         return None, deep
     try:
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+        if img is not None and has_alpha(data):   # the page's contract: over black, not OpenCV's drop of alpha
+            full = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            if full is not None and full.dtype == np.uint8 and full.ndim == 3 and full.shape[2] in (2, 4):
+                img = flatten_alpha(full)
     except cv2.error as exc:  # e.g. above OpenCV's own pixel limit (CV_IO_MAX_IMAGE_PIXELS)
         if "CV_IO_MAX_IMAGE" in str(exc):
             return None, "too large to decode (above OpenCV's CV_IO_MAX_IMAGE_PIXELS)"

@@ -25,6 +25,9 @@ VENDOR = {  # bundle file -> file in web/node_modules
     "vendor/tfjs-backend-wasm-simd.wasm": "@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-simd.wasm",
     "vendor/tfjs-backend-wasm-threaded-simd.wasm":
         "@tensorflow/tfjs-backend-wasm/dist/tfjs-backend-wasm-threaded-simd.wasm",
+    # TIFF (what many industrial cameras write) is decoded by UTIF in the page; its deflate needs pako's inflate
+    "vendor/UTIF.js": "utif/UTIF.js",
+    "vendor/pako_inflate.min.js": "pako/dist/pako_inflate.min.js",
 }
 # the vendored runtime's licences travel with it (the npm packages ship none; both declare Apache-2.0, whose text
 # is the project's LICENSE); bundle file -> file in the repository
@@ -84,7 +87,7 @@ def build_bundle(dest: Path, metadata: dict, tfjs: Path = Path("models/tfjs"), m
     for rel, repo_file in VENDOR_LICENSES.items():
         shutil.copyfile(repo_file, dest / rel)
     packages = [read_json(Path(modules) / pkg / "package.json")
-                for pkg in ("@tensorflow/tfjs", "@tensorflow/tfjs-backend-wasm")]
+                for pkg in ("@tensorflow/tfjs", "@tensorflow/tfjs-backend-wasm", "utif", "pako")]
     write_json(dest / "vendor/VERSIONS.json", {p["name"]: {"version": p["version"], "license": p.get("license")}
                                                for p in packages})
     shutil.copytree(tfjs, dest / "model", copy_function=shutil.copyfile)

@@ -3,7 +3,7 @@
 // keep the results on this device until Clear, and download them as CSV (the batch CLI's columns) or
 // the operator's corrections as a zip for retraining. window.inspector exposes the same functions to
 // the parity check, the browser benchmark and the tests.
-import { centreSquare, features, resizeArea, rgbaToGray } from './preprocess.js';
+import { bitDepthReason, centreSquare, features, isTiff, resizeArea, rgbaToGray } from './preprocess.js';
 import { ACTION, CSV_COLUMNS, NOT_PASSED, REVIEWED_ROUTE, ROUTES, cameraReasons, csvRow, csvText, decide, fixed } from './route.js';
 import { DAMAGED, metadataProblem } from './schema.js';
 import { outputNodes, runModel } from './outputs.js';
@@ -115,6 +115,10 @@ function predictPixels(pixels, n) {
 /** Image bytes (a File or Blob) -> gray pixels at full resolution, without colour management. */
 async function decodeGray(blob) {
   if (!blob.size) throw Object.assign(new Error('empty file'), { unreadable: true });
+  const head = new Uint8Array(await blob.slice(0, 32).arrayBuffer());
+  const deep = bitDepthReason(head);
+  if (deep) throw Object.assign(new Error(deep), { unreadable: true });
+  if (isTiff(head)) return decodeTiff(await blob.arrayBuffer());
   let bitmap;
   try {
     bitmap = await createImageBitmap(blob, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
@@ -127,6 +131,24 @@ async function decodeGray(blob) {
   const { data } = ctx.getImageData(0, 0, bitmap.width, bitmap.height);
   bitmap.close();
   return { gray: rgbaToGray(data, canvas.width, canvas.height), width: canvas.width, height: canvas.height };
+}
+
+/** A TIFF (the browser has no TIFF decoder): the first image through UTIF, then the same gray rule. */
+function decodeTiff(buffer) {
+  let page;
+  try {
+    const ifds = self.UTIF.decode(buffer);
+    [page] = ifds;
+    self.UTIF.decodeImage(buffer, page);
+  } catch (err) {
+    throw Object.assign(new Error('not a decodable image'), { unreadable: true });
+  }
+  const bits = page.t258 ? Math.max(...page.t258) : 8;
+  const deep = bitDepthReason([], bits);
+  if (deep) throw Object.assign(new Error(deep), { unreadable: true });
+  if (!page.width || !page.height) throw Object.assign(new Error('not a decodable image'), { unreadable: true });
+  const rgba = self.UTIF.toRGBA8(page);
+  return { gray: rgbaToGray(rgba, page.width, page.height), width: page.width, height: page.height };
 }
 
 /** Full-resolution gray image -> the route and everything it was decided from. */

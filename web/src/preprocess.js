@@ -5,13 +5,30 @@
 // 0-255 values (the model rescales inside). This file re-implements exactly that, so the
 // browser sees the pixels the Python pipeline (stages/images.py) trains and evaluates on.
 
-/** RGBA bytes -> 8-bit gray, OpenCV's fixed-point RGB2GRAY (0.299 R + 0.587 G + 0.114 B). */
+/** RGBA bytes -> 8-bit gray, OpenCV's fixed-point RGB2GRAY (0.299 R + 0.587 G + 0.114 B); a transparent pixel
+ * is composited over black, floor((gray * alpha + 127) / 255), as inspection/data/images.py flatten_alpha does. */
 export function rgbaToGray(rgba, width, height) {
   const gray = new Uint8Array(width * height);
   for (let i = 0, j = 0; i < gray.length; i += 1, j += 4) {
-    gray[i] = (rgba[j] * 4899 + rgba[j + 1] * 9617 + rgba[j + 2] * 1868 + 8192) >> 14;
+    const g = (rgba[j] * 4899 + rgba[j + 1] * 9617 + rgba[j + 2] * 1868 + 8192) >> 14;
+    const a = rgba[j + 3];
+    gray[i] = a === 255 ? g : Math.floor((g * a + 127) / 255);
   }
   return gray;
+}
+
+/** The decoder contract's header checks (inspection/data/images.py high_bit_depth): '' or the reason to refuse.
+ * ``head``: the file's first bytes. PNG: IHDR's bit depth; TIFF: BitsPerSample (``tiffBits``). */
+export function bitDepthReason(head, tiffBits = null) {
+  const png = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a].every((b, i) => head[i] === b);
+  const bits = png && head.length > 25 ? head[24] : tiffBits;
+  return bits && bits > 8 ? `${bits}-bit image; save it as an 8-bit JPEG or PNG` : '';
+}
+
+/** True for a TIFF file's first bytes (II*\0 or MM\0*). */
+export function isTiff(head) {
+  return (head[0] === 0x49 && head[1] === 0x49 && head[2] === 0x2a && head[3] === 0)
+    || (head[0] === 0x4d && head[1] === 0x4d && head[2] === 0 && head[3] === 0x2a);
 }
 
 // OpenCV rounds float -> uchar with cvRound: to nearest, ties to even, then saturates.
