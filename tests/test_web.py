@@ -134,6 +134,8 @@ def test_csv_rows_equal_python_csv_row(tmp_path):
          ["contrast low (2.00 < 20.00)", "sharpness low (0.15 < 50.00)"], "abc123", "t"],
         ["notes.jpg", "RETAKE", "unreadable: not a decodable image", None, 0.18, None, stats[2], [], "abc123", "t"],
         ["x.jpg", "PASS", "defect probability below 0.0200", 0.0000005, 0.5, 0.0005, stats[3], [], "v", "t"],
+        ["r.jpg", "REVIEW", "defect probability in the review band [0.0200, 0.9000)", 0.5, 0.5, 1.0, stats[0], [],
+         "v", "t", "defect", "QA Jane", "2026-12-06T10:00:00+00:00"],   # a person's review: REJECT, who, when
     ]
     out = run_js(tmp_path, "output = input.map((a) => R.csvRow(...a));", payload=args)
     assert out == [csv_row(*a) for a in args]
@@ -155,4 +157,4 @@ def test_csv_cells_escape_formulas_and_parse_back(tmp_path):
     for name, cell in zip(names, files):
         risky = name[0] in "=+-@\t\r" and name not in ("-0.25",)
         assert cell == ("'" + name if risky else name), (name, cell)
-    assert text.endswith("0.5,PASS,,,,,,,,,,\n") and all(r[1] == "PASS" for r in rows[1:])
+    assert text.endswith("0.5,PASS" + "," * (len(CSV_COLUMNS) - 2) + "\n") and all(r[1] == "PASS" for r in rows[1:])
