@@ -468,3 +468,32 @@ def test_commit_is_dirty_for_code_and_params_not_for_dvc_bookkeeping(tmp_path, m
     assert git_commit() == clean
     (tmp_path / "params.yaml").write_text("p: 2\n")
     assert git_commit() == clean + "-dirty"
+
+
+def test_the_pdf_is_the_whole_report(made):
+    """Every section heading and every bad case of the HTML is in the printed PDF's text (collapsed sections are
+    printed open), and no "≤" sits alone at the end or start of a line."""
+    import re
+
+    from pypdf import PdfReader
+
+    root = made["root"]
+    html = (root / "reports/report.html").read_text()
+    import unicodedata
+
+    text = unicodedata.normalize("NFKC", "\n".join(p.extract_text() or ""   # NFKC: the fonts' fi/fl ligatures
+                                                  for p in PdfReader(root / "reports/print/report.pdf").pages))
+    flat = " ".join(text.split())
+    headings = [re.sub(r"<[^>]+>", "", h).strip() for h in re.findall(r"<h2[^>]*>(.*?)</h2>", html, re.S)]
+    assert headings
+    for h in headings:
+        words = " ".join(h.replace("&amp;", "&").split())[:40]
+        assert words in flat, words
+    cases = set(re.findall(r'<div class="name">([^<]+)</div>', html))
+    assert cases
+    squeezed = flat.replace(" ", "")
+    for case in cases:   # long names may wrap in a card: compare without spaces
+        assert case.replace(" ", "") in squeezed, case
+    summaries = [re.sub(r"<[^>]+>", "", x).strip() for x in re.findall(r"<summary[^>]*>(.*?)</summary>", html, re.S)]
+    assert summaries
+    assert not re.search(r"(^|\n)\s*≤\s*(\n|$)", text)

@@ -73,6 +73,9 @@ def print_pdf(browser, html_path: Path, pdf_path: Path, footer: str) -> int:
     page = browser.new_page()
     try:
         page.goto(Path(html_path).resolve().as_uri(), wait_until="load")
+        # the signed PDF is the whole report: every collapsed section (more cases, routes per kind of image, the
+        # confound table, library versions) printed open
+        page.evaluate("() => document.querySelectorAll('details').forEach((d) => { d.open = true; })")
         page.pdf(path=str(pdf_path), format="A4", print_background=True, display_header_footer=True,
                  header_template="<span></span>",
                  footer_template=f'<div style="font-size:8px;width:100%;text-align:center;color:#555">'
