@@ -413,6 +413,48 @@ def test_a_model_folder_without_a_decision_shows_approval_unknown(open_page):
     assert page.text_content("#approval") == f"Model {version}: approval unknown (no decision in metadata.json)"
 
 
+def test_a_thumbnail_opens_the_photo_full_size(open_page, tmp_path):
+    from inspection.deploy.server import upload
+
+    big = write_photo(tmp_path / "big_part.png", photo(128, 2, size=300))
+    page = open_page(390)
+    upload(page, [big])
+    page.click("#results tbody tr img.zoomable")
+    page.wait_for_function("document.getElementById('zoom').open && document.getElementById('zoom-img').complete "
+                           "&& document.getElementById('zoom-img').naturalWidth > 0")
+    assert page.evaluate("() => document.getElementById('zoom-img').naturalWidth") == 300  # the photo, not 64 px
+    assert "big_part.png" in page.text_content("#zoom-caption")
+    page.keyboard.press("Escape")
+    assert not page.evaluate("() => document.getElementById('zoom').open")
+
+
+def test_the_status_counts_every_queued_batch(open_page, photos):
+    """Two batches dropped at once: while they run the status counts both ("of 3"), then says 3 inspected."""
+    import base64
+
+    page = open_page(1366)
+    payload = [[p.name, base64.b64encode(p.read_bytes()).decode()] for p in
+               (photos["pass"], photos["review"], photos["reject"])]
+    page.evaluate("""(files) => {
+        window.__statuses = [];
+        new MutationObserver(() => window.__statuses.push(document.getElementById('status').textContent))
+          .observe(document.getElementById('status'), { childList: true, characterData: true, subtree: true });
+        const drop = (list) => {
+          const dt = new DataTransfer();
+          for (const [name, b64] of list) dt.items.add(new File([Uint8Array.from(atob(b64), (c) => c.charCodeAt(0))], name));
+          document.getElementById('drop').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+        };
+        drop(files.slice(0, 2));
+        drop(files.slice(2));   // queued while the first batch runs
+      }""", payload)
+    page.wait_for_function("document.querySelectorAll('#results tbody tr').length >= 3")
+    page.evaluate("() => window.inspector.idle()")
+    statuses = page.evaluate("() => window.__statuses")
+    busy = [t for t in statuses if t.startswith("Inspecting")]
+    assert [t.split(":")[0] for t in busy] == ["Inspecting 1 of 3", "Inspecting 2 of 3", "Inspecting 3 of 3"], statuses
+    assert statuses[-1].startswith("Ready · 3 photos inspected"), statuses
+
+
 def test_clear_asks_first_and_keeps_everything_when_refused(open_page, photos):
     from inspection.deploy.server import table, upload
 

@@ -25,6 +25,7 @@ let rows = [];
 let nextId = 1;
 let generation = 0; // bumped by Clear: a running batch stops adding rows
 let queue = Promise.resolve();
+const progress = { done: 0, total: 0 };   // across every queued batch, so the status counts are right
 const photos = new Map(); // row id -> original bytes (Blob) for the corrections zip, this session
 const tableRows = new Map(); // row id -> <tr>
 
@@ -285,7 +286,8 @@ function renderRow(row, index) {
     textContent: `same photo as #${twin + 1} (${rows[twin].file}): counted once` });
   tr.append(
     el('td', { className: 'idx', textContent: String(index) }),
-    el('td', { className: 'thumb' }, row.thumb ? el('img', { src: row.thumb, alt: '' }) : null),
+    el('td', { className: 'thumb' }, row.thumb ? el('img', { src: row.thumb, alt: `open ${row.file} full size`,
+      tabIndex: 0, className: 'zoomable', dataset: { row: row.id } }) : null),
     el('td', { className: 'file' }, fileName(row.file)),
     el('td', { className: 'route' }, el('span', { className: 'pill', textContent: row.route, dataset: { route: row.route } })),
     el('td', { className: 'reason' }, row.reason, detail, todo, dupe),
@@ -389,6 +391,25 @@ function updateSummary() {
   const fixes = rows.filter((r) => r.correction).length;
   $('corrections').textContent = `Download corrections (${fixes})`;
   $('corrections').disabled = fixes === 0;
+}
+
+/** The photo itself, full size, in a dialog (the original file when it is kept, else the thumbnail). */
+async function openPhoto(id) {
+  const row = rows.find((r) => r.id === id);
+  if (!row) return;
+  const blob = photos.get(id) || await loadPhoto(id);
+  const img = $('zoom-img');
+  if (img.dataset.url) URL.revokeObjectURL(img.dataset.url);
+  delete img.dataset.url;
+  if (blob && !isTiff(new Uint8Array(await blob.slice(0, 4).arrayBuffer()))) {
+    img.dataset.url = URL.createObjectURL(blob);
+    img.src = img.dataset.url;
+  } else {
+    img.src = row.thumb || '';
+  }
+  img.alt = row.file;
+  $('zoom-caption').textContent = `${row.file} · ${row.route} · ${row.reason}`;
+  $('zoom').showModal();
 }
 
 function confirmCasting(id) {
@@ -618,7 +639,9 @@ async function inspectFiles(files) {
   let dupes = 0;
   for (const [i, file] of list.entries()) {
     if (gen !== generation) return; // cleared meanwhile
-    setStatus(`Inspecting ${i + 1} of ${list.length}: ${file.name}`, 'busy');
+    progress.done += 1;
+    setStatus(`Inspecting ${progress.done} of ${progress.total}: ${file.name}` +
+      (progress.total > list.length ? ` (${progress.total - progress.done} waiting)` : ''), 'busy');
     const r = await inspectBlob(file);
     if (gen !== generation) return;
     if (r.probability === null) bad += 1;
@@ -629,12 +652,16 @@ async function inspectFiles(files) {
     await yieldToUI();
   }
   saveNow();
-  setStatus(`Ready · ${list.length} photo${list.length === 1 ? '' : 's'} inspected` +
+  if (progress.done < progress.total) return;   // more batches are queued: their status follows
+  const inspected = progress.total;
+  progress.done = progress.total = 0;
+  setStatus(`Ready · ${inspected} photo${inspected === 1 ? '' : 's'} inspected` +
     (bad ? ` · ${bad} could not be read (RETAKE)` : '') +
     (dupes ? ` · ${dupes} added twice (the same photo as an earlier row: counted once)` : ''));
 }
 
 function enqueue(files) {
+  progress.total += Array.from(files).length;
   queue = queue.then(() => inspectFiles(files)).catch((err) => {
     console.error(err);
     setStatus(`Inspection stopped: ${err.message}`, 'error');
@@ -738,6 +765,12 @@ function wire() {
     if (c) confirmCasting(Number(c.dataset.row));
   });
   $('latest-casting').addEventListener('click', () => { if (latestId !== null) confirmCasting(latestId); });
+  $('results').addEventListener('click', (e) => {
+    const img = e.target.closest('img.zoomable');
+    if (img) openPhoto(Number(img.dataset.row)).catch(() => {});
+  });
+  $('latest-img').addEventListener('click', () => { if (latestId !== null) openPhoto(latestId).catch(() => {}); });
+  $('zoom').addEventListener('click', () => $('zoom').close());
   for (const id of ['latest-defect', 'latest-ok']) {
     $(id).addEventListener('click', () => { if (latestId !== null) mark(latestId, $(id).dataset.cls); });
   }
