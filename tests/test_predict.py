@@ -157,6 +157,7 @@ def test_cli_refuses_a_huge_photo_from_its_header(model_dir, tmp_path):
     assert rc == 0, res.stderr
     row = next(csv.DictReader((tmp_path / "h.csv").open()))
     assert row["route"] == "RETAKE" and "too large (20000x20000 px = 400 MP" in row["reason"]
+    print(f"400 MP PNG ({huge.stat().st_size:,} bytes): peak RSS {rss_kb / 2**10:.0f} MiB")
     assert rss_kb < 1.5 * 2**20, f"peak RSS {rss_kb / 2**20:.2f} GB"
 
 
