@@ -135,8 +135,9 @@ def test_console_entry_point_after_pip_install(e2e_repo, tmp_path):
     """`pip install .` gives `inspect-castings`: same help as the module, runs from any directory, and its CSV
     equals `python -m commands.predict`'s for the same folder; `inspect-castings serve --help` is the server's."""
     target = tmp_path / "site"
+    src = copy_repo(tmp_path / "src")   # setuptools builds in the source tree (build/, *.egg-info): not in ours
     sh([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target),
-        str(REPO)], tmp_path)
+        str(src)], tmp_path)
     exe = target / "bin" / "inspect-castings"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -1,1 +1,0 @@
-"""Images in: sources and their layouts, decoding, synthetic parts, duplicates, splitting, shards."""

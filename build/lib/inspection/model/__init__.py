@@ -1,1 +1,0 @@
-"""The network: architectures, augmentation, the training input pipeline and loop, the OOD gate, Grad-CAM."""

@@ -1,1 +1,0 @@
-"""Running a stage: the entry-point wrapper, the checks before any work, the parent watch."""

@@ -1,1 +1,0 @@
-"""MLflow: store checks, runs, the offline journal, the model registry and the champion gate."""
