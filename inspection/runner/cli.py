@@ -107,9 +107,13 @@ def quiet_tensorflow() -> None:
     """Import TensorFlow once with file descriptor 2 pointed at /dev/null: its C++ start-up lines (absl's
     pre-init notice, cuDNN/cuBLAS factory registration on a machine without a GPU, "computation placer already
     registered") bypass TF_CPP_MIN_LOG_LEVEL. Python errors still surface: an import error is raised after the
-    descriptor is restored. INSPECTION_TF_LOGS=1 shows everything."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if os.environ.get(VERBOSE_ENV) == "1" or "tensorflow" in sys.modules:
+    descriptor is restored. TensorFlow's own C++ log lines at run time (e.g. "NodeDef mentions attribute
+    use_unbounded_threadpool ...", logged as errors but harmless) are off too (TF_CPP_MIN_LOG_LEVEL=3; its Python
+    errors still raise). INSPECTION_TF_LOGS=1 shows everything."""
+    if os.environ.get(VERBOSE_ENV) == "1":
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules:
         return
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
