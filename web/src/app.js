@@ -372,10 +372,7 @@ function syncFix(row) {
 
 function updateSummary() {
   $('batch').hidden = rows.length === 0;
-  const pending = rows.filter((r) => r.route !== 'PASS' && !r.correction).length;
-  $('batch-verdict').textContent = rows.length < 2 ? '' : `· batch: ${rows.length} parts, ` +
-    (pending ? `${pending} need${pending === 1 ? 's' : ''} action (see the list)` : 'all PASS');
-  $('batch-verdict').dataset.state = pending ? 'action' : 'pass';
+
   $('results').classList.toggle('many', rows.length > 100);
   const counts = Object.fromEntries(ROUTES.map((r) => [r, 0]));
   const distinct = rows.filter((r) => r.duplicate_of === null || r.duplicate_of === undefined);
@@ -384,6 +381,10 @@ function updateSummary() {
   const action = NOT_PASSED.reduce((s, r) => s + counts[r], 0) - reviewed;   // a reviewed part needs no more action
   const warned = rows.filter((r) => (r.reason || '').includes('camera warning:')).length;
   const twice = rows.length - distinct.length;
+  // the verdict beside the banner: the same numbers as the summary (distinct parts, reviews counted down)
+  $('batch-verdict').textContent = distinct.length < 2 ? '' : `· batch: ${distinct.length} parts, ` +
+    (action ? `${action} need${action === 1 ? 's' : ''} action (see the list)` : 'none needs action');
+  $('batch-verdict').dataset.state = action ? 'action' : 'pass';
   $('summary').textContent = `${distinct.length} part${distinct.length === 1 ? '' : 's'} · ` +
     ROUTES.map((r) => `${r} ${counts[r]}`).join(' · ') + ` · ${action} need${action === 1 ? 's' : ''} action` +
     (reviewed ? ` · ${reviewed} reviewed` : '') + (twice ? ` · ${twice} photo${twice === 1 ? '' : 's'} added twice` : '') +
