@@ -879,3 +879,70 @@ def test_a_store_from_a_newer_mlflow_is_named_in_preflight(tmp_path):
                                   PYTHONPATH=str(REPO)))
     assert res.returncode == 2 and "written by a newer MLflow" in res.stderr and "Traceback" not in res.stderr
     assert not (root / "data/raw").exists()   # nothing was done
+
+
+# ---- labels and the last tracebacks (one line each, nothing published) --------------------------------------
+
+def test_params_a_user_can_get_wrong_in_one_line(tmp_path):
+    for fault, change, expect in (
+            ("train.max_epochs: 2e1", {"train.max_epochs": "2e1"}, "train.max_epochs: must be a whole number, got '2e1'; write 20"),
+            ("data.positive_class: ok", {"data.positive_class": "ok"}, "positive_class: must be 'defect'")):
+        root = project(tmp_path, fault.split(":")[0].replace(".", "_"), **change)
+        record(fault, stage(root, "download"), 2, expect)
+        assert not (root / "data/raw").exists()   # nothing published
+
+
+def test_identical_pixels_under_both_classes_stop_split(tmp_path):
+    src = tmp_path / "plant"
+    make_class_tree(src, {"defect": "defect", "ok": "ok"}, n=12)
+    (src / "defect" / "twin.png").write_bytes(next((src / "ok").iterdir()).read_bytes())
+    root = project(tmp_path, **{"data.source": "local", "data.local.path": str(src)})
+    assert stage(root, "download").rc == 0
+    record("identical pixels in defect/ and ok/ (one source)", stage(root, "split"), 2,
+           ("identical pixels labelled both defect and ok", "defect/twin.png (defect)", "remove the wrong copy"))
+    assert not (root / "data/split").exists()
+
+
+def test_16_bit_photo_is_quarantined_with_the_predict_reason(tmp_path):
+    src = tmp_path / "plant"
+    make_class_tree(src, {"defect": "defect", "ok": "ok"}, n=40)
+    cv2.imwrite(str(src / "ok" / "sensor.png"), (np.random.default_rng(0).integers(0, 4096, (64, 64))).astype(np.uint16))
+    root = project(tmp_path, **{"data.source": "local", "data.local.path": str(src)})
+    assert stage(root, "download").rc == 0
+    run = stage(root, "split")
+    assert run.rc == 0, run.err
+    quarantined = json.loads((root / "reports/data.json").read_text())["quarantined"]
+    assert [q["reason"] for q in quarantined if q["path"].endswith("sensor.png")] == [
+        "16-bit image; save it as an 8-bit JPEG or PNG"]
+    RESULTS.append(("a 16-bit PNG among the photos (quarantined by split)", run.rc, run.seconds,
+                    "split: quarantined ok/sensor.png: 16-bit image; save it as an 8-bit JPEG or PNG"))
+
+
+def test_damaged_model_files_are_one_line(tmp_path):
+    """A truncated models/model.keras (Keras says "File not found") and truncated SavedModel variables
+    ("Read less bytes than requested"): one line naming the file and the way back, exit 2."""
+    pytest.importorskip("keras")
+    from inspection.deploy.saved_model import export_saved_model, graph_output_names
+    from inspection.model.architectures import build
+    from test_model_folder import good_metadata
+    from test_page import SIZE, tiny_serving_model
+
+    root = project(tmp_path)
+    for module in ("download", "split", "shards"):
+        assert stage(root, module).rc == 0
+    (root / "models").mkdir()
+    build("compact", 32).save(root / "models/model.keras")
+    data = (root / "models/model.keras").read_bytes()
+    (root / "models/model.keras").write_bytes(data[: len(data) // 2])
+    (root / "models/mlflow_run.json").write_text(json.dumps({"run_id": "0" * 32, "experiment": "x"}))
+    record("truncated models/model.keras", stage(root, "evaluate"), 2,
+           ("models/model.keras cannot be loaded", "damaged or cut short", "dvc checkout models/model.keras"))
+    assert not (root / "reports/metrics.json").exists()
+    folder = root / "model"
+    export_saved_model(tiny_serving_model()[1], SIZE, folder / "saved_model")
+    (folder / "metadata.json").write_text(json.dumps(good_metadata(SIZE, graph_output_names(folder / "saved_model"))))
+    variables = next((folder / "saved_model/variables").glob("variables.data-*"))
+    variables.write_bytes(variables.read_bytes()[:100])
+    cv2.imwrite(str(root / "part.png"), np.full((64, 64), 120, np.uint8))
+    record("truncated SavedModel variables (batch CLI)", stage(root, "predict", "part.png", "--model", "model"), 2,
+           ("saved_model cannot be loaded", "damaged or cut short"))
