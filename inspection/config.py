@@ -408,8 +408,9 @@ def set_dotted(tree: dict, changes: dict[str, object], sep: str = ".") -> dict:
     return tree
 
 
-def flat_params(params: Params) -> dict[str, object]:
-    """All params as a flat dotted-key dict (for MLflow)."""
+def flatten(tree: dict) -> dict[str, object]:
+    """A params tree (validated or as read from a params.yaml) as a flat dotted-key dict; data.classes stays one
+    value."""
     out: dict[str, object] = {}
 
     def walk(d: dict, prefix: str) -> None:
@@ -418,5 +419,10 @@ def flat_params(params: Params) -> dict[str, object]:
                 walk(v, f"{prefix}{k}.")
             else:
                 out[f"{prefix}{k}"] = v
-    walk(params.model_dump(), "")
+    walk(tree, "")
     return out
+
+
+def flat_params(params: Params) -> dict[str, object]:
+    """All params as a flat dotted-key dict (for MLflow)."""
+    return flatten(params.model_dump())

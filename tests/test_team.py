@@ -280,6 +280,7 @@ def test_a_teammate_clone_logs_registers_and_promotes_in_its_own_store(e2e_repo,
     here = client.search_runs([e.experiment_id for e in client.search_experiments()],
                               filter_string=f"tags.origin_run_id = '{original}'")
     assert len(here) == 1 and here[0].info.run_name == "mate" and here[0].data.tags["dvc_exp_name"] == "mate"
+    assert json.loads(here[0].data.tags["params_diff"]) == {"export.parity_images": "12"}   # against the baseline
     name = yaml.safe_load((clone / "params.yaml").read_text())["registry"]["model_name"]
     versions = client.search_model_versions(f"name='{name}'")
     assert versions and {v.run_id for v in versions} <= {r.info.run_id for r in client.search_runs(

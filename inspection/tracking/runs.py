@@ -50,8 +50,6 @@ def run_identity(params: dict) -> tuple[str | None, dict[str, str]]:
     import json as _json
     import os
 
-    import yaml
-
     name = os.environ.get("DVC_EXP_NAME") or None
     baseline = os.environ.get("DVC_EXP_BASELINE_REV")
     tags = {"git_commit": baseline or git_commit()}
@@ -62,19 +60,17 @@ def run_identity(params: dict) -> tuple[str | None, dict[str, str]]:
         try:
             text = subprocess.run(["git", "show", f"{baseline}:params.yaml"], capture_output=True, text=True,
                                   check=True).stdout
-            flat: dict[str, object] = {}
+            import tempfile
 
-            def walk(d: dict, prefix: str) -> None:
-                for k, v in d.items():
-                    if isinstance(v, dict) and k != "classes":
-                        walk(v, f"{prefix}{k}.")
-                    else:
-                        flat[f"{prefix}{k}"] = v
-            walk(yaml.safe_load(text) or {}, "")
-            diff = {k: str(v) for k, v in params.items() if k in flat and str(flat[k]) != str(v)}
+            from inspection.config import flat_params, load_params
+
+            with tempfile.TemporaryDirectory() as tmp:   # validated like the run's own: 40 and 40.0 are one value
+                (Path(tmp) / "params.yaml").write_text(text)
+                base = {mlflow_key(k): str(v) for k, v in flat_params(load_params(Path(tmp) / "params.yaml")).items()}
+            diff = {k: str(v) for k, v in params.items() if k in base and base[k] != str(v)}
             tags["params_diff"] = _json.dumps(diff, sort_keys=True)[:5000]
-        except (OSError, subprocess.CalledProcessError, yaml.YAMLError, AttributeError):
-            pass  # not a git checkout of that commit: the params are logged in full anyway
+        except (OSError, subprocess.CalledProcessError, UserError):
+            pass  # not a git checkout of that commit, or its params.yaml is of an older schema: logged in full anyway
     return name, tags
 
 
