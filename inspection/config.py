@@ -163,7 +163,7 @@ PerturbationKind = Literal["gain", "gamma", "contrast", "blur", "noise", "jpeg",
 class Perturbation(_Strict):
     kind: PerturbationKind
     value: Optional[float]  # None only for rotate (a random angle per image)
-    gated: bool  # counts towards robustness.targets
+    gated: bool  # judged against report.targets (missed, false rejects, RETAKE) when report.targets.robustness
 
     @model_validator(mode="after")
     def _value(self) -> "Perturbation":
@@ -176,15 +176,9 @@ class Perturbation(_Strict):
         return self
 
 
-class RobustnessTargets(_Strict):
-    min_recall: float = Field(..., ge=0.0, le=1.0)
-    max_false_reject_rate: float = Field(..., ge=0.0, le=1.0)
-
-
 class RobustnessParams(_Strict):
     seed: int
     perturbations: dict[str, Perturbation]
-    targets: RobustnessTargets
 
 
 class BootstrapParams(_Strict):

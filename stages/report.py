@@ -40,12 +40,12 @@ def collect(params) -> dict:
     metrics, data, run = read_json(METRICS), read_json(DATA_REPORT), read_json(RUN_FILE)
     pos, neg = params.data.positive_class, params.data.negative_class
     robustness_csv = read_csv(EVAL / "robustness.csv") if (EVAL / "robustness.csv").exists() else []
-    derived = derive(metrics, params, robustness_csv, read_json(DECISION))
+    predictions = [dict(row, positive=pos) for row in read_csv(EVAL / "predictions.csv") if row["split"] == "test"]
+    derived = derive(metrics, params, robustness_csv, read_json(DECISION), predictions)
     route = derived["route"]
     threshold = metrics["threshold"]
     band = route.get("review_band")
-    test_rows = with_routes([dict(row, positive=pos) for row in read_csv(EVAL / "predictions.csv")
-                             if row["split"] == "test"], threshold, band)
+    test_rows = with_routes(predictions, threshold, band)
     y = np.array([row["label"] == pos for row in test_rows])
     p = np.array([float(row["probability"]) for row in test_rows])
 
@@ -57,9 +57,10 @@ def collect(params) -> dict:
         figures["band"] = band_figure(metrics["band_choice"], r.targets.max_missed_rate)
 
     ood = metrics.get("ood") or {}
-    cases = pick_cases(test_rows, threshold, r)
+    cases = pick_cases(test_rows, threshold, r, band)
     print(f"report: Grad-CAM for {len(cases)} test images")
-    case_images(load_model(MODEL), cases, t.image_size, r.thumbnail, ood.get("limit"))
+    case_images(load_model(MODEL), cases, t.image_size, r.thumbnail, ood.get("limit"),
+                min(threshold, band["low"]) if band else threshold)
 
     print("report: trend of the last MLflow runs")
     trend_ = trend(t.mlflow_experiment, r.trend_runs, run.get("run_id"))

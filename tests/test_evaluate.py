@@ -92,8 +92,7 @@ def test_robust_threshold_is_the_lowest_over_the_gated_perturbations(tmp_path):
         photos.append(str(tmp_path / f"{i}.png"))
         cv2.imwrite(photos[-1], img)
     e = section("evaluate", policy="min_recall", min_recall=1.0, robust_threshold=True, robustness={
-        "seed": 0, "targets": {"min_recall": 0.99, "max_false_reject_rate": 0.02},
-        "perturbations": {"bright": {"kind": "gain", "value": 1.3, "gated": True},
+        "seed": 0, "perturbations": {"bright": {"kind": "gain", "value": 1.3, "gated": True},
                           "dark": {"kind": "gain", "value": 0.8, "gated": True},
                           "ignored": {"kind": "gain", "value": 2.0, "gated": False}}})
     per = robust_threshold(_DarkSpotModel(), photos, y, e, 32)
@@ -139,3 +138,23 @@ def test_ood_limit_with_too_few_photos_to_show_the_budget():
     scores = np.array([3.0, 1.0, 2.0, 5.0, 4.0])
     limit, info = calibrate_limit(scores, np.zeros(5, bool), 0.01, 0.95)
     assert limit == 5.0 and info["val_over_limit"] == 0 and not info["met"] and info["allowed"] == 0
+
+
+def test_validated_range_joins_the_training_range_with_the_validated_conditions():
+    """The RETAKE range: the training [p0.5, p99.5] joined with each validated condition's whole range (every
+    photo of it was judged); the training range (+ margin) stays the warning range."""
+    from inspection.data.imagestats import drift_reference
+    from inspection.evaluation.gate import validated_range
+
+    rng = np.random.default_rng(0)
+    train = {"brightness": rng.normal(120, 10, 2000), "contrast": rng.normal(40, 4, 2000),
+             "sharpness": rng.normal(300, 30, 2000), "background": rng.normal(20, 2, 2000)}
+    ref = drift_reference(None, 0.1, table=train)
+    darker = {**train, "brightness": train["brightness"] * 0.75}
+    blurred = {**train, "sharpness": train["sharpness"] * 0.4}
+    got = validated_range(ref, {"exposure x0.75": darker, "blur": blurred})
+    assert got["brightness"]["min"] == pytest.approx(darker["brightness"].min())
+    assert got["brightness"]["max"] == pytest.approx(ref["features"]["brightness"]["p99_5"])
+    assert got["sharpness"]["min"] == pytest.approx(blurred["sharpness"].min())
+    assert got["contrast"] == {"min": ref["features"]["contrast"]["p0_5"], "max": ref["features"]["contrast"]["p99_5"]}
+    assert validated_range(ref, {})["brightness"]["min"] == ref["features"]["brightness"]["p0_5"]

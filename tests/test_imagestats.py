@@ -50,25 +50,6 @@ def test_drift_flag_fires_on_exposure_and_blur_not_on_clean_images():
     assert ref["features"]["brightness"]["min"] < ref["features"]["brightness"]["median"] < ref["features"]["brightness"]["max"]
 
 
-def test_validated_range_joins_the_training_range_with_the_validated_conditions():
-    """The RETAKE range: the training [p0.5, p99.5] joined with each validated condition's; the training range
-    (+ margin) stays the warning range."""
-    from inspection.data.imagestats import drift_reference, validated_range
-
-    rng = np.random.default_rng(0)
-    train = {"brightness": rng.normal(120, 10, 2000), "contrast": rng.normal(40, 4, 2000),
-             "sharpness": rng.normal(300, 30, 2000), "background": rng.normal(20, 2, 2000)}
-    ref = drift_reference(None, 0.1, table=train)
-    darker = {**train, "brightness": train["brightness"] * 0.75}
-    blurred = {**train, "sharpness": train["sharpness"] * 0.4}
-    got = validated_range(ref, {"exposure x0.75": darker, "blur": blurred})
-    assert got["brightness"]["min"] == pytest.approx(np.percentile(darker["brightness"], 0.5))
-    assert got["brightness"]["max"] == pytest.approx(ref["features"]["brightness"]["p99_5"])
-    assert got["sharpness"]["min"] == pytest.approx(np.percentile(blurred["sharpness"], 0.5))
-    assert got["contrast"] == {"min": ref["features"]["contrast"]["p0_5"], "max": ref["features"]["contrast"]["p99_5"]}
-    assert validated_range(ref, {})["brightness"]["min"] == ref["features"]["brightness"]["p0_5"]
-
-
 def test_16_bit_images_are_refused_the_same_way_by_split_and_predict(tmp_path):
     """A 12-bit sensor image in a 16-bit PNG: one reason from the one decoder split (quarantine) and the batch CLI
     (RETAKE) share, instead of training on a nearly black 8-bit squeeze."""

@@ -54,19 +54,6 @@ def drift_reference(images, margin: float, *, table: dict[str, np.ndarray] | Non
             "computed_on": "training images at the model's input size, after the resize"}
 
 
-def validated_range(reference: dict, tables: dict[str, dict[str, np.ndarray]]) -> dict:
-    """The camera range the model was validated under: per feature, the training range [p0.5, p99.5] joined with
-    [p0.5, p99.5] of the validation photos under each validated condition (``tables``: name -> feature_table),
-    with no further margin. A photo outside it is one the model was never shown to judge (RETAKE); a photo
-    outside the training range but inside this one is judged, with a camera warning."""
-    out = {}
-    for k, r in reference["features"].items():
-        lo = min([r["p0_5"]] + [float(np.percentile(t[k], 0.5)) for t in tables.values()])
-        hi = max([r["p99_5"]] + [float(np.percentile(t[k], 99.5)) for t in tables.values()])
-        out[k] = {"min": lo, "max": hi}
-    return out
-
-
 def drift_flags(stats: dict[str, float], reference: dict) -> list[str]:
     """Names of the features outside the reference range, e.g. ['brightness high']."""
     out = []

@@ -37,8 +37,8 @@ def fit_gate(model, prob_model, data: dict, e, validated: dict | None = None) ->
     probability (the CNN with the deployed test-time views), ``model`` the pooled features (identity view).
     ``validated``: the camera feature tables of the validation photos under each gated perturbation; with
     evaluate.retake.camera_range: validated, the RETAKE range is the training range joined with theirs
-    (``imagestats.validated_range``) and the training range becomes a warning."""
-    from inspection.data.imagestats import drift_reference, feature_table, validated_range
+    (``validated_range``) and the training range becomes a warning."""
+    from inspection.data.imagestats import drift_reference, feature_table
     from inspection.model.ood import calibrate_limit, distances, feature_extractor, fit
 
     extractor = feature_extractor(model)
@@ -66,6 +66,22 @@ def fit_gate(model, prob_model, data: dict, e, validated: dict | None = None) ->
     gate["limit"], calibration = calibrate_limit(val_scores, val_camera, e.retake.max_share, e.bootstrap.confidence)
     _print_calibration(gate["limit"], calibration, e.retake.max_share)
     return Gate(probs, drift_ref, camera, warn, gate, calibration, val_scores)
+
+
+def validated_range(reference: dict, tables: dict[str, dict[str, np.ndarray]]) -> dict:
+    """The camera range the model was validated under: per feature, the training range [p0.5, p99.5] joined with
+    the whole range [min, max] of the validation photos under each validated condition (``tables``: name ->
+    feature_table), with no further margin. Every one of those photos was judged when the band was proven, so
+    the range ends where they end: cutting at their own p0.5/p99.5 sent 1.9 % of the test photos to RETAKE at
+    exposure x0.75 (1 % at each cut feature edge, by construction), photos the model had been shown to judge.
+    A photo outside this range is one the model was never shown to judge (RETAKE); outside the training range but
+    inside this one, it is judged, with a camera warning."""
+    out = {}
+    for k, r in reference["features"].items():
+        lo = min([r["p0_5"]] + [float(np.min(t[k])) for t in tables.values()])
+        hi = max([r["p99_5"]] + [float(np.max(t[k])) for t in tables.values()])
+        out[k] = {"min": lo, "max": hi}
+    return out
 
 
 def _print_calibration(limit: float, c: dict, budget: float) -> None:

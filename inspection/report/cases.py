@@ -1,8 +1,9 @@
 """The report's example photos: which test photos to show, with their routes, notes, thumbnails and Grad-CAM.
 
 ``with_routes`` gives each predictions.csv row its route (evaluate's, or derived from the threshold and review
-band). ``pick_cases`` chooses misclassified photos (escaped defects first, then false rejects), RETAKE photos,
-the most uncertain correct ones and a few confidently found defects. ``case_images`` adds plain-language notes
+band). ``pick_cases`` chooses by route: the line's errors (escaped defects, false rejects), defects only RETAKE
+stopped, the defects nearest PASS, parts sent to REVIEW, RETAKE photos, the most uncertain correct automatic
+decisions and a few confidently found defects. ``case_images`` adds plain-language notes
 (``case_notes``), a JPEG thumbnail and a Grad-CAM overlay to each. ``promotion_section`` reads
 reports/promotion.json with thumbnails of the parts whose route changed.
 """
@@ -54,37 +55,53 @@ def with_routes(rows: list[dict], threshold: float, band: dict | None) -> list[d
     return out
 
 
-def pick_cases(rows: list[dict], threshold: float, r) -> list[dict]:
-    """Misclassified test images (up to report.max_misclassified): defects routed PASS first, then good parts
-    routed REJECT, then the others (worst first); the most uncertain correct ones (closest to the threshold in
-    log-odds), test photos the line would RETAKE, and a few confidently found defects."""
-    def key(row):
-        escaped = row["route"] == "PASS" and row["label"] == row["positive"]
-        rejected = row["route"] == "REJECT" and row["label"] != row["positive"]
-        return (0 if escaped else 1 if rejected else 2, -abs(_logit(float(row["probability"])) - _logit(threshold)))
+def pick_cases(rows: list[dict], threshold: float, r, band: dict | None = None) -> list[dict]:
+    """The gallery, by what the line does (the route), not by the threshold alone:
 
-    def kind(row):
-        if row["route"] == "PASS" and row["label"] == row["positive"]:
-            return "escaped defect"
-        if row["route"] == "REJECT" and row["label"] != row["positive"]:
-            return "false reject"
-        return "misclassified"
-    wrong = sorted((row for row in rows if row["correct"] == "0"), key=key)
-    wrong = [dict(row, kind=kind(row)) for row in wrong]
-    right = [row for row in rows if row["correct"] == "1"]
-    retake = [dict(row, kind="retake") for row in right if row["route"] == "RETAKE"][:r.uncertain_cases]
-    right = [row for row in right if row["route"] != "RETAKE"]
-    right.sort(key=lambda row: abs(_logit(float(row["probability"])) - _logit(threshold)))
-    uncertain = [dict(row, kind="uncertain") for row in right[:r.uncertain_cases]]
-    found = sorted((row for row in right if row["label"] == row["positive"]), key=lambda row: -float(row["probability"]))
-    taken = {row["path"] for row in uncertain}
-    reference = [dict(row, kind="reference defect") for row in found if row["path"] not in taken][:r.reference_defects]
-    return wrong[:r.max_misclassified] + retake + uncertain + reference
+    * errors of the line (up to report.max_misclassified): defects routed PASS, then good parts routed REJECT;
+    * defects only the RETAKE gate stopped: their probability is below the PASS edge, so a re-photo that passes
+      the camera check would let them through ("missed under a re-photo?");
+    * the defects nearest the PASS edge (report.uncertain_cases): the parts that decide the band's low edge;
+    * parts sent to REVIEW nearest the edges (report.uncertain_cases): handled by a person, not errors;
+    * the other RETAKE photos, the correct automatic decisions closest to an edge, and a few clear defects."""
+    low = min(threshold, band["low"]) if band else threshold
+    lo_logit = _logit(low)
+
+    def is_defect(row):
+        return row["label"] == row["positive"]
+
+    def prob(row):
+        return float(row["probability"])
+
+    def tagged(rows_, kind):
+        return [dict(row, kind=kind) for row in rows_]
+    escaped = sorted((x for x in rows if x["route"] == "PASS" and is_defect(x)), key=prob)
+    rejected = sorted((x for x in rows if x["route"] == "REJECT" and not is_defect(x)), key=lambda x: -prob(x))
+    errors = (tagged(escaped, "escaped defect") + tagged(rejected, "false reject"))[:r.max_misclassified]
+    retake_only = tagged(sorted((x for x in rows if x["route"] == "RETAKE" and is_defect(x) and prob(x) < low),
+                                key=prob), "caught only by RETAKE")
+    nearest = tagged(sorted((x for x in rows if is_defect(x) and x["route"] in ("REVIEW", "REJECT")), key=prob)
+                     [:r.uncertain_cases], "defect nearest PASS")
+    taken = {x["path"] for x in errors + retake_only + nearest}
+    review = tagged(sorted((x for x in rows if x["route"] == "REVIEW" and x["path"] not in taken),
+                           key=lambda x: abs(_logit(prob(x)) - lo_logit))[:r.uncertain_cases], "sent to review")
+    taken |= {x["path"] for x in review}
+    retake = tagged([x for x in rows if x["route"] == "RETAKE" and x["path"] not in taken][:r.uncertain_cases],
+                    "retake")
+    taken |= {x["path"] for x in retake}
+    right = sorted((x for x in rows if x["path"] not in taken and (x["route"] == "REJECT") == is_defect(x)
+                    and x["route"] in ("PASS", "REJECT")), key=lambda x: abs(_logit(prob(x)) - lo_logit))
+    uncertain = tagged(right[:r.uncertain_cases], "uncertain")
+    taken |= {x["path"] for x in uncertain}
+    found = sorted((x for x in rows if is_defect(x) and x["route"] == "REJECT" and x["path"] not in taken),
+                   key=lambda x: -prob(x))
+    reference = tagged(found[:r.reference_defects], "reference defect")
+    return errors + retake_only + nearest + review + retake + uncertain + reference
 
 
-def case_notes(c: dict, ood_limit: float | None) -> list[str]:
+def case_notes(c: dict, ood_limit: float | None, low: float | None = None) -> list[str]:
     """Plain-language notes on a photo: out of distribution (an off-angle or badly framed shot looks like this
-    to the model), camera check, RETAKE."""
+    to the model), camera check, RETAKE, and for a defect only RETAKE stopped, what a re-photo would do."""
     notes = []
     reason = c.get("reason") or ""
     score = c.get("ood_score")
@@ -94,19 +111,30 @@ def case_notes(c: dict, ood_limit: float | None) -> list[str]:
                      "or with a changed camera), so the model's probability is not to be trusted"
                      + (f" (score {score:.1f} > limit {ood_limit:.1f})" if score is not None and ood_limit else "") + ".")
     if "camera check" in reason:
-        notes.append("The camera check fails: brightness, contrast or sharpness is outside the training range.")
-    if c.get("route") == "RETAKE":
+        notes.append("The camera check fails: brightness, contrast or sharpness is outside the range the model was "
+                     "validated under.")
+    if c.get("kind") == "caught only by RETAKE":
+        notes.append(f"Missed under a re-photo? The model scores this defect {float(c['probability']):.4f}, below the "
+                     f"PASS edge {low:.4f}: only the RETAKE gate stopped it. If a new photo passes the camera and "
+                     "out-of-distribution checks, the line would PASS it. It counts as caught, not as safe.")
+    elif c.get("route") == "RETAKE":
         notes.append("The line asks for a new photo instead of judging this one.")
+    if c.get("kind") == "sent to review":
+        notes.append("Not an error: the line sends this part to a person, who decides.")
+    if c.get("kind") == "defect nearest PASS":
+        notes.append(f"One of the lowest-scoring defects the line still stops: defects like it decide how low the PASS "
+                     f"edge ({low:.4f}) must sit, and so how many good parts go to REVIEW.")
     return notes
 
 
-def case_images(model, cases: list[dict], size: int, thumb: int, ood_limit: float | None = None) -> None:
+def case_images(model, cases: list[dict], size: int, thumb: int, ood_limit: float | None = None,
+                low: float | None = None) -> None:
     from inspection.model.gradcam import gradcam, overlay
     from inspection.data.images import read_gray, resize
 
     for c in cases:
         c["name"] = Path(c["path"]).name
-        c["notes"] = case_notes(c, ood_limit)
+        c["notes"] = case_notes(c, ood_limit, low)
     if not cases:
         return
     photos = [read_gray(c["path"]) for c in cases]

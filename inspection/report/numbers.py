@@ -83,17 +83,97 @@ def confidence_of(metrics: dict, params) -> float:
     return float(iv.get("missed", {}).get("confidence") or params.evaluate.bootstrap.confidence)
 
 
-def derive(metrics: dict, params, robustness_csv: list[dict], decision: dict | None = None) -> dict:
+def _test_block(counts: dict) -> dict:
+    nd, no = sum(counts["defect"].values()), sum(counts["ok"].values())
+    return {"counts": counts, "defects": nd, "ok": no, "n": nd + no}
+
+
+def candidates(rows: list[dict], positive: str, route: dict, r, confidence: float) -> list[dict]:
+    """Other settings of the same rule on the test split: the chosen band, its low edge moved down and up
+    (x1/4 .. x4 in probability), its high edge halved and doubled, the threshold alone (no band) and the fixed
+    band [0.02, 0.9). Each keeps the RETAKE routes (the gate does not depend on the band) and is judged on the
+    clean targets with the same exact bounds as the decision; the chosen one was chosen on validation."""
+    band, threshold = route.get("review_band"), route["threshold"]
+    low = min(threshold, band["low"]) if band else threshold
+    high = max(threshold, band["high"]) if band else threshold
+    settings = [("chosen", low, high)]
+    settings += [(f"low x{f:g}", low * f, high) for f in (0.25, 0.5, 2, 4) if low * f < high]
+    settings += [(f"high x{f:g}", low, min(high * f, 0.999)) for f in (0.5, 2) if low < high * f < 1]
+    settings += [("threshold alone", low, low), ("fixed band", 0.02, 0.9)]
+    y = [row["label"] == positive for row in rows]
+    p = [float(row["probability"]) for row in rows]
+    retake = [row.get("route") == "RETAKE" for row in rows]
+    t, out, seen = r.targets, [], set()
+    for name, lo, hi in settings:
+        if (round(lo, 6), round(hi, 6)) in seen:
+            continue
+        seen.add((round(lo, 6), round(hi, 6)))
+        counts = {c: {w: 0 for w in WORDS} for c in ("defect", "ok")}
+        for yy, q, rt in zip(y, p, retake):
+            w = "RETAKE" if rt else "PASS" if q < lo else "REJECT" if q >= hi else "REVIEW"
+            counts["defect" if yy else "ok"][w] += 1
+        test = _test_block(counts)
+        costs = line_costs(test, r.line_defect_rate, r.parts_per_shift, confidence)
+        missed = binomial_ci(counts["defect"]["PASS"], test["defects"], confidence)
+        rejected = binomial_ci(counts["ok"]["REJECT"], test["ok"], confidence)
+        checks = {"missed": missed["high"] is not None and missed["high"] <= t.max_missed_rate,
+                  "false_rejects": rejected["high"] is not None and rejected["high"] <= t.max_false_reject_rate,
+                  "review": costs["review"]["high"] is not None and costs["review"]["high"] <= t.max_review_share,
+                  "retake": costs["retakes"]["high"] is not None and costs["retakes"]["high"] <= t.max_retake_share}
+        out.append({"name": name, "low": lo, "high": hi, "chosen": name == "chosen", "counts": counts,
+                    "missed": missed, "false_rejects": rejected, "costs": costs, "checks": checks,
+                    "passed": all(checks.values())})
+    return out
+
+
+def _worst_gated(robust: list[dict]) -> dict:
+    """The worst gated row, on the route: the same figures as the robustness table and the targets."""
+    gated = [row for row in robust if row["gated"]]
+    if not gated:
+        return {}
+    flat = {"worst.gated.route_missed": max(row["missed"]["k"] for row in gated),
+            "worst.gated.route_false_rejects": max(row["false_rejects"]["k"] for row in gated)}
+    if all(row.get("retake_share") for row in gated):
+        flat["worst.gated.retake_high"] = max(row["retake_share"]["high"] for row in gated)
+    return flat
+
+
+def _options_flat(options: list[dict]) -> dict:
+    flat = {}
+    for i, c in enumerate(options):
+        flat[f"option.{i}.low"], flat[f"option.{i}.high"] = c["low"], c["high"]
+        for key in ("escapes", "false_rejects", "review"):
+            flat[f"option.{i}.{key}"] = c["costs"][key]["per_shift"]
+        flat[f"option.{i}.review_high"] = c["costs"]["review"]["per_shift_high"]
+        flat[f"option.{i}.missed_k"] = c["missed"]["k"]
+        flat[f"option.{i}.false_rejects_k"] = c["false_rejects"]["k"]
+    return flat
+
+
+def band_below_threshold(route: dict, predictions: list[dict] | None, positive: str) -> dict | None:
+    """A review band whose low edge sits below the threshold sends good parts between them to REVIEW although
+    the threshold alone would pass them: {low, threshold, ok_share (of the good test parts not RETAKE)}."""
+    band = route.get("review_band")
+    if not band or not predictions or band["low"] >= route["threshold"] - 1e-12:
+        return None
+    ok = [float(x["probability"]) for x in predictions if x["label"] != positive and x.get("route") != "RETAKE"]
+    return {"low": band["low"], "threshold": route["threshold"],
+            "ok_share": sum(band["low"] <= q < route["threshold"] for q in ok) / len(ok) if ok else 0.0}
+
+
+def derive(metrics: dict, params, robustness_csv: list[dict], decision: dict | None = None,
+           predictions: list[dict] | None = None) -> dict:
     """Everything the report computes from metrics.json and params: route block, per-shift costs, robustness
-    intervals, targets, verdict, and ``flat``: every derived number the page shows, by its data-derived key.
-    ``decision`` (reports/decision.json) supplies the targets and the verdict when given: the page shows the
-    judgement the evaluate stage recorded, never a second one."""
+    intervals, targets, verdict, other settings of the rule (``predictions``: the test rows of
+    predictions.csv), and ``flat``: every derived number the page shows, by its data-derived key. ``decision``
+    (reports/decision.json) supplies the targets and the verdict when given: the page shows the judgement the
+    evaluate stage recorded, never a second one."""
     r = params.report
     conf = confidence_of(metrics, params)
     route, from_metrics = route_block(metrics, conf)
     test = route["test"]
     costs = line_costs(test, r.line_defect_rate, r.parts_per_shift, conf)
-    robust = robustness_rows(metrics, robustness_csv, test, conf, r.targets)
+    robust = robustness_rows(metrics, robustness_csv, test, conf, r.targets, r.line_defect_rate)
     if decision is not None:
         targets, ready, sentence = decision["targets"], decision["ready"], decision["sentence"]
     else:
@@ -124,17 +204,19 @@ def derive(metrics: dict, params, robustness_csv: list[dict], decision: dict | N
             put(f"route.test.intervals.{k}.", v)
         for cls, v in test["counts"].items():
             put(f"route.test.counts.{cls}.", v)
-    rob, gated = metrics.get("robustness") or {}, {r["name"] for r in robust if r["gated"]}
-    for scope, names in (("gated", [k for k in rob if k in gated]), ("all", list(rob))):
-        if names:
-            flat[f"worst.{scope}.recall"] = min(rob[k]["recall"] for k in names)
-            flat[f"worst.{scope}.false_reject_rate"] = max(rob[k]["false_reject_rate"] for k in names)
+    flat.update(_worst_gated(robust))
+    options = candidates(predictions, metrics.get("positive_class", "defect"), route, r, conf) if predictions else []
+    flat.update(_options_flat(options))
+    below = band_below_threshold(route, predictions, metrics.get("positive_class", "defect"))
+    if below:
+        flat["band_below_threshold.ok_share"] = below["ok_share"]
     best = {"defects": binomial_ci(0, test["defects"], conf)["high"], "ok": binomial_ci(0, test["ok"], conf)["high"]}
     put("zero_events_bound.", best)
     flat["test_defect_share"] = test["defects"] / test["n"] if test["n"] else 0.0
     return {"confidence": conf, "route": route, "route_from_metrics": from_metrics, "costs": costs, "robust": robust,
             "targets": targets, "ready": ready, "decision": sentence, "exact_threshold": exact_threshold,
-            "zero_events_bound": best, "flat": flat}
+            "zero_events_bound": best, "flat": flat, "options": options, "band_below_threshold": below,
+            "no_option_passes": bool(options) and not any(c["passed"] for c in options)}
 
 
 def training_sentence(epochs_run: int, best_epoch: int, max_epochs: int, settled: bool | None = None) -> str:
