@@ -99,7 +99,7 @@ def candidates(rows: list[dict], positive: str, route: dict, r, confidence: floa
     settings = [("chosen", low, high)]
     settings += [(f"low x{f:g}", low * f, high) for f in (0.25, 0.5, 2, 4) if low * f < high]
     settings += [(f"high x{f:g}", low, min(high * f, 0.999)) for f in (0.5, 2) if low < high * f < 1]
-    settings += [("threshold alone", low, low), ("fixed band", 0.02, 0.9)]
+    settings += [("threshold alone", threshold, threshold), ("fixed band", 0.02, 0.9)]
     y = [row["label"] == positive for row in rows]
     p = [float(row["probability"]) for row in rows]
     retake = [row.get("route") == "RETAKE" for row in rows]
