@@ -16,8 +16,8 @@ from inspection.runner.cli import cli
 from inspection.fsutil import read_json, staged_outputs, write_json
 from inspection.artifacts import DECISION, MANIFEST, METADATA, PROMOTION, SAVED_MODEL
 from inspection.deploy.model_folder import load_metadata
-from inspection.tracking.champion import (choose_baseline, compare_with_baseline, counts, held_out_images,
-                                          move_aliases, refuse_not_ready, score, side, version_info)
+from inspection.tracking.champion import (aliases_now, choose_baseline, compare_with_baseline, counts,
+                                          held_out_images, move_aliases, refuse_not_ready, score, side, version_info)
 
 
 def main() -> None:
@@ -57,6 +57,7 @@ def main() -> None:
         write_json(staged.path(PROMOTION), out)
     log_to_mlflow(params, out)
     print(f"promote: {out['decision']}: {name} version {ch.version} -> @{out['alias']}; {out['reason']}")
+    print(f"promote: {name} aliases now: {aliases_now(name, ch, client)}")
     if out["mcnemar"]:
         mc = out["mcnemar"]
         print(f"promote: {len(out['changed'])} parts changed route; McNemar b={mc['b']} c={mc['c']} p={mc['p_value']:.3g}")

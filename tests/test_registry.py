@@ -2,6 +2,7 @@
 consumers, and one MLflow run per experiment (inspection.tracking.runs.stage_run: child runs when params changed)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,30 @@ def make_store(src: Path, root: Path, monkeypatch) -> str:
     return uri
 
 
+@contextlib.contextmanager
+def mlflow_warnings():
+    """Every warning (warnings module, each one shown even if seen before in this process) and every record of
+    MLflow's loggers raised inside the block, as a list of messages."""
+    import logging
+
+    said: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            said.append(record.getMessage())
+
+    handler, logger = Keep(level=logging.DEBUG), logging.getLogger("mlflow")
+    logger.addHandler(handler)
+    warnings.onceregistry.clear()   # MLflow shows its type-hint warning "once" per process: forget earlier ones
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield said
+        said.extend(str(w.message) for w in caught)
+    finally:
+        logger.removeHandler(handler)
+
+
 @pytest.fixture
 def store(e2e_repo, tmp_path, monkeypatch):
     return make_store(e2e_repo, tmp_path / "work", monkeypatch)
@@ -76,8 +102,13 @@ def test_export_logs_an_mlflow_model_and_registers_it_once(store, tmp_path):
     from inspection.deploy.predictor import load_predictor
 
     params = load_params()
-    first = registry.log_and_register(params)
+    with mlflow_warnings() as said:
+        first = registry.log_and_register(params)
     assert first["new"] and first["version"] == 1
+    # the pyfunc model's predict has type hints MLflow accepts: no "Add type hints" warning (nor any other about
+    # type hints), and no filter hiding one
+    assert not [m for m in said if "type hint" in m.lower()], said
+    assert not [f for f in warnings.filters if f[1] is not None and "type hint" in f[1].pattern], warnings.filters
     again = registry.log_and_register(params)   # same content: the same version, nothing new registered
     assert again == {**first, "new": False}
 
@@ -110,11 +141,20 @@ def test_export_logs_an_mlflow_model_and_registers_it_once(store, tmp_path):
     imgs = load_images(paths, local.size)
     for a, b in zip(local(imgs), remote(imgs)):
         np.testing.assert_array_equal(a, b)
-    # the pyfunc flavour agrees too
-    model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    # the pyfunc flavour agrees too, with the array or the {input name: array} form, and loads without a warning
+    with mlflow_warnings() as said:
+        model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
+    assert not [m for m in said if "type hint" in m.lower()], said
+    hints = model.unwrap_python_model().predict_type_hints
+    assert hints.input is np.ndarray and hints.output == dict[str, np.ndarray]
     out = model.predict(imgs[..., None].astype(np.float32))
     np.testing.assert_allclose(out["defect_probability"], local(imgs)[0], atol=1e-6)
     np.testing.assert_allclose(out["ood_score"], local(imgs)[1], rtol=1e-5)
+    named = model.predict({"image": imgs[..., None].astype(np.float32)})
+    assert set(named) == {"defect_probability", "ood_score"}
+    for key in named:
+        assert named[key].dtype == np.float32 and named[key].shape == (len(imgs),)
+        np.testing.assert_array_equal(named[key], out[key])
 
 
 def test_registry_references_fail_with_one_line(store, tmp_path):
@@ -247,3 +287,51 @@ def test_changed_params_log_into_one_child_run_per_experiment(tracked):
     assert {"stage.evaluate", "stage.export"} <= set(run.data.tags)
     other = params.model_copy(update={"evaluate": params.evaluate.model_copy(update={"min_recall": 0.9})})
     assert experiment_run_id("evaluate", other) not in (parent, child)
+
+
+def test_a_dvc_experiment_names_its_child_run(tracked, monkeypatch):
+    """Under `dvc exp run -n NAME` a stage whose params differ from train's run logs into a child run named NAME
+    and tagged like a run train opens (dvc_exp_name); the experiment's later stages find that child again, and
+    another experiment with the same change gets its own run."""
+    import mlflow
+
+    from inspection.tracking.runs import experiment_run_id
+
+    params, parent, uri = tracked
+    changed = params.model_copy(update={"export": params.export.model_copy(update={"parity_images": 12})})
+    monkeypatch.setenv("DVC_EXP_NAME", "mate")
+    child = experiment_run_id("export", changed)
+    assert experiment_run_id("promote", changed) == child != parent
+    run = mlflow.MlflowClient(uri).get_run(child)
+    assert run.info.run_name == "mate" and run.data.tags["dvc_exp_name"] == "mate"
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert json.loads(run.data.tags["changed_params"]) == {"export.parity_images": "12"}
+    monkeypatch.setenv("DVC_EXP_NAME", "other")
+    assert experiment_run_id("export", changed) not in (parent, child)
+
+
+def test_a_missing_alias_is_none_from_a_local_store_and_from_a_server():
+    """version_by_alias: "no such alias / model" is None whether a local store (MlflowException) or a tracking server
+    (RestException, its subclass) says it; any other error is raised, not taken for "no champion"."""
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    from inspection.tracking import registry
+
+    class Client:
+        def __init__(self, exc):
+            self.exc = exc
+
+        def get_model_version_by_alias(self, name, alias):
+            raise self.exc
+
+    missing = (MlflowException("Registered model alias champion not found.", INVALID_PARAMETER_VALUE),  # sqlite
+               RestException({"error_code": "INVALID_PARAMETER_VALUE",
+                              "message": "Registered model alias champion not found."}),
+               RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "Registered Model not found"}))
+    for exc in missing:
+        assert registry.version_by_alias(NAME, "champion", Client(exc)) is None, exc
+    for exc in (RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "the database is down"}),
+                ConnectionError("refused")):
+        with pytest.raises(type(exc)):
+            registry.version_by_alias(NAME, "champion", Client(exc))

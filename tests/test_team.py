@@ -3,8 +3,11 @@ a DVC remote round trip (push from one clone, pull in a fresh one, nothing re-ru
 server on PostgreSQL (tools/mlflow_server.py)."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -304,24 +307,35 @@ def postgres_available() -> bool:
         return False
 
 
+def require_postgres() -> None:
+    """Skip without PostgreSQL (or psycopg2), unless REQUIRE_POSTGRES=1: then its absence fails."""
+    if not postgres_available():
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail("REQUIRE_POSTGRES=1 but PostgreSQL or psycopg2 is missing: apt-get install postgresql")
+        pytest.skip("PostgreSQL not installed (apt-get install postgresql)")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_mlflow_server_on_postgresql(e2e_repo, tmp_path):
-    """`make mlflow-server`: start it, train against it (dvc repro), read the run back through the REST API,
-    stop it with Ctrl-C: the server, the cluster and the work folder are gone."""
-    if not postgres_available():
-        if os.environ.get("REQUIRE_POSTGRES") == "1":
-            pytest.fail("REQUIRE_POSTGRES=1 but PostgreSQL or psycopg2 is missing: apt-get install postgresql")
-        pytest.skip("PostgreSQL not installed (apt-get install postgresql)")
-    repo = tmp_path / "repo"
-    shutil.copytree(e2e_repo, repo, symlinks=True)
+@dataclasses.dataclass
+class TeamServer:
+    uri: str            # what `make mlflow-server` says to export as MLFLOW_TRACKING_URI
+    work: Path          # its work folder (the cluster and the artifacts), deleted when it stops
+    lines: list[str]    # everything it printed
+
+
+@contextlib.contextmanager
+def team_server():
+    """The README's `make mlflow-server` (tools/mlflow_server.py: a throw-away PostgreSQL cluster and an MLflow
+    server on 127.0.0.1, a free port) in its own process group; yields a TeamServer once it printed the export
+    line, and stops it on the way out with Ctrl-C (SIGINT to the group: make and the tool both get it)."""
+    require_postgres()
     from conftest import make_cmd
 
-    # the README's command, `make mlflow-server` (tools/mlflow_server.py), in its own process group
     server = subprocess.Popen(make_cmd("mlflow-server", f"MLFLOW_PORT={free_port()}"), cwd=REPO,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines: list[str] = []
@@ -334,42 +348,223 @@ def test_mlflow_server_on_postgresql(e2e_repo, tmp_path):
                 ready.set()
         ready.set()
 
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
         ready.wait(HANG_GUARD)
         uri = next((ln.split("=", 1)[1].strip() for ln in lines if ln.startswith("export MLFLOW_TRACKING_URI=")), None)
-        assert uri, "".join(lines)
-        work = Path(next(ln for ln in lines if "work folder " in ln).rsplit("work folder ", 1)[1].strip())
-        env = dict(os.environ, MLFLOW_TRACKING_URI=uri,
-                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-        res = subprocess.run(["dvc", "repro", "--force", "--single-item", "train"], cwd=repo, env=env,
-                             capture_output=True, text=True)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        work = next((ln.rsplit("work folder ", 1)[1].strip() for ln in lines if "work folder " in ln), None)
+        assert uri and work, "".join(lines)
+        yield TeamServer(uri, Path(work), lines)
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        try:
+            server.wait(120)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            raise
+        reader.join(30)
+
+
+def assert_stopped(server: TeamServer) -> None:
+    """Ctrl-C stopped it cleanly: the server, the cluster and the work folder are gone."""
+    lines = server.lines
+    assert "mlflow-server: stopping\n" in lines and not any(ln.startswith("error:") for ln in lines), "".join(lines)
+    assert not server.work.exists()
+    port = int(server.uri.rsplit(":", 1)[1])
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def with_store(cmd: list[str], cwd: Path, uri: str) -> subprocess.CompletedProcess:
+    """``cmd`` in ``cwd`` with MLFLOW_TRACKING_URI=uri (the shell of someone who exported the server's line)."""
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri,
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res
+
+
+def test_mlflow_server_on_postgresql(e2e_repo, tmp_path):
+    """`make mlflow-server`: start it, train against it (dvc repro), read the run back through the REST API,
+    stop it with Ctrl-C: the server, the cluster and the work folder are gone."""
+    require_postgres()
+    repo = tmp_path / "repo"
+    shutil.copytree(e2e_repo, repo, symlinks=True)
+    with team_server() as server:
+        with_store(["dvc", "repro", "--force", "--single-item", "train"], repo, server.uri)
 
         import mlflow
 
         info = json.loads((repo / "models/mlflow_run.json").read_text())
         assert "tracking_uri" not in info  # no store in a DVC output: the run is in the store the stage was given
-        client = mlflow.MlflowClient(tracking_uri=uri)
+        client = mlflow.MlflowClient(tracking_uri=server.uri)
         run = client.get_run(info["run_id"])
         assert run.data.params["train.image_size"] == "64" and run.info.status == "FINISHED"
         assert "val_loss" in run.data.metrics
         assert len(client.get_metric_history(run.info.run_id, "loss")) >= 1
         assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # proxied through the server
         assert [a.path for a in client.list_artifacts(run.info.run_id, "reports/train")] == ["reports/train/history.csv"]
-        assert list((work / "artifacts").rglob("history.csv"))
-    finally:
-        os.killpg(server.pid, signal.SIGINT)  # Ctrl-C in the terminal: make and the tool both get it
-        try:
-            server.wait(120)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            raise
-    assert "mlflow-server: stopping\n" in lines and not any(ln.startswith("error:") for ln in lines), "".join(lines)
-    assert not work.exists()
-    port = int(uri.rsplit(":", 1)[1])
-    with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", port)) != 0  # the server is gone
+        assert list((server.work / "artifacts").rglob("history.csv"))
+    assert_stopped(server)
+
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:tmp|root|home|work|srv|var|mnt|opt|usr|check)/[^\s\"',]*")
+
+
+def assert_no_store_or_machine_path(repo: Path, *forbidden: str) -> None:
+    """No DVC output of ``repo`` (models/mlflow_run.json, dvc.lock, reports/*.json) names a tracking store or an
+    absolute path: they travel through the remote to other machines. (An absolute path written in params.yaml,
+    such as web.chromium, is a setting that dvc.lock records as given, not a machine's path.)"""
+    configured = set(ABSOLUTE_PATH.findall((repo / "params.yaml").read_text()))
+    files = [repo / "models/mlflow_run.json", repo / "dvc.lock", *sorted((repo / "reports").glob("*.json"))]
+    for f in files:
+        text = f.read_text()
+        for word in (*forbidden, "sqlite:", "postgresql", "mlflow-artifacts:", "127.0.0.1", "file://"):
+            assert word not in text, f"{f.relative_to(repo)} contains {word!r}"
+        paths = set(ABSOLUTE_PATH.findall(text)) - configured
+        assert not paths, f"{f.relative_to(repo)} names {sorted(paths)}"
+
+
+def test_a_teammate_clone_logs_registers_and_promotes_on_the_team_server(e2e_repo, tmp_path):
+    """The teammate flow against the team server (`make mlflow-server`, PostgreSQL): the first clone trains,
+    evaluates, exports and promotes with MLFLOW_TRACKING_URI pointing to it and pushes to a DVC remote; a second
+    clone pulls and runs `dvc exp run -n mate` with the same URI. The second clone's run is on the server (a child
+    of the first clone's run, which the server knows: no stand-in run), export finds the version the first clone
+    registered and promote names the server's champion; neither clone's mlflow.db gets anything, and no DVC output
+    holds the server's URI or an absolute path."""
+    import mlflow
+
+    require_postgres()
+    src = tmp_path / "src"
+    shutil.copytree(e2e_repo, src, symlinks=True)
+    local_runs = _runs(src / "mlflow.db")
+    with team_server() as server:
+        first = with_store(["dvc", "repro", "--force", "--single-item", "train", "evaluate", "export", "promote"],
+                           src, server.uri)
+        for stage in ("train", "evaluate", "export", "promote"):
+            assert f"Running stage '{stage}'" in first.stdout, first.stdout[-3000:]
+        sh(["dvc", "remote", "add", "--default", "team", str(tmp_path / "remote")], src)
+        sh(["git", "add", ".dvc/config", "dvc.lock", "reports/headline.json"], src)
+        sh(["git", *GIT_ID, "commit", "-qm", "trained against the team server"], src)
+        sh(["dvc", "push"], src)
+
+        client = mlflow.MlflowClient(tracking_uri=server.uri)
+        original = json.loads((src / "models/mlflow_run.json").read_text())["run_id"]
+        trained = client.get_run(original)                        # the first clone's run is on the server
+        name = yaml.safe_load((src / "params.yaml").read_text())["registry"]["model_name"]
+        promoted = json.loads((src / "reports/promotion.json").read_text())
+        assert promoted["decision"] == "first model" and promoted["alias"] == "champion", promoted
+        v1 = client.get_model_version_by_alias(name, "champion")
+        assert v1.version == str(promoted["challenger"]["version"]) and v1.run_id == original
+
+        clone = tmp_path / "mate"
+        sh(["git", "clone", "-q", str(src), str(clone)], tmp_path)
+        if (src / "web/node_modules").exists():
+            (clone / "web/node_modules").symlink_to((src / "web/node_modules").resolve())
+        sh(["dvc", "pull"], clone)
+        res = with_store(["dvc", "exp", "run", "-n", "mate", "-S", "export.parity_images=12"], clone, server.uri)
+        assert "Running stage 'export'" in res.stdout and "Running stage 'promote'" in res.stdout, res.stdout[-3000:]
+        for out in (first, res):
+            assert "Traceback" not in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
+
+        exp_id = trained.info.experiment_id
+        mate = client.search_runs([exp_id], filter_string="tags.dvc_exp_name = 'mate'")
+        assert len(mate) == 1, [r.info.run_name for r in mate]
+        mate = mate[0]
+        assert mate.info.run_name == "mate" and mate.info.status == "FINISHED"
+        assert mate.data.tags["mlflow.parentRunId"] == original                  # the run train logged, found
+        assert not client.search_runs([exp_id], filter_string=f"tags.origin_run_id = '{original}'")
+        assert json.loads(mate.data.tags["params_diff"]) == {"export.parity_images": "12"}   # against the baseline
+        assert mate.data.tags["dvc_exp_baseline"] == sh(["git", "rev-parse", "HEAD"], clone).stdout.strip()
+        assert mate.data.params["export.parity_images"] == "12" and "promote_images" in mate.data.metrics
+
+        # the registry is the server's: the same model, registered once (by the first clone), and its champion
+        versions = client.search_model_versions(f"name='{name}'")
+        assert [v.version for v in versions] == [v1.version], [(v.version, v.run_id) for v in versions]
+        assert "already holds this model" in res.stdout
+        promotion = json.loads((clone / "reports/promotion.json").read_text())
+        champion = client.get_model_version_by_alias(name, "champion")
+        assert promotion["challenger"]["version"] == int(champion.version) == int(v1.version), promotion
+        assert promotion["decision"] == "first model" and promotion["alias"] == "champion", promotion
+        assert promotion["challenger"]["content_hash"] == champion.tags["content_hash"]
+        assert f"aliases now: champion -> version {champion.version} (this model)" in res.stdout, res.stdout[-3000:]
+
+        # nothing went into a local store, and no DVC output names the server or a machine's path
+        assert _runs(src / "mlflow.db") == local_runs and _runs(clone / "mlflow.db") == set()
+        for repo in (src, clone):
+            assert_no_store_or_machine_path(repo, server.uri, str(server.work), str(tmp_path), str(e2e_repo))
+    assert_stopped(server)
+
+
+# ---- temporary workspaces find the champion ----------------------------------------------------------------
+
+def copy_with_store(src: Path, dest: Path) -> Path:
+    """A copy of the repository ``src`` whose mlflow.db points at the copy's own artifact folders (the store records
+    absolute artifact locations): runs logged in the copy never write into ``src``."""
+    import sqlite3
+
+    shutil.copytree(src, dest, symlinks=True)
+    old, new = str(src.resolve()), str(dest.resolve())
+    with sqlite3.connect(dest / "mlflow.db") as con:
+        tables = [r[0] for r in con.execute("select name from sqlite_master where type = 'table'")]
+        for table in tables:
+            for col in [r[1] for r in con.execute(f"pragma table_info('{table}')") if "CHAR" in r[2].upper()
+                        or "TEXT" in r[2].upper()]:
+                con.execute(f"update \"{table}\" set \"{col}\" = replace(\"{col}\", ?, ?) where \"{col}\" like ?",
+                            (old, new, f"%{old}%"))
+    return dest
+
+
+def experiment_output(repo: Path, exp: str, stage: str, path: str) -> dict:
+    """A JSON output of ``stage`` as experiment ``exp`` left it: its md5 in the experiment's dvc.lock, read from
+    the cache (a --temp run leaves the workspace alone)."""
+    lock = yaml.safe_load(sh(["git", "show", f"{experiment_rev(repo, exp)}:dvc.lock"], repo).stdout)
+    md5 = next(o["md5"] for o in lock["stages"][stage]["outs"] if o["path"] == path)
+    return json.loads((repo / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).read_text())
+
+
+def test_temp_experiments_find_the_main_workspace_champion(e2e_repo, tmp_path):
+    """`dvc exp run --temp` runs in a copy under .dvc/tmp/exps/ and logs into the main workspace's mlflow.db, where
+    the end-to-end run made version 1 champion. The same model re-exported (export.parity_images) is version 1
+    again and promote names it as the champion, not "no champion"; a different one (export.quantize float16: new
+    TF.js weights) becomes version 2 and is compared with champion version 1. Only export and promote re-run."""
+    import mlflow
+
+    repo = copy_with_store(e2e_repo, tmp_path / "repo")
+    sh(["git", "add", "dvc.lock", "reports/headline.json"], repo)
+    sh(["git", *GIT_ID, "commit", "-qm", "lock"], repo)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlflow.db'}")
+    name = yaml.safe_load((repo / "params.yaml").read_text())["registry"]["model_name"]
+    assert client.get_registered_model(name).aliases == {"champion": 1}
+
+    def temp_run(exp: str, change: str) -> str:
+        res = sh(["dvc", "exp", "run", "--temp", "-n", exp, "-S", change, "promote"], repo)
+        out = res.stdout + res.stderr
+        ran = {ln.split("'")[1] for ln in res.stdout.splitlines() if ln.startswith("Running stage")}
+        assert {"export", "promote"} <= ran <= {"sources", "export", "promote"}, res.stdout[-3000:]
+        assert "Traceback" not in out and "no champion" not in out, out[-3000:]
+        return res.stdout
+
+    same = temp_run("same-model", "export.parity_images=12")
+    assert f"{name} version 1 already holds this model" in same, same[-3000:]
+    assert f"aliases now: champion -> version 1 (this model)" in same, same[-3000:]
+    promotion = experiment_output(repo, "same-model", "promote", "reports/promotion.json")
+    assert promotion["challenger"]["version"] == 1 and promotion["alias"] == "champion", promotion
+    assert "no champion" not in promotion["reason"]
+    assert client.get_registered_model(name).aliases == {"champion": 1}
+
+    other = temp_run("float16", "export.quantize=float16")
+    assert "promote: scoring the same photos with the champion (version 1)" in other, other[-3000:]
+    promotion = experiment_output(repo, "float16", "promote", "reports/promotion.json")
+    assert promotion["challenger"]["version"] == 2 and promotion["champion"]["version"] == 1, promotion
+    assert promotion["registry_state"]["champion_compared"]["version"] == 1
+    assert client.get_model_version(name, "2").tags["promotion.baseline"] == "1"
+    expected = {"champion": 2} if promotion["decision"] == "promoted" else {"champion": 1, "challenger": 2}
+    assert client.get_registered_model(name).aliases == expected, promotion["decision"]
+    assert client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              filter_string="tags.dvc_exp_name = 'float16'")   # its run: in the main store
+    assert not list((repo / ".dvc/tmp/exps").rglob("mlflow.db"))
 
 
 # ---- licences ----------------------------------------------------------------------------------------------

@@ -194,8 +194,9 @@ def compare_with_baseline(kind: str, ch, base, name: str, images: list[tuple[str
     ``images`` with its own threshold and route rule), McNemar's test and the parts that changed route."""
     from inspection.tracking import registry
 
-    if kind == "first":
-        return {"decision": "first model", "alias": registry.CHAMPION, "reason": "no champion in the registry yet",
+    if kind == "first":   # worded so that it stays true when a re-run reproduces this decision (purity, above)
+        return {"decision": "first model", "alias": registry.CHAMPION,
+                "reason": f"version {ch.version} is the registry's first model, made champion without a comparison",
                 "checks": []}
     if kind == "already":
         return {"decision": "kept champion", "alias": registry.CHAMPION,
@@ -237,6 +238,19 @@ def refuse_not_ready(out: dict, ch, judged: dict, allow_not_ready: bool) -> dict
     return {"decision": REFUSED, "alias": registry.CHALLENGER,
             "reason": (f"version {ch.version} would have been {out['decision']!r} but is not ready for the line: "
                        f"{judged['sentence']} (reports/decision.json; promote.allow_not_ready: true overrides)")}
+
+
+def aliases_now(name: str, ch, client) -> str:
+    """The registry's aliases after the decision, e.g. "champion -> version 1 (this model)": a re-run whose
+    decision was made earlier (a --temp or queued experiment of the same model) still names today's champion."""
+    try:
+        aliases = client.get_registered_model(name).aliases or {}
+    except Exception as exc:  # noqa: BLE001 - informative only
+        return f"unknown ({type(exc).__name__})"
+    if not aliases:
+        return "none"
+    return ", ".join(f"{alias} -> version {v}" + (" (this model)" if str(v) == str(ch.version) else "")
+                     for alias, v in sorted(aliases.items()))
 
 
 def move_aliases(name: str, ch, base, champion_now, kind: str, decision: str, client) -> None:

@@ -51,13 +51,11 @@ the route (PASS / REVIEW / REJECT / RETAKE) is decided from these with metadata.
 metadata.json, or one that does not match the SavedModel, stops the loading with one line (the model's code/
 folder holds the schema, inspection/deploy/model_folder.py).
 """
-import warnings
+from typing import Any
 
 import numpy as np
 import mlflow
-from mlflow.pyfunc import PythonModel
-
-warnings.filterwarnings("ignore", message=".*type hints.*")  # the signature below validates the input
+from mlflow.pyfunc import PythonModel, PythonModelContext
 
 
 class SavedModelInspector(PythonModel):
@@ -72,7 +70,11 @@ class SavedModelInspector(PythonModel):
                                                   context.artifacts["metadata"])
         self._input = self.metadata["input"]["name"]
 
-    def predict(self, context, model_input, params=None):
+    # model_input: np.ndarray is the tensor hint MLflow accepts without deriving a schema from it, so the logged
+    # TensorSpec signature (the input's name, float32 [-1, H, W, 1]) stays the one that validates requests. Through
+    # that named signature pyfunc passes {name: array}; a bare array (a direct call) is accepted too.
+    def predict(self, context: PythonModelContext, model_input: np.ndarray,
+                params: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
         x = model_input[self._input] if isinstance(model_input, dict) else model_input
         x = np.asarray(x, np.float32)
         if x.ndim == 3:
@@ -129,7 +131,6 @@ def _client():
 
 
 def _quiet():
-    warnings.filterwarnings("ignore", message=".*type hints.*")
     warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow")
 
 
@@ -147,14 +148,17 @@ def find_version(name: str, content: str, client=None):
 
 
 def version_by_alias(name: str, alias: str, client=None):
-    """The version ``alias`` points to, or None (no such model or alias)."""
+    """The version ``alias`` points to, or None (no such model or alias). A tracking server answers "no such alias"
+    with a RestException (an MlflowException subclass) carrying the same error codes as a local store."""
+    from mlflow.exceptions import MlflowException
+
     if client is None:
         _, client = _client()
     try:
         return client.get_model_version_by_alias(name, alias)
-    except Exception as exc:
-        if type(exc).__name__ == "MlflowException":
-            return None
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None   # no such model / "Registered model alias ... not found."
         raise
 
 

@@ -119,7 +119,8 @@ def resume_run(run_file: Path = RUN_FILE) -> Iterator["Tracker"]:
     tracker.end_run("FINISHED")
 
 
-PARAMS_DIFF_TAG = "params_diff"
+PARAMS_DIFF_TAG = "params_diff"   # run_identity: the params that differ from the DVC experiment's baseline (JSON)
+CHILD_KEY_TAG = "child_key"       # on a child run: which changed params (and DVC experiment) it is the run of
 
 
 def params_changed_from(params, logged: dict) -> dict[str, str]:
@@ -132,11 +133,13 @@ def params_changed_from(params, logged: dict) -> dict[str, str]:
 
 def experiment_run_id(stage: str, params, used: tuple[str, ...] = (), run_file: Path = RUN_FILE) -> str:
     """The run that ``stage`` logs into: the train stage's run (``run_file``) when every param equals what train
-    logged there; otherwise a child run of it (tags ``mlflow.parentRunId`` and ``params_diff``) for exactly this
-    set of changed params, created by the first stage that needs it and found again by the later ones, so a
-    ``dvc exp run -S evaluate.min_recall=...`` that reuses the trained model gets its own run, with the params it
-    used, instead of writing into the baseline's run. The child holds the changed params and the params of each
-    stage that logged into it (``used``: dotted prefixes, default the stage's own section)."""
+    logged there; otherwise a child run of it (tags ``mlflow.parentRunId`` and ``child_key``) for exactly this
+    set of changed params and this DVC experiment, created by the first stage that needs it and found again by the
+    later ones, so a ``dvc exp run -S evaluate.min_recall=...`` that reuses the trained model gets its own run, with
+    the params it used, instead of writing into the baseline's run. Under ``dvc exp run -n NAME`` the child is
+    named NAME and carries ``run_identity``'s tags (dvc_exp_name, dvc_exp_baseline, git_commit, params_diff), like
+    a run train opens. The child holds the changed params and the params of each stage that logged into it
+    (``used``: dotted prefixes, default the stage's own section)."""
     import hashlib
     import json as _json
 
@@ -152,20 +155,27 @@ def experiment_run_id(stage: str, params, used: tuple[str, ...] = (), run_file: 
         diff = params_changed_from(params, parent.data.params)
         if not diff:
             return parent_id
-        key = hashlib.sha256(_json.dumps(sorted(diff.items())).encode()).hexdigest()[:16]
+        import os
+
+        from inspection.config import flat_params
+        from mlflow.entities import Param, RunTag
+
+        experiment = os.environ.get("DVC_EXP_NAME") or None
+        key = hashlib.sha256(_json.dumps(sorted(diff.items()) + ([["dvc_exp_name", experiment]] if experiment else []))
+                             .encode()).hexdigest()[:16]
         found = client.search_runs([parent.info.experiment_id], max_results=1,
                                    filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and "
-                                                 f"tags.{PARAMS_DIFF_TAG} = '{key}'")
+                                                 f"tags.{CHILD_KEY_TAG} = '{key}'")
         if found:
             child = found[0]
         else:
-            name = ", ".join(f"{k}={v}" for k, v in sorted(diff.items()))
-            base = parent.data.tags.get("mlflow.runName", parent_id[:8])
-            child = client.create_run(parent.info.experiment_id, run_name=f"{base} + {name}"[:250],
-                                      tags={"mlflow.parentRunId": parent_id, PARAMS_DIFF_TAG: key,
+            name, identity = run_identity({mlflow_key(k): str(v) for k, v in flat_params(params).items()})
+            if not name:
+                changes = ", ".join(f"{k}={v}" for k, v in sorted(diff.items()))
+                name = f"{parent.data.tags.get('mlflow.runName', parent_id[:8])} + {changes}"
+            child = client.create_run(parent.info.experiment_id, run_name=name[:250],
+                                      tags={**identity, "mlflow.parentRunId": parent_id, CHILD_KEY_TAG: key,
                                             "changed_params": _json.dumps(diff)[:5000]})
-        from inspection.config import flat_params
-        from mlflow.entities import Param, RunTag
 
         prefixes = tuple(used) or (stage,)
         have = child.data.params
