@@ -372,7 +372,6 @@ function syncFix(row) {
 
 function updateSummary() {
   $('batch').hidden = rows.length === 0;
-
   $('results').classList.toggle('many', rows.length > 100);
   const counts = Object.fromEntries(ROUTES.map((r) => [r, 0]));
   const distinct = rows.filter((r) => r.duplicate_of === null || r.duplicate_of === undefined);
