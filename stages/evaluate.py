@@ -93,9 +93,9 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from inspection.data.dataset import open_shards
     from inspection.decision.route import make_rule
-    from inspection.evaluation.gate import fit_gate
+    from inspection.evaluation.gate import fit_gate, pooled_features
     from inspection.model.architectures import load_model
-    from inspection.model.ood import METHOD, save_gate, serving_model
+    from inspection.model.ood import METHOD, METHOD_VALIDATED, save_gate, serving_model
 
     pos, neg = params.data.positive_class, params.data.negative_class
     # the shards are checked against their index and the current manifest first (one-line errors, no TF import)
@@ -105,15 +105,19 @@ def main() -> None:
     model = load_model(MODEL)
     prob_model = probability_model(model, e.tta)   # what the deployed graph computes (inspection.model.tta)
     y = {s: d.labels for s, d in data.items()}
-    stats: dict = {}   # the validation photos under each gated perturbation: probabilities and camera statistics
-    conditions = (val_conditions(prob_model, data["val"].paths, e, t.image_size, stats=stats)
-                  if e.robust_threshold or e.retake.camera_range == "validated" else None)
-    fitted = fit_gate(model, prob_model, data, e, stats)
+    stats: dict = {}   # the validation photos under each gated perturbation: camera statistics, pooled features
+    pooled: dict = {}
+    validated = e.retake.ood_limit == "validated"
+    conditions = (val_conditions(prob_model, data["val"].paths, e, t.image_size, stats=stats,
+                                 features=pooled_features(model) if validated else None, pooled=pooled)
+                  if e.robust_threshold or e.retake.camera_range == "validated" or validated else None)
+    fitted = fit_gate(model, prob_model, data, e, stats, pooled)
+    method = METHOD_VALIDATED if fitted.calibration.get("by_condition") else METHOD
     probs, serving = fitted.probs, serving_model(model, fitted.gate, e.tta)
     chosen = choose(prob_model, data, y, probs, params, conditions)
     camera_on = e.retake.camera_check
     rule = make_rule(chosen["threshold"], chosen["band"], fitted.camera if camera_on else None,
-                     fitted.gate["limit"], METHOD, fitted.warn_camera if camera_on else None)
+                     fitted.gate["limit"], method, fitted.warn_camera if camera_on else None)
 
     print("evaluate: routes of the test photos, robustness battery, out-of-distribution battery")
     results = perturbed(serving, data["test"].paths, t.image_size, e.robustness, battery(e.robustness))
@@ -122,7 +126,7 @@ def main() -> None:
     rob = robustness(results, y["test"], rule, e.robustness, e.bootstrap.confidence, warned)
     ood_rows = ood_battery(serving, data["test"].paths, t.image_size, rule, e.retake.ood_battery_per_kind,
                            e.robustness.seed)
-    ood = ood_summary(fitted, results["clean"], ood_rows, rule["words"], METHOD)
+    ood = ood_summary(fitted, results["clean"], ood_rows, rule["words"], method)
     metrics = summarize(e, pos, y, probs, chosen, rule, decided, rob, ood)
 
     thresholds = [chosen["threshold"], chosen["max_f1"], 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, *(chosen["band"] or ())]

@@ -140,6 +140,28 @@ def test_ood_limit_with_too_few_photos_to_show_the_budget():
     assert limit == 5.0 and info["val_over_limit"] == 0 and not info["met"] and info["allowed"] == 0
 
 
+def test_validated_ood_limit_holds_the_budget_in_every_validated_condition():
+    """ood_limit validated: each condition's own calibrated limit, the highest wins; a photo merely rotated (a
+    condition whose scores run higher) is no longer sent to RETAKE, and the clean photos' budget still holds."""
+    from inspection.model.ood import calibrate_limit, calibrate_limit_validated
+
+    rng = np.random.default_rng(5)
+    clean = rng.normal(10, 1, 995)
+    rotated = clean + rng.normal(1.5, 0.5, 995)       # the same photos, scored higher under a gated perturbation
+    noisy = clean + rng.normal(0.3, 0.2, 995)
+    zeros = np.zeros(995, bool)
+    scores = {"clean": clean, "rotate any": rotated, "noise 8": noisy}
+    limit, info = calibrate_limit_validated(scores, {k: zeros for k in scores}, 0.01, 0.95)
+    own = {k: calibrate_limit(v, zeros, 0.01, 0.95)[0] for k, v in scores.items()}
+    assert limit == max(own.values()) == own["rotate any"] and info["set_by"] == "rotate any"
+    assert limit > own["clean"]
+    for k, v in scores.items():   # within the budget in every condition (3 of 995 allowed at 1 %)
+        assert info["by_condition"][k]["over_limit"] == int((v > limit).sum()) <= 3
+    assert info["val_over_limit"] == int((clean > limit).sum()) and info["met"]
+    # the clean-only limit sends many rotated photos to RETAKE: what the validated limit is for
+    assert int((rotated > own["clean"]).sum()) > 100
+
+
 def test_validated_range_joins_the_training_range_with_the_validated_conditions():
     """The RETAKE range: the training [p0.5, p99.5] joined with each validated condition's whole range (every
     photo of it was judged); the training range (+ margin) stays the warning range."""

@@ -75,3 +75,22 @@ def test_missing_experiment_is_one_line(tmp_path, monkeypatch):
         assert str(exc) == "error: no experiment for seed(s) [0, 1]; run without --collect-only"
     else:
         raise AssertionError("no error for missing experiments")
+
+
+def test_a_queue_that_leaves_head_detached_is_reattached_to_the_branch(tmp_path, monkeypatch):
+    """dvc's queue once left HEAD detached at the branch's commit (later commits then landed on no branch):
+    make seeds re-attaches it, and only when HEAD sits exactly on that branch's commit."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True, text=True).stdout  # noqa: E731
+    git("init", "-q", "-b", "main")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "one")
+    monkeypatch.setattr(seeds, "ROOT", tmp_path)
+    assert seeds.branch() == "refs/heads/main"
+    git("checkout", "-q", "--detach")
+    assert seeds.branch() is None
+    seeds.reattach("refs/heads/main")
+    assert seeds.branch() == "refs/heads/main"
+    # detached somewhere else: left alone
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "two")
+    git("checkout", "-q", "--detach", "HEAD~1")
+    seeds.reattach("refs/heads/main")
+    assert seeds.branch() is None

@@ -49,9 +49,28 @@ def run(cmd: list[str], check: bool = True) -> str:
     return res.stdout
 
 
+def branch() -> str | None:
+    """The checked-out branch (refs/heads/...), None when HEAD is detached."""
+    res = subprocess.run(["git", "symbolic-ref", "-q", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return res.stdout.strip() or None
+
+
+def reattach(ref: str | None) -> None:
+    """Queuing checks out the baseline commit and restores the branch; measured once here, a queue call left HEAD
+    detached at the branch's own commit, and the next commits landed on no branch. Re-attach HEAD to ``ref`` when it
+    is detached at exactly that branch's commit (nothing else is touched)."""
+    if ref is None or branch() == ref:
+        return
+    tip = run(["git", "rev-parse", ref]).strip()
+    if branch() is None and run(["git", "rev-parse", "HEAD"]).strip() == tip:
+        run(["git", "symbolic-ref", "HEAD", ref])
+        print(f"seeds: HEAD was left detached by the queue; re-attached to {ref.removeprefix('refs/heads/')}")
+
+
 def queue(seeds: list[int], overrides: list[str]) -> list[str]:
     # finished tasks of an earlier round would share the names: drop their queue entries (their experiments stay)
     run(["dvc", "queue", "remove", "--success", "--failed"], check=False)
+    ref = branch()
     names = []
     for seed in seeds:
         name = f"seeds-{seed}"
@@ -59,6 +78,7 @@ def queue(seeds: list[int], overrides: list[str]) -> list[str]:
         for kv in overrides:
             cmd += ["--set-param", kv]
         run(cmd + ["evaluate"])
+        reattach(ref)
         names.append(name)
         print(f"seeds: queued {name}")
     return names

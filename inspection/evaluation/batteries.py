@@ -119,9 +119,11 @@ def robustness(results: dict[str, dict], y: np.ndarray, rule: dict, r, confidenc
 
 
 def val_conditions(model, paths: Sequence[str], e, size: int, chunk: int | None = None,
-                   stats: dict | None = None) -> dict[str, np.ndarray]:
+                   stats: dict | None = None, features: Callable | None = None,
+                   pooled: dict | None = None) -> dict[str, np.ndarray]:
     """The probabilities of the validation photos (read ``chunk`` at a time), clean and under every gated
-    perturbation: {name: probabilities}. ``stats``, a dict, receives each condition's camera feature table."""
+    perturbation: {name: probabilities}. ``stats``, a dict, receives each condition's camera feature table;
+    ``pooled``, a dict, each gated condition's ``features(images)`` (the OOD gate's pooled features)."""
     from inspection.data.images import resize
     from inspection.data.imagestats import feature_table
 
@@ -129,12 +131,17 @@ def val_conditions(model, paths: Sequence[str], e, size: int, chunk: int | None 
     changes = {name: perturbation(kind, value, r.seed) for name, kind, value, _ in battery(r, gated_only=True)}
     probs: dict[str, list] = {name: [] for name in changes}
     tables: dict[str, list] = {name: [] for name in changes}
+    feats: dict[str, list] = {name: [] for name in changes if name != "clean"}
     for start, photos in photo_chunks(paths, f"evaluate: validation photos x {len(changes)} conditions", chunk):
         for name, change in changes.items():
             small = np.stack([resize(img if change is None else change(start + i, img), size)
                               for i, img in enumerate(photos)])
             probs[name].append(predict(model, small))
             tables[name].append(feature_table(small))
+            if features is not None and pooled is not None and name in feats:
+                feats[name].append(features(small))
+    if pooled is not None and features is not None:
+        pooled.update({name: np.concatenate(parts) for name, parts in feats.items()})
     if stats is not None:
         stats.update({name: {k: np.concatenate([t[k] for t in parts]) for k in parts[0]}
                       for name, parts in tables.items()})

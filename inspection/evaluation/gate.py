@@ -4,7 +4,8 @@ Two checks decide that a photo cannot be judged: the camera check (brightness, c
 model input within the training photos' range plus ``evaluate.drift_margin``) and the out-of-distribution
 score (distance of the CNN's pooled features from the training features, ``inspection.model.ood``). The OOD
 limit is the lowest validation score whose validation RETAKE share (either check) has an exact upper bound
-within ``evaluate.retake.max_share`` (``ood.calibrate_limit``).
+within ``evaluate.retake.max_share`` (``ood.calibrate_limit``); with evaluate.retake.ood_limit validated, so in
+every validated condition (the clean photos and each gated perturbation of them: ``ood.calibrate_limit_validated``).
 
 ``fit_gate`` streams the shards once per split and returns everything later steps need: validation and test
 probabilities, the drift reference, the camera ranges, the fitted gate and its calibration.
@@ -31,23 +32,31 @@ class Gate:
     val_scores: np.ndarray
 
 
-def fit_gate(model, prob_model, data: dict, e, validated: dict | None = None) -> Gate:
+def pooled_features(model):
+    """images (uint8 [N, H, W]) -> the CNN's pooled features (identity view), the input of the OOD score."""
+    from inspection.model.ood import feature_extractor
+
+    extractor = feature_extractor(model)
+    return lambda images: extractor.predict(images[..., None].astype(np.float32), batch_size=BATCH, verbose=0)
+
+
+def fit_gate(model, prob_model, data: dict, e, validated: dict | None = None,
+             validated_features: dict | None = None) -> Gate:
     """Stream train (features, camera statistics), val (probability, features, statistics) and test
     (probability); fit the OOD gate on train and calibrate its limit on val. ``prob_model`` computes the
     probability (the CNN with the deployed test-time views), ``model`` the pooled features (identity view).
     ``validated``: the camera feature tables of the validation photos under each gated perturbation; with
     evaluate.retake.camera_range: validated, the RETAKE range is the training range joined with theirs
-    (``validated_range``) and the training range becomes a warning."""
+    (``validated_range``) and the training range becomes a warning. ``validated_features``: the pooled features of
+    those photos; with evaluate.retake.ood_limit: validated, the OOD limit holds the RETAKE budget on each of them
+    too (``ood.calibrate_limit_validated``)."""
     from inspection.data.imagestats import drift_reference, feature_table
-    from inspection.model.ood import calibrate_limit, distances, feature_extractor, fit
+    from inspection.model.ood import calibrate_limit, calibrate_limit_validated, distances, fit
 
-    extractor = feature_extractor(model)
+    pooled = pooled_features(model)
 
     def probability(images):
         return predict(prob_model, images)
-
-    def pooled(images):
-        return extractor.predict(images[..., None].astype(np.float32), batch_size=BATCH, verbose=0)
 
     print("evaluate: drift reference and out-of-distribution gate from the training images")
     train = stream_split(data["train"], {"features": pooled, "stats": feature_table})
@@ -61,9 +70,18 @@ def fit_gate(model, prob_model, data: dict, e, validated: dict | None = None) ->
     if e.retake.camera_range == "validated" and validated:
         camera, warn = validated_range(drift_ref, validated), training
         drift_ref["validated"] = {"range": camera, "conditions": sorted(validated)}
-    val_camera = np.array([bool(e.retake.camera_check and camera_reasons({k: val["stats"][k][i] for k in camera}, camera))
-                           for i in range(len(val_scores))], bool)
-    gate["limit"], calibration = calibrate_limit(val_scores, val_camera, e.retake.max_share, e.bootstrap.confidence)
+    def flagged(table: dict) -> np.ndarray:
+        n = len(next(iter(table.values())))
+        return np.array([bool(e.retake.camera_check and camera_reasons({k: table[k][i] for k in camera}, camera))
+                         for i in range(n)], bool)
+
+    val_camera = flagged(val["stats"])
+    if e.retake.ood_limit == "validated" and validated_features:
+        scores = {"clean": val_scores, **{k: distances(f, gate) for k, f in validated_features.items()}}
+        cams = {"clean": val_camera, **{k: flagged(validated[k]) for k in validated_features}}
+        gate["limit"], calibration = calibrate_limit_validated(scores, cams, e.retake.max_share, e.bootstrap.confidence)
+    else:
+        gate["limit"], calibration = calibrate_limit(val_scores, val_camera, e.retake.max_share, e.bootstrap.confidence)
     _print_calibration(gate["limit"], calibration, e.retake.max_share)
     return Gate(probs, drift_ref, camera, warn, gate, calibration, val_scores)
 
@@ -88,6 +106,9 @@ def _print_calibration(limit: float, c: dict, budget: float) -> None:
     print(f"evaluate: out-of-distribution limit {limit:.2f}: {c['val_retake']} of {c['val_images']} validation "
           f"photos to RETAKE (camera check {c['val_camera_flagged']}, over the limit {c['val_over_limit']}), exact "
           f"upper bound {c['val_retake_high']:.2%} (budget {budget:.1%})")
+    if c.get("by_condition"):
+        print(f"evaluate: the limit holds in every validated condition (set by {c['set_by']}): " + ", ".join(
+            f"{k} {v['limit']:.2f}" for k, v in c["by_condition"].items()))
     if not c["met"]:
         print(f"evaluate: warning: {c['val_images']} validation photos cannot show a RETAKE share within "
               f"{budget:.1%} (upper bound {c['val_retake_high']:.1%}); the limit is the highest validation score. "
