@@ -137,6 +137,7 @@ class AugmentParams(_Strict):
 
 class TrainParams(_Strict):
     arch: Literal["compact", "seed"]
+    pooling: Literal["avg", "avg+max"]                   # compact's global pooling (seed flattens)
     image_size: int = Field(..., ge=32, le=1024)
     batch_size: int = Field(..., ge=1)
     max_epochs: int = Field(..., ge=1)

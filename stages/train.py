@@ -42,7 +42,7 @@ def compiled(p, train_images: int):
 
     strategy = distribution()
     with strategy.scope():
-        model = build(p.arch, p.image_size, p.normalize)
+        model = build(p.arch, p.image_size, p.normalize, p.pooling)
         lr, lr_callbacks = learning_rate(p, int(np.ceil(train_images / p.batch_size)))
         model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
                       metrics=["accuracy", keras.metrics.AUC(name="auc")])

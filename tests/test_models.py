@@ -19,6 +19,22 @@ def test_rescaling_first_and_probability_out(arch):
     assert p.shape == (3, 1) and np.all((p >= 0) & (p <= 1))
 
 
+def test_avg_max_pooling_sees_one_small_spot_that_the_average_dilutes():
+    """pooling avg+max: the pooled features are the average and the maximum of the last feature map side by side
+    (the OOD score's input doubles); a bright spot in one corner moves the max half a lot more than the average."""
+    from inspection.model.ood import FEATURE_LAYER, feature_extractor
+
+    model = build("compact", 64, "none", "avg+max")
+    assert model.get_layer("pooled").output.shape[-1] == 256 and model.output_shape == (None, 1)
+    feats = feature_extractor(model)
+    flat = np.full((1, 64, 64, 1), 120.0, np.float32)
+    spot = flat.copy()
+    spot[0, 2:6, 2:6, 0] = 255.0
+    a, b = feats.predict(flat, verbose=0)[0], feats.predict(spot, verbose=0)[0]
+    assert np.abs(b[128:] - a[128:]).sum() > np.abs(b[:128] - a[:128]).sum()
+    assert model.get_layer(FEATURE_LAYER).input.shape[-1] == 256
+
+
 def test_seed_matches_the_article_and_compact_is_far_smaller():
     seed = build("seed", 300).count_params()
     assert 11.1e6 < seed < 11.3e6  # the seed article's 11.2 M parameters at 300x300

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     train, val = open_shards("train", p.image_size, "defect"), open_shards("val", p.image_size, "defect")
     xv, yv = val.load_all()[..., None].astype(np.float32), val.labels.astype(np.float32)
     calib = calibration_images(train, 1024)
-    model = build(p.arch, p.image_size, p.normalize)
+    model = build(p.arch, p.image_size, p.normalize, p.pooling)
     lr, _ = learning_rate(p, int(np.ceil(len(train.labels) / p.batch_size)))
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy")
     rows: list[dict] = []

@@ -59,11 +59,13 @@ def _conv_bn(x, filters: int, kernel: int, stride: int):
     return layers.ReLU()(x)
 
 
-def compact(size: int, normalize: str = "none") -> keras.Model:
-    """A small strided CNN: BatchNorm, global average pooling instead of Flatten->Dense.
+def compact(size: int, normalize: str = "none", pooling: str = "avg") -> keras.Model:
+    """A small strided CNN: BatchNorm, global pooling instead of Flatten->Dense.
 
     Two full-resolution-ish blocks keep small defects (pin holes, burrs) visible;
     the rest downsample quickly, so a 150 px image costs ~40 M multiply-adds.
+    ``pooling``: avg (global average of the last feature map), or avg+max (average and maximum side by side: a
+    defect is one place on the part, and an average over the whole part dilutes a small one; the maximum keeps it).
     """
     inputs, x = _input(size, normalize)
     x = _conv_bn(x, 16, 3, 2)
@@ -73,7 +75,10 @@ def compact(size: int, normalize: str = "none") -> keras.Model:
         x = _conv_bn(x, filters, 3, 1)
         x = layers.MaxPooling2D()(x)
     x = _conv_bn(x, 128, 3, 1)
-    x = layers.GlobalAveragePooling2D()(x)
+    if pooling == "avg+max":
+        x = layers.Concatenate(name="pooled")([layers.GlobalAveragePooling2D()(x), layers.GlobalMaxPooling2D()(x)])
+    else:
+        x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(0.2)(x)
     outputs = layers.Dense(1, activation="sigmoid", name="defect_probability")(x)
     return keras.Model(inputs, outputs, name="compact")
@@ -82,7 +87,10 @@ def compact(size: int, normalize: str = "none") -> keras.Model:
 ARCHITECTURES = {"seed": seed_article, "compact": compact}
 
 
-def build(arch: str, size: int, normalize: str = "none") -> keras.Model:
+def build(arch: str, size: int, normalize: str = "none", pooling: str = "avg") -> keras.Model:
+    """``pooling`` applies to compact (the seed article's model flattens)."""
+    if arch == "compact":
+        return compact(size, normalize, pooling)
     return ARCHITECTURES[arch](size, normalize)
 
 
