@@ -15,6 +15,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from conftest import make_cmd, sh
 
 
@@ -78,3 +80,26 @@ def test_make_serve_answers_one_request_and_stops(e2e_repo):
         proc.wait(60)
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0  # stopped
+
+
+def test_decision_study_reproduces_the_evaluate_stage_verdict_and_judges_an_ensemble(e2e_repo, tmp_path):
+    """tools/decision_study.py: the scores of the e2e run's model, re-judged with the library's decision code, give
+    the band and verdict the evaluate stage wrote; an 'ensemble' of the same model twice is that model."""
+    tool = str(Path(__file__).resolve().parents[1] / "tools/decision_study.py")
+    scores = tmp_path / "scores.pkl"
+    sh([sys.executable, tool, "scores", "--model", "models/model.keras", "--out", str(scores)], e2e_repo)
+    out = tmp_path / "verdicts.json"
+    sh([sys.executable, tool, "judge", str(scores), "--json", str(out)], e2e_repo)
+    [v] = json.loads(out.read_text())
+    decision = json.loads((e2e_repo / "reports/decision.json").read_text())
+    metrics = json.loads((e2e_repo / "reports/metrics.json").read_text())
+    assert v["ready"] == decision["ready"] and v["ood_limit"] == pytest.approx(metrics["ood"]["limit"], rel=1e-4)
+    band = decision["review_band"] or {"low": decision["threshold"], "high": decision["threshold"]}
+    assert v["band"] == pytest.approx([band["low"], band["high"]])
+    same = tmp_path / "same.json"
+    sh([sys.executable, tool, "judge", str(scores), str(scores), "--ensemble", "--json", str(same)], e2e_repo)
+    [e] = json.loads(same.read_text())
+    assert e["band"] == pytest.approx(v["band"]) and e["review_share"] == pytest.approx(v["review_share"])
+    res = subprocess.run([sys.executable, tool, "judge", str(tmp_path / "none.pkl")], cwd=e2e_repo,
+                         capture_output=True, text=True)
+    assert res.returncode != 0 and res.stderr.strip().startswith("error: no score file")
