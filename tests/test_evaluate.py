@@ -186,3 +186,20 @@ def test_validated_range_joins_the_training_range_with_the_validated_conditions(
         for k in ("brightness", "contrast", "sharpness"):
             assert got[k]["min"] <= table[k].min() and table[k].max() <= got[k]["max"]
     assert validated_range(ref, {})["brightness"]["min"] == ref["features"]["brightness"]["p0_5"]
+
+
+def test_rotated_training_features_do_not_depend_on_the_chunks():
+    """ood_fit rotated: each training image is rotated by its own seeded angle, numbered in arrival order, so the
+    features are the same whether the split streams in one chunk or several (and differ from the unrotated ones)."""
+    from inspection.evaluation.gate import rotated_features
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 32, 32)).astype(np.uint8)
+    images[:, :8, :] = 255   # an asymmetric image: a rotation changes it
+    pooled = lambda x: x.reshape(len(x), -1).astype(np.float64)  # noqa: E731
+    whole = rotated_features(pooled, 3)(images)
+    f = rotated_features(pooled, 3)
+    parts = np.concatenate([f(images[:4]), f(images[4:7]), f(images[7:])])
+    assert np.array_equal(whole, parts)
+    assert not np.array_equal(whole, pooled(images))
+    assert not np.array_equal(whole, rotated_features(pooled, 4)(images))

@@ -96,6 +96,7 @@ def test_decision_study_reproduces_the_evaluate_stage_verdict_and_judges_an_ense
     assert v["ready"] == decision["ready"] and v["ood_limit"] == pytest.approx(metrics["ood"]["limit"], rel=1e-4)
     band = decision["review_band"] or {"low": decision["threshold"], "high": decision["threshold"]}
     assert v["band"] == pytest.approx([band["low"], band["high"]])
+    assert v["ood_battery_passed"] == metrics["ood"]["battery_passed"] and v["ood_battery_images"] > 0
     same = tmp_path / "same.json"
     sh([sys.executable, tool, "judge", str(scores), str(scores), "--ensemble", "--json", str(same)], e2e_repo)
     [e] = json.loads(same.read_text())

@@ -4,8 +4,8 @@
 under every perturbation of evaluate.robustness; probability, OOD score, camera statistics) and keeps every
 per-photo number in one file. ``judge`` applies the decision of this checkout's params to one or more such files
 with the library's own code (the band chooser, the RETAKE gate's ranges and limit, the routes, the readiness
-targets): the same verdict the evaluate stage writes to reports/decision.json, minus the out-of-distribution
-battery. Several files of the same photos with ``--ensemble`` are judged as one model averaging their logits (the
+targets): the same verdict the evaluate stage writes to reports/decision.json, and the out-of-distribution
+battery's PASS count. Several files of the same photos with ``--ensemble`` are judged as one model averaging their logits (the
 OOD score averaged too). Run from the repository root with the data of the scored models (same manifest):
 
     python tools/decision_study.py scores --model models/model.keras --out /tmp/seed0.pkl
@@ -47,11 +47,23 @@ def scores(model_path: str, out: str) -> None:
     res = {"y_val": np.asarray(data["val"].labels), "y_test": np.asarray(data["test"].labels),
            "val": perturbed(serving, data["val"].paths, t.image_size, e.robustness, battery(e.robustness, True)),
            "test": perturbed(serving, data["test"].paths, t.image_size, e.robustness, battery(e.robustness)),
+           "ood_battery": ood_battery(serving, data["test"].paths, t.image_size, e),
            "drift_reference": fitted.drift_reference, "model": str(model_path)}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with open(out, "wb") as f:
         pickle.dump(res, f)
     print(f"decision_study: scores of {model_path} written to {out}")
+
+
+def ood_battery(serving, paths, size: int, e) -> dict:
+    """The evaluate stage's out-of-distribution battery (same images, same seeds), scored but not routed."""
+    from inspection.data.images import read_many
+    from inspection.decision.perturb import OOD_KINDS, ood_image
+    from inspection.evaluation.scoring import scored
+
+    base = read_many(paths[:e.retake.ood_battery_per_kind])
+    return {kind: scored(serving, [ood_image(kind, img, np.random.default_rng([e.robustness.seed, k, i]))
+                                   for i, img in enumerate(base)], size) for k, kind in enumerate(OOD_KINDS)}
 
 
 def _table(stats: list[dict]) -> dict:
@@ -64,8 +76,8 @@ def ensemble(runs: list[dict]) -> dict:
 
     if len({len(r["y_test"]) for r in runs}) != 1 or any((r["y_test"] != runs[0]["y_test"]).any() for r in runs):
         sys.exit("error: the score files do not cover the same photos; score every model on the same data")
-    out = {**runs[0], "val": {}, "test": {}, "model": " + ".join(r["model"] for r in runs)}
-    for split in ("val", "test"):
+    out = {**runs[0], "val": {}, "test": {}, "ood_battery": {}, "model": " + ".join(r["model"] for r in runs)}
+    for split in ("val", "test", "ood_battery"):
         for k, base in runs[0][split].items():
             p = [np.clip(r[split][k]["probability"], 1e-7, 1 - 1e-7) for r in runs]
             out[split][k] = {**base, "probability": expit(np.mean([logit(x) for x in p], axis=0)),
@@ -109,7 +121,9 @@ def judge(run: dict, params) -> dict:
                "robustness": {row["perturbation"]: {k: row[k] for k in ROBUSTNESS_KEYS} for row in rob}}
     dec = decision(metrics, r, [{"perturbation": x["perturbation"], "gated": str(x["gated"])} for x in rob], {})
     t = {x["key"]: x for x in dec["targets"]}
-    return {"model": run["model"], "ready": dec["ready"], "band": [band["low"], band["high"]], "ood_limit": limit,
+    battery = [w for kind in run["ood_battery"].values() for w, _ in routes(kind, rule)]
+    return {"model": run["model"], "ready": dec["ready"],
+            "ood_battery_passed": battery.count("PASS"), "ood_battery_images": len(battery), "band": [band["low"], band["high"]], "ood_limit": limit,
             "val_review_share": band["validation"]["review_share_at_line_rate"],
             "review_share": t["review"]["rate"], "review_bound": t["review"]["high"],
             "missed": t["missed"]["k"], "false_rejects": t["false_rejects"]["k"], "retake": t["retake"]["k"],
@@ -147,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{v['model']}: {'ready' if v['ready'] else 'not ready'}; band [{v['band'][0]:.4f}, {v['band'][1]:.4f}), "
               f"REVIEW {v['review_share']:.2%} of parts at the line's rate (bound {v['review_bound']:.2%}, validation "
               f"{v['val_review_share']:.2%}), missed {v['missed']}, false rejects {v['false_rejects']}, RETAKE "
-              f"{v['retake']}" + (f"; fails {', '.join(v['failed_targets'])}" if v["failed_targets"] else ""))
+              f"{v['retake']}, OOD battery {v['ood_battery_passed']} of {v['ood_battery_images']} passed"
+              + (f"; fails {', '.join(v['failed_targets'])}" if v["failed_targets"] else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(verdicts, indent=2, default=float))
     return 0

@@ -40,6 +40,23 @@ def pooled_features(model):
     return lambda images: extractor.predict(images[..., None].astype(np.float32), batch_size=BATCH, verbose=0)
 
 
+def rotated_features(pooled, seed: int):
+    """images -> pooled features of each image rotated by its own random angle (reflected borders, as the
+    robustness battery's "rotate any"), for evaluate.retake.ood_fit rotated: the model was trained on parts in every
+    pose, so the gate's idea of a training photo includes them. Images are numbered in the order they arrive
+    (stream_split keeps manifest order), which seeds each angle: the same split gives the same features."""
+    from inspection.decision.perturb import apply
+
+    seen = [0]
+
+    def features(images: np.ndarray) -> np.ndarray:
+        first, seen[0] = seen[0], seen[0] + len(images)
+        turned = np.stack([apply("rotate", None, img, np.random.default_rng([seed, 7, first + i]))
+                           for i, img in enumerate(images)])
+        return pooled(turned)
+    return features
+
+
 def fit_gate(model, prob_model, data: dict, e, validated: dict | None = None,
              validated_features: dict | None = None) -> Gate:
     """Stream train (features, camera statistics), val (probability, features, statistics) and test
@@ -49,7 +66,8 @@ def fit_gate(model, prob_model, data: dict, e, validated: dict | None = None,
     evaluate.retake.camera_range: validated, the RETAKE range is the training range joined with theirs
     (``validated_range``) and the training range becomes a warning. ``validated_features``: the pooled features of
     those photos; with evaluate.retake.ood_limit: validated, the OOD limit holds the RETAKE budget on each of them
-    too (``ood.calibrate_limit_validated``)."""
+    too (``ood.calibrate_limit_validated``). With evaluate.retake.ood_fit rotated the gate's mean and covariance come
+    from the training photos clean and each once rotated (``rotated_features``)."""
     from inspection.data.imagestats import drift_reference, feature_table
     from inspection.model.ood import calibrate_limit, calibrate_limit_validated, distances, fit
 
@@ -59,11 +77,14 @@ def fit_gate(model, prob_model, data: dict, e, validated: dict | None = None,
         return predict(prob_model, images)
 
     print("evaluate: drift reference and out-of-distribution gate from the training images")
-    train = stream_split(data["train"], {"features": pooled, "stats": feature_table})
+    outputs = {"features": pooled, "stats": feature_table}
+    if e.retake.ood_fit == "rotated":
+        outputs["rotated"] = rotated_features(pooled, e.robustness.seed)
+    train = stream_split(data["train"], outputs)
     val = stream_split(data["val"], {"probability": probability, "features": pooled, "stats": feature_table})
     probs = {"val": val["probability"], "test": stream_split(data["test"], {"probability": probability})["probability"]}
     drift_ref = drift_reference(None, e.drift_margin, table=train["stats"])
-    gate = fit(train["features"])
+    gate = fit(np.concatenate([train["features"], train["rotated"]]) if "rotated" in train else train["features"])
     val_scores = distances(val["features"], gate)
     training = {k: {"min": v["min"], "max": v["max"]} for k, v in drift_ref["features"].items()}
     camera, warn = training, None
