@@ -89,26 +89,17 @@ def judge(run: dict, params) -> dict:
     """reports/decision.json's verdict for the scored photos under this checkout's decision params."""
     from inspection.decision.band import choose_band
     from inspection.decision.readiness import decision
-    from inspection.decision.route import camera_reasons, make_rule
+    from inspection.decision.route import make_rule
     from inspection.evaluation.batteries import robustness, route_counts, routes
-    from inspection.evaluation.gate import validated_range
+    from inspection.evaluation.gate import camera_ranges, ood_limit
     from inspection.evaluation.summary import ROBUSTNESS_KEYS
-    from inspection.model.ood import calibrate_limit, calibrate_limit_validated
 
     e, r = params.evaluate, params.report
-    val, test, ref = run["val"], run["test"], run["drift_reference"]
+    val, test = run["val"], run["test"]
     gated = [k for k in val if k != "clean"]
-    training = {k: {"min": v["min"], "max": v["max"]} for k, v in ref["features"].items()}
-    camera, warn = training, None
-    if e.retake.camera_range == "validated":
-        camera, warn = validated_range(ref, {k: _table(val[k]["stats"]) for k in gated}), training
-    flagged = {k: np.array([bool(e.retake.camera_check and camera_reasons(s, camera)) for s in v["stats"]])
-               for k, v in val.items()}
-    budget = (e.retake.max_share, e.bootstrap.confidence)
-    if e.retake.ood_limit == "validated":
-        limit, _ = calibrate_limit_validated({k: v["ood"] for k, v in val.items()}, flagged, *budget)
-    else:
-        limit, _ = calibrate_limit(val["clean"]["ood"], flagged["clean"], *budget)
+    tables = {k: _table(v["stats"]) for k, v in val.items()}
+    camera, warn = camera_ranges(e, run["drift_reference"], {k: tables[k] for k in gated})
+    limit, _ = ood_limit(e, camera, {k: v["ood"] for k, v in val.items()}, tables)
     yv, yt = run["y_val"].astype(int), run["y_test"].astype(int)
     band = choose_band(yv, val["clean"]["probability"], e.band_targets.max_missed_rate,
                        e.band_targets.max_false_reject_rate, e.bootstrap.confidence, r.line_defect_rate,

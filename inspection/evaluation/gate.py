@@ -69,7 +69,7 @@ def fit_gate(model, prob_model, data: dict, e, validated: dict | None = None,
     too (``ood.calibrate_limit_validated``). With evaluate.retake.ood_fit rotated the gate's mean and covariance come
     from the training photos clean and each once rotated (``rotated_features``)."""
     from inspection.data.imagestats import drift_reference, feature_table
-    from inspection.model.ood import calibrate_limit, calibrate_limit_validated, distances, fit
+    from inspection.model.ood import distances, fit
 
     pooled = pooled_features(model)
 
@@ -86,25 +86,41 @@ def fit_gate(model, prob_model, data: dict, e, validated: dict | None = None,
     drift_ref = drift_reference(None, e.drift_margin, table=train["stats"])
     gate = fit(np.concatenate([train["features"], train["rotated"]]) if "rotated" in train else train["features"])
     val_scores = distances(val["features"], gate)
-    training = {k: {"min": v["min"], "max": v["max"]} for k, v in drift_ref["features"].items()}
-    camera, warn = training, None
-    if e.retake.camera_range == "validated" and validated:
-        camera, warn = validated_range(drift_ref, validated), training
+    camera, warn = camera_ranges(e, drift_ref, validated)
+    if warn is not None:
         drift_ref["validated"] = {"range": camera, "conditions": sorted(validated)}
+    scores, tables = {"clean": val_scores}, {"clean": val["stats"]}
+    if e.retake.ood_limit == "validated" and validated_features:
+        scores.update({k: distances(f, gate) for k, f in validated_features.items()})
+        tables.update({k: validated[k] for k in validated_features})
+    gate["limit"], calibration = ood_limit(e, camera, scores, tables)
+    _print_calibration(gate["limit"], calibration, e.retake.max_share)
+    return Gate(probs, drift_ref, camera, warn, gate, calibration, val_scores)
+
+
+def camera_ranges(e, reference: dict, validated: dict | None) -> tuple[dict, dict | None]:
+    """(the RETAKE range, the warning range or None) from the drift reference (training photos) and the validation
+    photos' camera tables under each gated perturbation (evaluate.retake.camera_range)."""
+    training = {k: {"min": v["min"], "max": v["max"]} for k, v in reference["features"].items()}
+    if e.retake.camera_range == "validated" and validated:
+        return validated_range(reference, validated), training
+    return training, None
+
+
+def ood_limit(e, camera: dict, scores: dict[str, np.ndarray], tables: dict[str, dict]) -> tuple[float, dict]:
+    """The OOD limit and its calibration from validation OOD scores and camera tables keyed by condition ('clean',
+    and with evaluate.retake.ood_limit validated the gated perturbations too)."""
+    from inspection.model.ood import calibrate_limit, calibrate_limit_validated
+
     def flagged(table: dict) -> np.ndarray:
         n = len(next(iter(table.values())))
         return np.array([bool(e.retake.camera_check and camera_reasons({k: table[k][i] for k in camera}, camera))
                          for i in range(n)], bool)
 
-    val_camera = flagged(val["stats"])
-    if e.retake.ood_limit == "validated" and validated_features:
-        scores = {"clean": val_scores, **{k: distances(f, gate) for k, f in validated_features.items()}}
-        cams = {"clean": val_camera, **{k: flagged(validated[k]) for k in validated_features}}
-        gate["limit"], calibration = calibrate_limit_validated(scores, cams, e.retake.max_share, e.bootstrap.confidence)
-    else:
-        gate["limit"], calibration = calibrate_limit(val_scores, val_camera, e.retake.max_share, e.bootstrap.confidence)
-    _print_calibration(gate["limit"], calibration, e.retake.max_share)
-    return Gate(probs, drift_ref, camera, warn, gate, calibration, val_scores)
+    budget = (e.retake.max_share, e.bootstrap.confidence)
+    if e.retake.ood_limit == "validated" and len(scores) > 1:
+        return calibrate_limit_validated(scores, {k: flagged(t) for k, t in tables.items()}, *budget)
+    return calibrate_limit(scores["clean"], flagged(tables["clean"]), *budget)
 
 
 def validated_range(reference: dict, tables: dict[str, dict[str, np.ndarray]]) -> dict:
