@@ -95,7 +95,7 @@ def main() -> None:
     from inspection.decision.route import make_rule
     from inspection.evaluation.gate import fit_gate, pooled_features
     from inspection.model.architectures import load_model
-    from inspection.model.ood import METHOD, METHOD_VALIDATED, save_gate, serving_model
+    from inspection.model.ood import method as ood_method, save_gate, serving_model
 
     pos, neg = params.data.positive_class, params.data.negative_class
     # the shards are checked against their index and the current manifest first (one-line errors, no TF import)
@@ -112,7 +112,7 @@ def main() -> None:
                                  features=pooled_features(model) if validated else None, pooled=pooled)
                   if e.robust_threshold or e.retake.camera_range == "validated" or validated else None)
     fitted = fit_gate(model, prob_model, data, e, stats, pooled)
-    method = METHOD_VALIDATED if fitted.calibration.get("by_condition") else METHOD
+    method = ood_method(e.retake.ood_fit, bool(fitted.calibration.get("by_condition")))
     probs, serving = fitted.probs, serving_model(model, fitted.gate, e.tta)
     chosen = choose(prob_model, data, y, probs, params, conditions)
     camera_on = e.retake.camera_check

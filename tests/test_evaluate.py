@@ -203,3 +203,11 @@ def test_rotated_training_features_do_not_depend_on_the_chunks():
     assert np.array_equal(whole, parts)
     assert not np.array_equal(whole, pooled(images))
     assert not np.array_equal(whole, rotated_features(pooled, 4)(images))
+
+
+def test_the_ood_method_sentence_says_how_the_gate_was_fitted_and_calibrated():
+    from inspection.model.ood import METHOD, method
+
+    assert method("clean", False) == METHOD
+    assert "once rotated" in method("rotated", False) and "once rotated" not in METHOD
+    assert method("clean", True).startswith(METHOD) and "every gated camera perturbation" in method("clean", True)

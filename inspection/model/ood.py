@@ -28,7 +28,13 @@ from inspection.artifacts import GATE
 METHOD = ("Mahalanobis distance of the pooled CNN features (input of the final Dense layer) from the training "
           "photos' mean, Ledoit-Wolf covariance; limit = the lowest validation score that keeps the validation "
           "RETAKE share's exact upper bound within evaluate.retake.max_share")
-METHOD_VALIDATED = METHOD + ", clean and under every gated camera perturbation (the highest of those limits)"
+
+
+def method(fit: str, validated: bool) -> str:
+    """METHOD for evaluate.retake.ood_fit (clean | rotated) and a limit calibrated under the gated perturbations."""
+    return (METHOD.replace("the training photos' mean", "the training photos' mean (each photo also once rotated by a "
+                           "random angle)") if fit == "rotated" else METHOD) + (
+        ", clean and under every gated camera perturbation (the highest of those limits)" if validated else "")
 FEATURE_LAYER = "defect_probability"   # the final Dense layer; its input are the pooled features
 
 
