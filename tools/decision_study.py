@@ -77,7 +77,7 @@ def ensemble(runs: list[dict]) -> dict:
     if len({len(r["y_test"]) for r in runs}) != 1 or any((r["y_test"] != runs[0]["y_test"]).any() for r in runs):
         sys.exit("error: the score files do not cover the same photos; score every model on the same data")
     out = {**runs[0], "val": {}, "test": {}, "ood_battery": {}, "model": " + ".join(r["model"] for r in runs)}
-    for split in ("val", "test", "ood_battery"):
+    for split in [k for k in ("val", "test", "ood_battery") if k in runs[0]]:
         for k, base in runs[0][split].items():
             p = [np.clip(r[split][k]["probability"], 1e-7, 1 - 1e-7) for r in runs]
             out[split][k] = {**base, "probability": expit(np.mean([logit(x) for x in p], axis=0)),
@@ -112,7 +112,7 @@ def judge(run: dict, params) -> dict:
                "robustness": {row["perturbation"]: {k: row[k] for k in ROBUSTNESS_KEYS} for row in rob}}
     dec = decision(metrics, r, [{"perturbation": x["perturbation"], "gated": str(x["gated"])} for x in rob], {})
     t = {x["key"]: x for x in dec["targets"]}
-    battery = [w for kind in run["ood_battery"].values() for w, _ in routes(kind, rule)]
+    battery = [w for kind in run.get("ood_battery", {}).values() for w, _ in routes(kind, rule)]
     return {"model": run["model"], "ready": dec["ready"],
             "ood_battery_passed": battery.count("PASS"), "ood_battery_images": len(battery), "band": [band["low"], band["high"]], "ood_limit": limit,
             "val_review_share": band["validation"]["review_share_at_line_rate"],
@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{v['model']}: {'ready' if v['ready'] else 'not ready'}; band [{v['band'][0]:.4f}, {v['band'][1]:.4f}), "
               f"REVIEW {v['review_share']:.2%} of parts at the line's rate (bound {v['review_bound']:.2%}, validation "
               f"{v['val_review_share']:.2%}), missed {v['missed']}, false rejects {v['false_rejects']}, RETAKE "
-              f"{v['retake']}, OOD battery {v['ood_battery_passed']} of {v['ood_battery_images']} passed"
+              f"{v['retake']}, " + (f"OOD battery {v['ood_battery_passed']} of {v['ood_battery_images']} passed"
+                                     if v["ood_battery_images"] else "OOD battery not in the score file")
               + (f"; fails {', '.join(v['failed_targets'])}" if v["failed_targets"] else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(verdicts, indent=2, default=float))
