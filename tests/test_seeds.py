@@ -94,3 +94,34 @@ def test_a_queue_that_leaves_head_detached_is_reattached_to_the_branch(tmp_path,
     git("checkout", "-q", "--detach", "HEAD~1")
     seeds.reattach("refs/heads/main")
     assert seeds.branch() is None
+
+
+def _queue_status(rows: dict[str, str], active: int) -> str:
+    """`dvc queue status` as DVC 3 prints it."""
+    body = "".join(f"{i:07x}  {name}  09:22 PM   {status}\n" for i, (name, status) in enumerate(rows.items()))
+    return f"Task     Name     Created    Status\n{body}\nWorker status: {active} active, 0 idle\n"
+
+
+def test_a_queue_worker_that_dies_with_experiments_queued_is_started_again(monkeypatch, capsys):
+    """Measured here: DVC's queue worker shut down after one experiment (kombu read a half-written message) and
+    left four queued for good. make seeds notices (queued, nothing running, no worker: twice in a row) and starts
+    it again; a worker merely between two tasks (one poll) is left alone."""
+    names = ["seeds-0", "seeds-1"]
+    polls = iter([
+        _queue_status({"seeds-0": "Running", "seeds-1": "Queued"}, 1),
+        _queue_status({"seeds-0": "Success", "seeds-1": "Queued"}, 0),   # between tasks, or gone
+        _queue_status({"seeds-0": "Success", "seeds-1": "Queued"}, 1),   # between tasks: it was alive
+        _queue_status({"seeds-0": "Success", "seeds-1": "Queued"}, 0),
+        _queue_status({"seeds-0": "Success", "seeds-1": "Queued"}, 0),   # gone: started again
+        _queue_status({"seeds-0": "Success", "seeds-1": "Running"}, 1),
+        _queue_status({"seeds-0": "Success", "seeds-1": "Success"}, 0)])
+    starts = []
+    monkeypatch.setattr(seeds, "run", lambda cmd, check=True: next(polls))
+    monkeypatch.setattr(seeds, "start_workers", lambda jobs: starts.append(jobs))
+    seeds.wait(names, jobs=1, poll=0)
+    out = capsys.readouterr().out
+    assert starts == [1, 1], out                      # the first start, then one restart
+    assert out.count("starting it again") == 1 and "seeds-1 Success" in out
+    # no "Worker status" line (another DVC version): never restarted on a guess
+    assert not seeds.stalled({"seeds-1": "Queued"}, None, ["seeds-1"])
+    assert seeds.stalled({"seeds-1": "Queued"}, 0, ["seeds-1"])

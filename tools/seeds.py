@@ -84,32 +84,52 @@ def queue(seeds: list[int], overrides: list[str]) -> list[str]:
     return names
 
 
-def statuses() -> dict[str, str]:
-    """{experiment name: status} from `dvc queue status` (Queued, Running, Success, Failed)."""
-    out = {}
+def statuses() -> tuple[dict[str, str], int | None]:
+    """({experiment name: status} from `dvc queue status` (Queued, Running, Success, Failed), active workers)."""
+    out, active = {}, None
     for line in run(["dvc", "queue", "status"], check=False).splitlines()[1:]:
         parts = line.split()
-        if len(parts) >= 2 and parts[1].startswith("seeds-"):
+        if line.startswith("Worker status:") and len(parts) >= 3 and parts[2].isdigit():
+            active = int(parts[2])
+        elif len(parts) >= 2 and parts[1].startswith("seeds-"):
             out.setdefault(parts[1], parts[-1])   # newest first: an older task of the same name is not ours
-    return out
+    return out, active
 
 
-def wait(names: list[str], jobs: int) -> None:
-    # not waited for: the workers it starts inherit its output and run until the queue is empty; progress comes
-    # from polling `dvc queue status`
+def start_workers(jobs: int) -> None:
+    # not waited for: the workers inherit nothing of ours and run until the queue is empty
     subprocess.Popen(["dvc", "queue", "start", "--jobs", str(jobs)], cwd=ROOT, stdout=subprocess.DEVNULL,
                      stderr=subprocess.DEVNULL, start_new_session=True, env=env())
+
+
+def stalled(now: dict[str, str], active: int | None, names: list[str]) -> bool:
+    """Experiments still queued, none running and no active worker: the worker has gone. Measured here: DVC's
+    worker (celery on kombu's filesystem broker) read a message file while it was being written, failed with
+    JSONDecodeError and shut down after its task, leaving four experiments queued for good."""
+    return active == 0 and any(now.get(n) == "Queued" for n in names) and not any(
+        now.get(n) == "Running" for n in names)
+
+
+def wait(names: list[str], jobs: int, poll: float = 20) -> None:
+    """Start the queue's workers and poll `dvc queue status` until every experiment has finished, printing each
+    status change; a worker that went away with experiments still queued is started again."""
+    start_workers(jobs)
     seen: dict[str, str] = {}
-    t0 = time.time()
+    t0, idle_polls = time.time(), 0
     while True:
-        now = statuses()
+        now, active = statuses()
         for name in names:
             if now.get(name) != seen.get(name):
                 print(f"seeds: {name} {now.get(name, '?')} after {time.time() - t0:.0f} s", flush=True)
         seen = {n: now.get(n, "?") for n in names}
         if all(seen[n] in ("Success", "Failed") for n in names):
             break
-        time.sleep(20)
+        idle_polls = idle_polls + 1 if stalled(now, active, names) else 0
+        if idle_polls >= 2:   # twice in a row: a worker between two tasks is not mistaken for a dead one
+            print("seeds: the queue's worker stopped with experiments still queued; starting it again", flush=True)
+            start_workers(jobs)
+            idle_polls = 0
+        time.sleep(poll)
     failed = [n for n in names if seen[n] != "Success"]
     if failed:
         print(f"seeds: warning: {', '.join(failed)} failed; `dvc queue logs <name>` says why")
