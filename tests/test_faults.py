@@ -727,21 +727,31 @@ def test_interrupt_inside_a_gc_callback_is_not_lost(tmp_path):
 
 
 STUCK_STAGE = """
-import ctypes, signal, sys
+import ctypes, signal, sys, threading, time
 from pathlib import Path
 import inspection.interrupts as errors
 from inspection.runner.cli import cli
 from inspection.fsutil import staged_outputs
 
 errors.GRACE_SECONDS = 2.0
+MAIN = threading.get_native_id()
+
+def say_ready_once_main_sleeps():
+    # "ready" only once the main thread sleeps in native code: said by the main thread just before the call, a
+    # signal could land while it still ran Python (the ctypes lookup) and be handled at once (measured: 1 run in 6)
+    while open(f"/proc/self/task/{MAIN}/stat").read().rsplit(")", 1)[1].split()[0] != "S":
+        time.sleep(0.01)
+    print("ready", flush=True)
+
 def main():
     with staged_outputs(Path("out.txt")) as out:
         out.path(Path("out.txt")).write_text("new")
         # native code that does not return for a minute (like a long TensorFlow op): Python cannot run its
         # signal handler in this thread until it returns
+        libc_sleep = ctypes.CDLL(None).sleep
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        print("ready", flush=True)
-        ctypes.CDLL(None).sleep(60)
+        threading.Thread(target=say_ready_once_main_sleeps, daemon=True).start()
+        libc_sleep(60)
 cli(main)()
 """
 
