@@ -33,8 +33,9 @@ run: install          ## the main job: dvc repro with params.yaml as it is (sour
 	$(ACTIVATE) python -m commands.source
 	$(ACTIVATE) dvc repro
 
+TEST_JOBS ?= 2          # make test: pytest-xdist workers, one test file per worker at a time (1 = no workers)
 test: install         ## unit tests, data tests (skipped without the mirror) and one end-to-end dvc repro
-	$(ACTIVATE) python -m pytest -q --durations=25 tests
+	$(ACTIVATE) python -m pytest -q --durations=25 $(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile) tests
 
 results: install      ## the README "Results" run: `dvc exp run` on the local Kaggle mirror, per-stage wall times
 	$(ACTIVATE) python tools/timed_repro.py -S data.source=local -S data.local.path=$(MIRROR)   # keep MIRROR relative: dvc.lock records it
