@@ -739,7 +739,8 @@ MAIN = threading.get_native_id()
 def say_ready_once_main_sleeps():
     # "ready" only once the main thread sleeps in native code: said by the main thread just before the call, a
     # signal could land while it still ran Python (the ctypes lookup) and be handled at once (measured: 1 run in 6)
-    while open(f"/proc/self/task/{MAIN}/stat").read().rsplit(")", 1)[1].split()[0] != "S":
+    deadline = time.monotonic() + 10   # never hang the test: after 10 s "ready" is said anyway
+    while open(f"/proc/self/task/{MAIN}/stat").read().rsplit(")", 1)[1].split()[0] != "S" and time.monotonic() < deadline:
         time.sleep(0.01)
     print("ready", flush=True)
 
