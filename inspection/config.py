@@ -192,7 +192,9 @@ class RetakeParams(_Strict):
     camera_check: bool                                   # camera check outside the range -> RETAKE
     camera_range: Literal["validated", "training"]       # RETAKE outside what the model was validated under | training
     ood_fit: Literal["clean", "rotated"]                 # OOD gate fitted on the training photos | + each rotated once
-    ood_limit: Literal["validated", "clean"]             # OOD limit calibrated clean + every gated perturbation | clean
+    ood_limit: Literal["tiered", "validated", "clean"]   # RETAKE above the validated limit (+ ood_margin), REVIEW
+                                                         # instead of PASS above the clean one | validated | clean
+    ood_margin: float = Field(..., ge=0.0, le=1.0)       # tiered: the RETAKE limit widened by this share
     max_share: float = Field(..., gt=0.0, lt=0.5)        # RETAKE budget on good photos; sets the OOD limit
     ood_battery_per_kind: int = Field(..., ge=1)         # test photos per kind in the OOD battery
 

@@ -107,17 +107,18 @@ def main() -> None:
     y = {s: d.labels for s, d in data.items()}
     stats: dict = {}   # the validation photos under each gated perturbation: camera statistics, pooled features
     pooled: dict = {}
-    validated = e.retake.ood_limit == "validated"
+    validated = e.retake.ood_limit in ("validated", "tiered")
     conditions = (val_conditions(prob_model, data["val"].paths, e, t.image_size, stats=stats,
                                  features=pooled_features(model) if validated else None, pooled=pooled)
                   if e.robust_threshold or e.retake.camera_range == "validated" or validated else None)
     fitted = fit_gate(model, prob_model, data, e, stats, pooled)
-    method = ood_method(e.retake.ood_fit, bool(fitted.calibration.get("by_condition")))
+    method = ood_method(e.retake.ood_fit, bool(fitted.calibration.get("by_condition")), fitted.calibration.get("margin"))
     probs, serving = fitted.probs, serving_model(model, fitted.gate, e.tta)
     chosen = choose(prob_model, data, y, probs, params, conditions)
     camera_on = e.retake.camera_check
     rule = make_rule(chosen["threshold"], chosen["band"], fitted.camera if camera_on else None,
-                     fitted.gate["limit"], method, fitted.warn_camera if camera_on else None)
+                     fitted.gate["limit"], method, fitted.warn_camera if camera_on else None,
+                     fitted.gate.get("review_limit"))
 
     print("evaluate: routes of the test photos, robustness battery, out-of-distribution battery")
     results = perturbed(serving, data["test"].paths, t.image_size, e.robustness, battery(e.robustness))

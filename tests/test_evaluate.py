@@ -162,6 +162,50 @@ def test_validated_ood_limit_holds_the_budget_in_every_validated_condition():
     assert int((rotated > own["clean"]).sum()) > 100
 
 
+def test_tiered_ood_limit_retakes_beyond_the_widened_validated_limit_and_reviews_above_the_clean_one():
+    """evaluate.retake.ood_limit tiered (inspection.evaluation.gate.ood_limit): the RETAKE limit is the validated one
+    x (1 + ood_margin), the review limit the clean one; the rule then routes a photo between them that the model
+    would pass to REVIEW, one above the RETAKE limit to RETAKE, and a confident REJECT stays REJECT."""
+    from types import SimpleNamespace
+
+    from inspection.decision.route import decide, make_rule
+    from inspection.evaluation.gate import ood_limit
+    from inspection.model.ood import calibrate_limit, calibrate_limit_validated
+
+    rng = np.random.default_rng(5)
+    clean = rng.normal(10, 1, 995)
+    scores = {"clean": clean, "exposure x1.25": clean + rng.normal(1.0, 0.3, 995)}
+    stats = {"brightness": np.full(995, 120.0)}
+    tables = {k: stats for k in scores}
+    camera = {"brightness": {"min": 0.0, "max": 255.0}}
+
+    def params(mode):
+        return SimpleNamespace(retake=SimpleNamespace(ood_limit=mode, ood_margin=0.1, camera_check=True,
+                                                      max_share=0.01),
+                               bootstrap=SimpleNamespace(confidence=0.95))
+    zeros = {k: np.zeros(995, bool) for k in scores}
+    own_clean = calibrate_limit(clean, zeros["clean"], 0.01, 0.95)[0]
+    validated = calibrate_limit_validated(scores, zeros, 0.01, 0.95)[0]
+    assert ood_limit(params("clean"), camera, scores, tables)[0] == own_clean
+    assert ood_limit(params("validated"), camera, scores, tables)[0] == validated > own_clean
+    limit, info = ood_limit(params("tiered"), camera, scores, tables)
+    assert limit == pytest.approx(validated * 1.1) and info["review_limit"] == own_clean and info["margin"] == 0.1
+    assert info["val_review"] == int((clean > own_clean).sum()) <= 3 and info["val_over_limit"] == 0
+    assert info["by_condition"]["exposure x1.25"]["over_limit"] == int((scores["exposure x1.25"] > limit).sum()) == 0
+
+    rule = make_rule(0.3, (0.1, 0.8), None, limit, "m", None, info["review_limit"])
+    ok = {"brightness": 120.0}
+    between = (own_clean + limit) / 2
+    assert decide(0.01, ok, own_clean, rule)[0] == "PASS"
+    assert decide(0.01, ok, between, rule) == ("REVIEW", f"unusual photo (out-of-distribution score {between:.2f} > "
+                                                          f"{own_clean:.2f}): a person checks the part")
+    assert decide(0.95, ok, between, rule)[0] == "REJECT"
+    assert decide(0.01, ok, limit + 0.01, rule)[0] == "RETAKE"
+    assert "goes to REVIEW" in rule["rule"] and rule["retake"]["ood"]["review_limit"] == own_clean
+    # without a review limit (clean, validated) nothing between the limits changes
+    assert decide(0.01, ok, between, make_rule(0.3, (0.1, 0.8), None, limit, "m"))[0] == "PASS"
+
+
 def test_validated_range_joins_the_training_range_with_the_validated_conditions():
     """The RETAKE range: the training [p0.5, p99.5] joined with each validated condition's whole range (every
     photo of it was judged); the training range (+ margin) stays the warning range."""

@@ -66,6 +66,8 @@ FAULTS = [
     ("unknown camera statistic", "route.retake.camera.colour", {"min": 0.0, "max": 1.0}, "route.retake.camera"),
     ("warn camera garbled", "route.warn.camera", [1, 2], "route.warn.camera"),
     ("ood limit missing", "route.retake.ood", {"output": "ood_score"}, "route.retake.ood.limit"),
+    ("ood review limit above the limit", "route.retake.ood.review_limit", 1e6, "route.retake.ood"),
+    ("ood review limit not a number", "route.retake.ood.review_limit", "x", "route.retake.ood.review_limit"),
     ("retake gate missing", "route.retake", DELETE, "route.retake"),
     ("route words wrong", "route.words", ["PASS", "FAIL"], "route.words"),
     ("rule sentence missing", "route.rule", DELETE, "route.rule"),

@@ -99,13 +99,14 @@ def judge(run: dict, params) -> dict:
     gated = [k for k in val if k != "clean"]
     tables = {k: _table(v["stats"]) for k, v in val.items()}
     camera, warn = camera_ranges(e, run["drift_reference"], {k: tables[k] for k in gated})
-    limit, _ = ood_limit(e, camera, {k: v["ood"] for k, v in val.items()}, tables)
+    limit, calibration = ood_limit(e, camera, {k: v["ood"] for k, v in val.items()}, tables)
     yv, yt = run["y_val"].astype(int), run["y_test"].astype(int)
     band = choose_band(yv, val["clean"]["probability"], e.band_targets.max_missed_rate,
                        e.band_targets.max_false_reject_rate, e.bootstrap.confidence, r.line_defect_rate,
                        {k: val[k]["probability"] for k in gated} if e.robust_threshold else None)
     rule = make_rule(band["low"], None if band["review_empty"] else (band["low"], band["high"]),
-                     camera if e.retake.camera_check else None, limit, "", warn if e.retake.camera_check else None)
+                     camera if e.retake.camera_check else None, limit, "", warn if e.retake.camera_check else None,
+                     calibration.get("review_limit"))
     with contextlib.redirect_stdout(io.StringIO()):
         rob = robustness(test, yt, rule, e.robustness, e.bootstrap.confidence, warn or camera)
     metrics = {"route": {**rule, "test": route_counts(yt, routes(test["clean"], rule), e.bootstrap.confidence)},
@@ -114,7 +115,7 @@ def judge(run: dict, params) -> dict:
     t = {x["key"]: x for x in dec["targets"]}
     battery = [w for kind in run.get("ood_battery", {}).values() for w, _ in routes(kind, rule)]
     return {"model": run["model"], "ready": dec["ready"],
-            "ood_battery_passed": battery.count("PASS"), "ood_battery_images": len(battery), "band": [band["low"], band["high"]], "ood_limit": limit,
+            "ood_battery_passed": battery.count("PASS"), "ood_battery_retake": battery.count("RETAKE"), "ood_battery_images": len(battery), "band": [band["low"], band["high"]], "ood_limit": limit,
             "val_review_share": band["validation"]["review_share_at_line_rate"],
             "review_share": t["review"]["rate"], "review_bound": t["review"]["high"],
             "missed": t["missed"]["k"], "false_rejects": t["false_rejects"]["k"], "retake": t["retake"]["k"],
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{v['model']}: {'ready' if v['ready'] else 'not ready'}; band [{v['band'][0]:.4f}, {v['band'][1]:.4f}), "
               f"REVIEW {v['review_share']:.2%} of parts at the line's rate (bound {v['review_bound']:.2%}, validation "
               f"{v['val_review_share']:.2%}), missed {v['missed']}, false rejects {v['false_rejects']}, RETAKE "
-              f"{v['retake']}, " + (f"OOD battery {v['ood_battery_passed']} of {v['ood_battery_images']} passed"
+              f"{v['retake']}, " + (f"OOD battery {v['ood_battery_passed']} of {v['ood_battery_images']} passed "
+                                     f"({v['ood_battery_retake']} RETAKE)"
                                      if v["ood_battery_images"] else "OOD battery not in the score file")
               + (f"; fails {', '.join(v['failed_targets'])}" if v["failed_targets"] else ""))
     if args.json:

@@ -37,6 +37,15 @@ add("camera drift, in the band: REVIEW with a warning", 0.5,
 add("outside the validated range: RETAKE, no warning", 0.001,
     {"brightness": 190.0, "contrast": 40.0, "sharpness": 300.0}, 3.0, 0.18, band, gate, {"camera": train_cam})
 add("inside the training range: no warning", 0.95, ok_stats, 3.0, 0.18, band, gate, {"camera": train_cam})
+tiered = {"camera": cam, "ood": {"limit": 25.0, "review_limit": 18.0}}
+add("unusual photo the model would pass: REVIEW", 0.001, ok_stats, 18.01, 0.18, band, tiered)
+add("unusual photo at the review limit: PASS", 0.001, ok_stats, 18.0, 0.18, band, tiered)
+add("unusual photo the model rejects: REJECT", 0.95, ok_stats, 20.0, 0.18, band, tiered)
+add("unusual photo in the band: REVIEW for the band", 0.5, ok_stats, 20.0, 0.18, band, tiered)
+add("unusual photo, no band: REVIEW", 0.001, ok_stats, 20.0, 0.18, None, tiered)
+add("unusual photo with camera drift: REVIEW with a warning", 0.001,
+    {"brightness": 170.0, "contrast": 40.0, "sharpness": 300.0}, 20.0, 0.18, band, tiered, {"camera": train_cam})
+add("above the RETAKE limit of a tiered gate: RETAKE", 0.001, ok_stats, 25.5, 0.18, band, tiered)
 add("no gate in metadata", 0.001, {"brightness": 0.0, "contrast": 0.0, "sharpness": 0.0}, 99.0, 0.18, band, {})
 json.dump({"about": "Shared table of route cases: inspection/decision/route.py (tests/test_route.py) and web/src/route.js "
            "(web/tools/route_cases.mjs) must both give these routes and reasons. Regenerate with care: "

@@ -7,7 +7,9 @@ tests/cases/route_cases.json is the table of cases both are checked against.
             outside the range the model was validated under, or out of distribution for the model (reasons given)
     PASS    probability below the threshold and below the review band's low edge
     REJECT  probability at or above the threshold and at or above the band's high edge
-    REVIEW  everything in between (a person looks at the part)
+    REVIEW  everything in between (a person looks at the part), and a photo the model would PASS whose
+            out-of-distribution score is above the review limit (rule ``retake.ood.review_limit``): an unusual
+            photo of a part, judged by a person rather than passed unseen
 
 Without a review band (evaluate.review_band: null) the threshold alone decides PASS / REJECT.
 A part is never passed when its probability is at or above the threshold, whatever the band.
@@ -68,6 +70,14 @@ def ood_reason(score: float, limit: float) -> str:
     return "" if score <= limit else f"unlike the training photos (out-of-distribution score {score:.2f} > {limit:.2f})"
 
 
+def unusual_reason(score: float, ood: Optional[dict]) -> str:
+    """'' or why a photo the model would PASS goes to REVIEW: its OOD score is above the gate's review limit (below
+    the RETAKE limit: unusual, not unjudgeable)."""
+    limit = (ood or {}).get("review_limit")
+    return "" if limit is None or score <= limit else (
+        f"unusual photo (out-of-distribution score {score:.2f} > {limit:.2f}): a person checks the part")
+
+
 def retake_reasons(stats: dict, ood_score: float, gate: dict) -> list[str]:
     """Every reason to RETAKE a readable photo, given its camera statistics, its OOD score and the
     model's gate (metadata.json ``route.retake``: {camera: {...}, ood: {limit: ...}})."""
@@ -94,8 +104,12 @@ def warning(stats: dict, rule: dict) -> str:
 def decide(probability: float, stats: dict, ood_score: float, rule: dict) -> tuple[str, str]:
     """The whole decision from metadata.json's ``route`` block for a readable photo."""
     band = rule.get("review_band")
+    gate = rule.get("retake") or {}
     route_, reason = route(probability, rule["threshold"], (band["low"], band["high"]) if band else None,
-                           retake_reasons(stats, ood_score, rule.get("retake") or {}))
+                           retake_reasons(stats, ood_score, gate))
+    unusual = unusual_reason(ood_score, gate.get("ood")) if route_ == "PASS" else ""
+    if unusual:
+        route_, reason = "REVIEW", unusual
     warn = "" if route_ == "RETAKE" else warning(stats, rule)
     return route_, f"{reason}; {warn}" if warn else reason
 
@@ -132,16 +146,19 @@ def csv_row(file: str, route_: str, reason: str, probability: Optional[float], t
 
 
 def make_rule(threshold: float, band: Optional[Sequence[float]], camera: Optional[dict], ood_limit: Optional[float],
-              ood_method: str = "", warn_camera: Optional[dict] = None) -> dict:
+              ood_method: str = "", warn_camera: Optional[dict] = None, ood_review_limit: Optional[float] = None) -> dict:
     """The ``route`` block of metadata.json / metrics.json: everything a consumer needs to decide. ``camera``:
     the RETAKE range (what the model was validated under); ``warn_camera``: the training photos' range, outside
-    which a judged photo carries a camera warning."""
+    which a judged photo carries a camera warning; ``ood_review_limit``: above it (and at most ``ood_limit``) a
+    photo is never passed unseen (REVIEW)."""
     rule = {"words": list(ROUTES), "threshold": float(threshold),
             "review_band": {"low": float(band[0]), "high": float(band[1])} if band else None,
             "retake": {"camera": camera or None,
                        "ood": None if ood_limit is None else {"limit": float(ood_limit), "output": "ood_score",
                                                                "method": ood_method}},
             "warn": {"camera": warn_camera} if warn_camera else None}
+    if ood_limit is not None and ood_review_limit is not None and ood_review_limit < ood_limit:
+        rule["retake"]["ood"]["review_limit"] = float(ood_review_limit)
     rule["rule"] = describe(rule)
     return rule
 
@@ -156,6 +173,9 @@ def describe(rule: dict) -> str:
     retake = f"RETAKE when the photo {', '.join(checks[:-1]) + ' or ' if len(checks) > 1 else ''}{checks[-1]}; otherwise "
     warn = (" A photo outside the training photos' camera range is judged with a camera warning."
             if (rule.get("warn") or {}).get("camera") else "")
+    if (gate.get("ood") or {}).get("review_limit") is not None:
+        warn = (" A photo it would pass whose out-of-distribution score is above "
+                f"{gate['ood']['review_limit']:.2f} (an unusual photo) goes to REVIEW." + warn)
     if band:
         lo, hi = min(t, band["low"]), max(t, band["high"])
         return (f"{retake}PASS when the defect probability is below {lo:.4f}, REJECT at or above {hi:.4f}, "

@@ -62,7 +62,14 @@ Camera = Optional[dict[Feature, Range]]
 
 
 class Ood(_Part):
-    limit: float
+    limit: float                          # RETAKE above it
+    review_limit: Optional[float] = None  # a photo the model would pass goes to REVIEW above it (at most limit)
+
+    @model_validator(mode="after")
+    def _below_limit(self):
+        if self.review_limit is not None and self.review_limit > self.limit:
+            raise ValueError(f"review_limit {self.review_limit:g} is above limit {self.limit:g}")
+        return self
 
 
 class Retake(_Part):

@@ -40,6 +40,9 @@ def ood_summary(fitted, clean: dict, ood_rows: list[dict], words, method: str) -
         "shrinkage": gate["shrinkage"], "val_score_median": float(np.median(fitted.val_scores)),
         "test_score_median": float(np.median(clean["ood"])),
         "test_over_limit": int((clean["ood"] > gate["limit"]).sum()),
+        "review_limit": gate.get("review_limit"),
+        "test_over_review_limit": (None if gate.get("review_limit") is None else
+                                   int((clean["ood"] > gate["review_limit"]).sum())),
         "battery": {k: {"n": sum(1 for r in ood_rows if r["kind"] == k),
                         **{w: sum(1 for r in ood_rows if r["kind"] == k and r["route"] == w) for w in words},
                         # which gate caught them (both may): the measurement behind the method choice

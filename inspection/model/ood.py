@@ -30,11 +30,14 @@ METHOD = ("Mahalanobis distance of the pooled CNN features (input of the final D
           "RETAKE share's exact upper bound within evaluate.retake.max_share")
 
 
-def method(fit: str, validated: bool) -> str:
-    """METHOD for evaluate.retake.ood_fit (clean | rotated) and a limit calibrated under the gated perturbations."""
+def method(fit: str, validated: bool, margin: float | None = None) -> str:
+    """METHOD for evaluate.retake.ood_fit (clean | rotated), a limit calibrated under the gated perturbations and,
+    with evaluate.retake.ood_limit tiered, widened by ``margin`` (the clean limit then sends a pass to REVIEW)."""
     return (METHOD.replace("the training photos' mean", "the training photos' mean (each photo also once rotated by a "
                            "random angle)") if fit == "rotated" else METHOD) + (
-        ", clean and under every gated camera perturbation (the highest of those limits)" if validated else "")
+        ", clean and under every gated camera perturbation (the highest of those limits)" if validated else "") + (
+        f", widened by {margin:.0%}; above the clean limit a photo the model would pass goes to REVIEW"
+        if margin is not None else "")
 FEATURE_LAYER = "defect_probability"   # the final Dense layer; its input are the pooled features
 
 

@@ -110,6 +110,9 @@ def case_notes(c: dict, ood_limit: float | None, low: float | None = None) -> li
         notes.append("Out of distribution: this photo is unlike the training photos (e.g. taken off-angle, badly framed "
                      "or with a changed camera), so the model's probability is not to be trusted"
                      + (f" (score {score:.1f} > limit {ood_limit:.1f})" if score is not None and ood_limit else "") + ".")
+    if reason.startswith("unusual photo"):
+        notes.append("Unusual photo: its out-of-distribution score is above the clean validation limit, so the line "
+                     "does not pass it unseen although the model scores it low; a person judges it (REVIEW).")
     if "camera check" in reason:
         notes.append("The camera check fails: brightness, contrast or sharpness is outside the range the model was "
                      "validated under.")

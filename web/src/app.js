@@ -318,6 +318,9 @@ export function operatorAction(row) {
     for (const [pattern, hint] of HINTS) if (pattern.test(row.reason || '')) return hint;
   }
   const warn = /camera warning/.test(row.reason || '') ? ' · the lighting or focus has drifted: check the lamp' : '';
+  if (row.route === 'REVIEW' && /^unusual photo/.test(row.reason || '')) {
+    return `A person inspects the part: the photo is unusual for the model (check the framing too)${warn}`;
+  }
   return `${ACTION[row.route][0].toUpperCase()}${ACTION[row.route].slice(1)}${warn}`;
 }
 

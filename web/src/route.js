@@ -74,6 +74,13 @@ export function oodReason(score, limit) {
     : `unlike the training photos (out-of-distribution score ${fixed(score, 2)} > ${fixed(limit, 2)})`;
 }
 
+/** '' or why a photo the model would PASS goes to REVIEW: its OOD score is above the gate's review limit. */
+export function unusualReason(score, ood) {
+  const limit = (ood || {}).review_limit;
+  return limit === undefined || limit === null || score <= limit ? ''
+    : `unusual photo (out-of-distribution score ${fixed(score, 2)} > ${fixed(limit, 2)}): a person checks the part`;
+}
+
 /** Every reason to RETAKE a readable photo (metadata.json route.retake: {camera, ood}). */
 export function retakeReasons(stats, oodScore, gate) {
   const reasons = [];
@@ -96,8 +103,11 @@ export function warning(stats, rule) {
 /** The whole decision from metadata.json's ``route`` block for a readable photo -> [route, reason]. */
 export function decide(probability, stats, oodScore, rule) {
   const band = rule.review_band;
-  const [route_, reason] = route(probability, rule.threshold, band ? [band.low, band.high] : null,
-    retakeReasons(stats, oodScore, rule.retake || {}));
+  const gate = rule.retake || {};
+  let [route_, reason] = route(probability, rule.threshold, band ? [band.low, band.high] : null,
+    retakeReasons(stats, oodScore, gate));
+  const unusual = route_ === 'PASS' ? unusualReason(oodScore, gate.ood) : '';
+  if (unusual) [route_, reason] = ['REVIEW', unusual];
   const warn = route_ === 'RETAKE' ? '' : warning(stats, rule);
   return [route_, warn ? `${reason}; ${warn}` : reason];
 }

@@ -49,7 +49,9 @@ function words(v, w) {
   return ok ? null : `${w} is not the four route words ${WORDS.join(', ')}`;
 }
 
-const ood = (v, w) => object(v, w) || fields(v, w, [['limit', number]]);
+const ood = (v, w) => object(v, w) || fields(v, w, [['limit', number]])
+  || (has(v, 'review_limit') && v.review_limit !== null
+    ? number(v.review_limit, `${w}.review_limit`) || ordered(v, w, 'review_limit', 'limit') : null);
 const retake = (v, w) => object(v, w) || fields(v, w, [['camera', nullable(camera)], ['ood', nullable(ood)]]);
 const warn = (v, w) => object(v, w) || fields(v, w, [['camera', nullable(camera)]]);
 
