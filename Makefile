@@ -33,6 +33,9 @@ run: install          ## the main job: dvc repro with params.yaml as it is (sour
 	$(ACTIVATE) python -m commands.source
 	$(ACTIVATE) dvc repro
 
+status: $(VENV)/.installed   ## up to date? nothing printed, exit 0; else what would re-run (dvc status + source fingerprints)
+	$(ACTIVATE) python -m commands.status
+
 TEST_JOBS ?= 2          # make test: pytest-xdist workers, one test file per worker at a time (1 = no workers)
 test: install         ## unit tests, data tests (skipped without the mirror) and one end-to-end dvc repro
 	$(ACTIVATE) python -m pytest -q --durations=25 $(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile) tests

@@ -5,11 +5,13 @@ data.extra (folders or zips) and promote.golden may be absent on another machine
 deps. This stage (always run) writes their content fingerprints (inspection/data/fingerprint.py) to
 data/source.json, data/extra.json and data/golden.json, deps of download and promote, so those re-run exactly
 when a photo is added, removed or replaced, and a second `dvc repro` stays a no-op. Per-file hashes are cached
-by size and mtime in data/sources.cache.json of the main workspace: an unchanged folder is not read again."""
+by size and mtime in data/sources.cache.json of the main workspace: an unchanged folder is not read again.
+Being always run, it is always listed by `dvc status`: `python -m commands.status` (make status) is the
+up-to-date check that compares its fingerprints instead."""
 from __future__ import annotations
 
-from inspection.artifacts import EXTRA_HASHES, FINGERPRINT_CACHE, GOLDEN_HASH, SOURCE_HASH, main_root
-from inspection.data.fingerprint import HashCache, fingerprint, main_source
+from inspection.artifacts import FINGERPRINT_CACHE, SOURCE_HASH, main_root
+from inspection.data.fingerprint import HashCache, source_fingerprints
 from inspection.fsutil import staged_outputs, write_json
 from inspection.runner.cli import cli
 
@@ -19,12 +21,12 @@ def main() -> None:
 
     params = load_params()
     cache = HashCache(main_root() / FINGERPRINT_CACHE)
-    with staged_outputs(SOURCE_HASH, EXTRA_HASHES, GOLDEN_HASH) as out:
-        source = main_source(params.data, cache)
-        write_json(out.path(SOURCE_HASH), source)
-        write_json(out.path(EXTRA_HASHES), {"extra": [fingerprint(s, cache) for s in params.data.extra]})
-        write_json(out.path(GOLDEN_HASH), {"golden": fingerprint(params.promote.golden, cache)})
+    docs = source_fingerprints(params, cache)
+    with staged_outputs(*docs) as out:
+        for path, doc in docs.items():
+            write_json(out.path(path), doc)
     cache.save()
+    source = docs[SOURCE_HASH]
     n = len(params.data.extra)
     print(f"sources: main source {source['source']}"
           + (f" ({source['files']} file(s), sha256 {source['sha256'][:12]})" if source.get("sha256") else "")

@@ -146,6 +146,8 @@ def test_status_clean_and_second_repro_runs_nothing(repo):
     # only `sources` (always_changed: it fingerprints data.extra / promote.golden, outside the repo) may be listed
     status = sh(["dvc", "status", "--json"], repo).stdout
     assert set(json.loads(status)) <= {"sources"}, status
+    gate = sh([sys.executable, "-m", "commands.status"], repo, check=False)   # make status: the CI gate
+    assert (gate.returncode, gate.stdout, gate.stderr) == (0, "", ""), gate
     again = sh(["dvc", "repro"], repo).stdout
     assert {line.split("'")[1] for line in again.splitlines() if line.startswith("Running stage")} <= {"sources"}, again
 

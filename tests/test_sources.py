@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import zipfile
 from pathlib import Path
 
@@ -81,6 +82,41 @@ def test_a_changed_photo_reruns_download_and_nothing_else_does(tmp_path):
     write_part(extra / "ok" / "y.png", seed=501, defects=0, size=48)      # a photo added to an extra folder
     assert _download_ran(root) and _counts(root) == {"defect": 6, "ok": 4}
     assert not _download_ran(root)
+
+
+def _status(root: Path, *stages: str):
+    return sh([sys.executable, "-m", "commands.status", *stages], root, check=False)
+
+
+def test_the_status_gate_is_clean_when_synced_and_names_a_new_photo(tmp_path):
+    """commands.status (make status): nothing printed and exit 0 after a run; a photo added to the source folder
+    or an extra folder is named (exit 1), while `dvc status download` calls that "up to date" and `dvc status`
+    always lists the sources stage as "always changed" (so `dvc status -q` never exits 0: why this gate exists)."""
+    source, extra = tmp_path / "line", tmp_path / "extra"
+    _classes(source, 4, 0)
+    write_part(extra / "defect" / "x.png", seed=500, defects=1, size=48)
+    root = _repo(tmp_path, source, extra)
+    missing = _status(root, "download")
+    assert missing.returncode == 1 and "data/source.json is missing" in missing.stdout
+    assert _download_ran(root)
+    clean = _status(root, "download")
+    assert (clean.returncode, clean.stdout, clean.stderr) == (0, "", "")
+    assert "always changed" in sh(["dvc", "status"], root).stdout                  # what dvc status alone says
+    write_part(source / "def_front" / "new.png", seed=77, defects=1, size=48)
+    assert "up to date" in sh(["dvc", "status", "download"], root).stdout          # and it cannot see a new photo
+    added = _status(root, "download")
+    assert added.returncode == 1 and added.stdout.strip() == (
+        f"sources: data/source.json would change: {source} now has 9 file(s), 8 before"), added.stdout
+    write_part(extra / "ok" / "y.png", seed=501, defects=0, size=48)
+    both = _status(root, "download")
+    assert both.returncode == 1 and f"data/extra.json would change: {extra} now has 2 file(s), 1 before" in both.stdout
+    assert _download_ran(root)
+    assert _status(root, "download").returncode == 0
+    p = yaml.safe_load((root / "params.yaml").read_text())               # a params change DVC sees
+    p["data"]["max_image_pixels"] = 1000000
+    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    changed = _status(root, "download")
+    assert changed.returncode == 1 and changed.stdout.startswith("download: changed deps: params.yaml"), changed.stdout
 
 
 def test_a_changed_zip_reruns_download(tmp_path):

@@ -128,3 +128,13 @@ def main_source(data, cache: HashCache) -> dict:
     if source == "kaggle":
         return {"source": "kaggle", **kaggle_state(data.kaggle.dataset, data.kaggle.version)}
     return {"source": source}
+
+
+def source_fingerprints(params, cache: HashCache) -> dict[Path, dict]:
+    """What the sources stage writes, {output file: document}: the main source, each of data.extra and
+    promote.golden (``commands.status`` compares them with the files of the last run)."""
+    from inspection.artifacts import EXTRA_HASHES, GOLDEN_HASH, SOURCE_HASH
+
+    return {SOURCE_HASH: main_source(params.data, cache),
+            EXTRA_HASHES: {"extra": [fingerprint(s, cache) for s in params.data.extra]},
+            GOLDEN_HASH: {"golden": fingerprint(params.promote.golden, cache)}}
