@@ -38,7 +38,7 @@ status: $(VENV)/.installed   ## up to date? nothing printed, exit 0; else what w
 
 TEST_JOBS ?= 2          # make test: pytest-xdist workers, one test file per worker at a time (1 = no workers)
 test: install         ## unit tests, data tests (skipped without the mirror) and one end-to-end dvc repro
-	$(ACTIVATE) python -m pytest -q --durations=25 $(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile) tests
+	$(ACTIVATE) python -m pytest -q --durations=25 $(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder) tests
 
 results: install      ## the README "Results" run: `dvc exp run` on the local Kaggle mirror, per-stage wall times
 	$(ACTIVATE) python tools/timed_repro.py -S data.source=local -S data.local.path=$(MIRROR)   # keep MIRROR relative: dvc.lock records it
@@ -51,10 +51,11 @@ BENCH_SCALE ?= 10        # make bench: the larger set of the memory-scaling run 
 BENCH_IMAGES ?= 2000     # make bench: batch CLI throughput at this many files, and peak memory at BENCH_LARGE
 BENCH_LARGE ?= 20000
 BENCH_FILES ?= 50000     # make bench: files of the fingerprinted folder
+BENCH_REPEATS ?= 2       # make bench: memory-scaling runs per input on the data (medians)
 BENCH_SCRATCH ?=         # make bench: scratch folder of the memory-scaling set (default: a temp folder)
 bench: install        ## the benchmark: whole pipeline on $(MIRROR), then SavedModel speed -> reports/benchmark.{json,md}
 	$(ACTIVATE) python tools/bench.py --data $(MIRROR)
-	$(ACTIVATE) python tools/bench.py --memory-scaling --data $(MIRROR) --scale $(BENCH_SCALE) $(if $(BENCH_SCRATCH),--scratch $(BENCH_SCRATCH))   # train stage: peak memory + images/s, data vs a larger set, streamed vs in memory
+	$(ACTIVATE) python tools/bench.py --memory-scaling --data $(MIRROR) --scale $(BENCH_SCALE) --repeats $(BENCH_REPEATS) $(if $(BENCH_SCRATCH),--scratch $(BENCH_SCRATCH))   # train stage: peak memory + images/s, data vs a larger set, streamed vs in memory
 	$(ACTIVATE) python tools/bench_predict.py --model models --images $(BENCH_IMAGES) --large $(BENCH_LARGE)   # batch CLI: images/s and peak memory
 	$(ACTIVATE) python tools/bench_fingerprint.py --files $(BENCH_FILES)   # sources stage: fingerprint of a large folder
 

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -18,6 +21,18 @@ sys.path.insert(0, str(REPO))
 
 from inspection.config import set_dotted
 from inspection.data.synthetic import render_part
+
+
+# The slowest test files first (their seconds in a `--durations` run: team ~550, faults ~360, make targets ~340,
+# retrain loop ~180, page ~145, predict ~110, e2e ~90): `make test` runs pytest-xdist with --dist loadfile
+# --no-loadscope-reorder, so the two workers take whole files in this order and no long file starts last.
+SLOWEST_FIRST = ["test_team.py", "test_faults.py", "test_make_targets.py", "test_retrain_loop.py", "test_page.py",
+                 "test_predict.py", "test_pipeline_e2e.py"]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: every file keeps its own order
 
 
 def write_part(path: Path, seed: int, defects: int = 0, size: int = 64, channels: int = 3) -> np.ndarray:
@@ -148,18 +163,30 @@ def make_cmd(*targets: str) -> list[str]:
     return ["make", f"VENV={VENV}", *targets]
 
 
-@pytest.fixture(scope="session")
-def e2e_repo(tmp_path_factory):
-    """The README's run command on a fresh copy of the repo with nothing beside it (no team mirror): `make run`
-    takes the default data.source auto to Kaggle, served here from a complete kagglehub cache holding small
-    generated parts (no network: the Kaggle API points at a closed port). Shared by every test module (session
-    scope) with that environment kept; treat it as read-only, copy it to change it. Without Chromium (and
-    without REQUIRE_BROWSER) it runs with web.require_browser false."""
+def _e2e_shared(tmp_path_factory) -> Path:
+    """One folder for the whole test session, shared by the pytest-xdist workers (their base temp's parent)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    (root / "e2e-shared").mkdir(exist_ok=True)
+    return root / "e2e-shared"
+
+
+def _e2e_env(shared: Path) -> dict[str, str]:
+    """The e2e run's environment: Kaggle served from the generated cache, any network use of the API fails."""
+    return {"KAGGLEHUB_CACHE": str(shared / "kagglehub"), "KAGGLE_API_ENDPOINT": "http://127.0.0.1:9"}
+
+
+def _start_e2e(shared: Path) -> subprocess.Popen | None:
+    """Prepare the e2e copy and start `make run` in the background, once per session: the first caller claims it
+    (an exclusive create), the others find it claimed. `rc` appears when the run has ended."""
+    try:
+        os.close(os.open(shared / "claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return None
     from inspection.config import load_params
     from inspection.data.acquire import write_synthetic
 
-    base = tmp_path_factory.mktemp("e2e")
-    root = copy_repo(base / "repo")
+    root = copy_repo(shared / "repo")
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["train"].update(image_size=64, max_epochs=3, patience=2, batch_size=16)
     params["export"].update(parity_images=16)
@@ -186,15 +213,56 @@ def e2e_repo(tmp_path_factory):
         (train / "defect").rename(train / "def_front")
         (train / "ok").rename(train / "ok_front")
 
-    fake_kaggle_cache(base / "kagglehub", fill)
-    mp = pytest.MonkeyPatch()  # the rest of the session's dvc commands in this repo see the same Kaggle cache
-    mp.setenv("KAGGLEHUB_CACHE", str(base / "kagglehub"))
-    mp.setenv("KAGGLE_API_ENDPOINT", "http://127.0.0.1:9")  # any network use would fail
-    res = sh(make_cmd("run"), root)
-    assert "source: data.source auto: Kaggle" in res.stdout, res.stdout[-2000:]
+    fake_kaggle_cache(shared / "kagglehub", fill)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **_e2e_env(shared))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = " ".join(map(shlex.quote, make_cmd("run")))
+    return subprocess.Popen(["sh", "-c", f"{cmd} >../stdout 2>../stderr; echo $? >../rc.tmp && mv ../rc.tmp ../rc"],
+                            cwd=root, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _e2e_in_background(request, tmp_path_factory):
+    """The end-to-end run starts with the session, on the first worker, when any collected test needs it: the
+    workers run the other tests meanwhile, and the run is made once, not once per worker."""
+    proc = None
+    if os.environ.get("PYTEST_XDIST_WORKER", "gw0") == "gw0" and any(
+            "e2e_repo" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        proc = _start_e2e(_e2e_shared(tmp_path_factory))
+    yield
+    if proc is not None:   # the other workers may still wait for it: let it end; an interrupt stops it
+        try:
+            proc.wait()
+        except KeyboardInterrupt:
+            os.killpg(proc.pid, signal.SIGTERM)
+            raise
+
+
+@pytest.fixture(scope="session")
+def e2e_repo(tmp_path_factory):
+    """The README's run command on a fresh copy of the repo with nothing beside it (no team mirror): `make run`
+    takes the default data.source auto to Kaggle, served here from a complete kagglehub cache holding small
+    generated parts (no network: the Kaggle API points at a closed port). Run once per session in the background
+    (_e2e_in_background); each worker gets its own copy of the finished repo, shared by its test modules with that
+    environment kept: treat it as read-only, copy it to change it. Without Chromium (and without
+    REQUIRE_BROWSER) it runs with web.require_browser false."""
+    shared = _e2e_shared(tmp_path_factory)
+    proc = _start_e2e(shared)   # None when the session already started it
+    if proc is not None:
+        proc.wait()
+    while not (shared / "rc").exists():
+        time.sleep(1)
+    out, err = (shared / "stdout").read_text(), (shared / "stderr").read_text()
+    rc = int((shared / "rc").read_text())
+    if rc != 0:
+        raise AssertionError(f"make run failed ({rc}):\n{out[-3000:]}\n{err[-3000:]}")
+    assert "source: data.source auto: Kaggle" in out, out[-2000:]
     for noise in ("Unable to register cuDNN factory", "absl::InitializeLog", "computation placer already registered"):
-        assert noise not in res.stdout + res.stderr, noise   # TF's C++ start-up lines: INSPECTION_TF_LOGS=1 shows them
+        assert noise not in out + err, noise   # TF's C++ start-up lines: INSPECTION_TF_LOGS=1 shows them
+    root = tmp_path_factory.mktemp("e2e") / "repo"
+    shutil.copytree(shared / "repo", root, symlinks=True)
+    mp = pytest.MonkeyPatch()  # the rest of the session's dvc commands in this repo see the same Kaggle cache
+    for key, value in _e2e_env(shared).items():
+        mp.setenv(key, value)
     yield root
     mp.undo()
-
-

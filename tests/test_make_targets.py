@@ -39,10 +39,12 @@ def test_make_bench_then_make_results(e2e_repo, tmp_path):
     repo = tmp_path / "repo"
     shutil.copytree(e2e_repo, repo, symlinks=True)
     mirror = _tiny_mirror(e2e_repo, tmp_path / "mirror.zip")
-    res = sh(make_cmd("bench", f"MIRROR={mirror}", "BENCH_SCALE=2", "BENCH_IMAGES=24", "BENCH_LARGE=48",
-                      "BENCH_FILES=60", f"BENCH_SCRATCH={tmp_path / 'scratch'}"), repo)
+    res = sh(make_cmd("bench", f"MIRROR={mirror}", "BENCH_SCALE=2", "BENCH_REPEATS=1", "BENCH_IMAGES=24",
+                      "BENCH_LARGE=48", "BENCH_FILES=60", f"BENCH_SCRATCH={tmp_path / 'scratch'}"), repo)
     bench = json.loads((repo / "reports/benchmark.json").read_text())
     assert {"machine", "stage_seconds", "memory_scaling"} <= set(bench), sorted(bench)
+    memory = bench["memory_scaling"]["train"]
+    assert [len(memory[s][m]["runs"]) for s in ("dataset", "x2") for m in ("stream", "memory")] == [1, 1, 1, 1]
     assert set(bench["stage_seconds"]) >= {"download", "train", "evaluate", "export"}
     md = (repo / "reports/benchmark.md").read_text()
     assert bench["saved_model"]["latency_ms_p50"] > 0 and f"Machine: {bench['machine']['cpu']}" in md

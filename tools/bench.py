@@ -1,7 +1,7 @@
 """Benchmark: the whole pipeline on a dataset, then the exported model's speed on this CPU.
 
 Usage: python tools/bench.py [--data ZIP_OR_FOLDER] [--skip-repro] [-S key=value ...]
-       python tools/bench.py --memory-scaling [--data ZIP_OR_FOLDER] [--scale 10] [--scratch DIR]
+       python tools/bench.py --memory-scaling [--data ZIP_OR_FOLDER] [--scale 10] [--repeats 2] [--scratch DIR]
          (tools/bench_memory.py: the train stage's peak memory and images/s on the data and on a 10x larger
          set, streamed from the shards and with the whole split in memory; adds a section to the reports)
 Runs tools/timed_repro.py (wall time and peak memory per stage) with data.source=local, then measures
@@ -112,6 +112,21 @@ def write_reports(bench: dict) -> str:
     return md
 
 
+def memory_scaling(args: argparse.Namespace) -> None:
+    """--memory-scaling: tools/bench_memory.py's measurement, added to the reports as their memory section."""
+    from tools.bench_memory import measure
+
+    if not Path(args.data).exists():
+        sys.exit(f"error: {args.data} not found; pass --data with the Kaggle zip or a folder of class folders")
+    if args.repeats < 1:
+        sys.exit(f"error: --repeats {args.repeats}: give 1 or more runs per input")
+    result = measure(Path(args.data).resolve(), Path(args.scratch), args.scale, repeats=args.repeats,
+                     memory_on_larger=not args.skip_memory_larger)
+    previous = Path("reports/benchmark.json")
+    print(write_reports({**(json.loads(previous.read_text()) if previous.exists() else {}),
+                         "memory_scaling": result}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     # relative to the repository, as params.yaml writes it: dvc.lock records the value, so no machine's folder
@@ -123,21 +138,15 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=10, help="--memory-scaling: size of the larger set")
     ap.add_argument("--scratch", default=str(Path(tempfile.gettempdir()) / "inspection-bench-memory"),
                     help="--memory-scaling: scratch folder (the generated set is reused from here)")
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="--memory-scaling: runs per input on --data (the medians are reported)")
     ap.add_argument("--skip-memory-larger", action="store_true",
                     help="--memory-scaling: do not train the whole-array path on the larger set")
     args = ap.parse_args()
     os.chdir(ROOT)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.memory_scaling:
-        from tools.bench_memory import measure
-
-        if not Path(args.data).exists():
-            sys.exit(f"error: {args.data} not found; pass --data with the Kaggle zip or a folder of class folders")
-        result = measure(Path(args.data).resolve(), Path(args.scratch), args.scale,
-                         memory_on_larger=not args.skip_memory_larger)
-        previous = Path("reports/benchmark.json")
-        print(write_reports({**(json.loads(previous.read_text()) if previous.exists() else {}),
-                             "memory_scaling": result}))
+        memory_scaling(args)
         return
     if not args.skip_repro:
         if not Path(args.data).exists():
