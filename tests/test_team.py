@@ -273,7 +273,7 @@ def test_a_teammate_clone_logs_registers_and_promotes_in_its_own_store(e2e_repo,
     if (src / "web/node_modules").exists():
         (clone / "web/node_modules").symlink_to((src / "web/node_modules").resolve())
     sh(["dvc", "pull"], clone)
-    res = sh(["dvc", "exp", "run", "-n", "mate", "-S", "export.parity_images=12"], clone)
+    res = sh(["dvc", "exp", "run", "-n", "mate", "-S", "export.parity_images=12", "promote"], clone)   # report/web: e2e
     assert "Running stage 'export'" in res.stdout and "Running stage 'promote'" in res.stdout, res.stdout[-3000:]
     assert "Traceback" not in res.stdout + res.stderr
     assert _runs(src / "mlflow.db") == first_store   # nothing written into the first clone's store
@@ -463,7 +463,8 @@ def test_a_teammate_clone_logs_registers_and_promotes_on_the_team_server(e2e_rep
         if (src / "web/node_modules").exists():
             (clone / "web/node_modules").symlink_to((src / "web/node_modules").resolve())
         sh(["dvc", "pull"], clone)
-        res = with_store(["dvc", "exp", "run", "-n", "mate", "-S", "export.parity_images=12"], clone, server.uri)
+        res = with_store(["dvc", "exp", "run", "-n", "mate", "-S", "export.parity_images=12", "promote"], clone,
+                         server.uri)
         assert "Running stage 'export'" in res.stdout and "Running stage 'promote'" in res.stdout, res.stdout[-3000:]
         for out in (first, res):
             assert "Traceback" not in out.stdout + out.stderr, (out.stdout + out.stderr)[-3000:]
