@@ -217,8 +217,20 @@ def _start_e2e(shared: Path) -> subprocess.Popen | None:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **_e2e_env(shared))
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = " ".join(map(shlex.quote, make_cmd("run")))
-    return subprocess.Popen(["sh", "-c", f"{cmd} >../stdout 2>../stderr; echo $? >../rc.tmp && mv ../rc.tmp ../rc"],
+    proc = subprocess.Popen(["sh", "-c", f"{cmd} >../stdout 2>../stderr; echo $? >../rc.tmp && mv ../rc.tmp ../rc"],
                             cwd=root, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+    (shared / "pid").write_text(str(proc.pid))
+    return proc
+
+
+def _wait_for_e2e(shared: Path) -> int:
+    """The run's exit code, once `rc` appears; a run that died without writing one (killed) fails, not hangs."""
+    while not (shared / "rc").exists():
+        pid = int((shared / "pid").read_text()) if (shared / "pid").exists() else None
+        if pid is not None and not Path(f"/proc/{pid}").exists() and not (shared / "rc").exists():
+            raise AssertionError(f"the end-to-end run (pid {pid}) ended without an exit code: {shared / 'stdout'}")
+        time.sleep(1)
+    return int((shared / "rc").read_text())
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -250,10 +262,8 @@ def e2e_repo(tmp_path_factory):
     proc = _start_e2e(shared)   # None when the session already started it
     if proc is not None:
         proc.wait()
-    while not (shared / "rc").exists():
-        time.sleep(1)
+    rc = _wait_for_e2e(shared)
     out, err = (shared / "stdout").read_text(), (shared / "stderr").read_text()
-    rc = int((shared / "rc").read_text())
     if rc != 0:
         raise AssertionError(f"make run failed ({rc}):\n{out[-3000:]}\n{err[-3000:]}")
     assert "source: data.source auto: Kaggle" in out, out[-2000:]
