@@ -117,10 +117,16 @@ def section(dotted: str, **changes):
 HAS_BROWSER = CHROMIUM.exists() or os.environ.get("REQUIRE_BROWSER") == "1"
 
 
-def sh(cmd, cwd, check=True):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+def command_env(**extra: str) -> dict[str, str]:
+    """The environment of a command a test runs: this venv's tools first on PATH, the repository's default
+    tracking store (no MLFLOW_TRACKING_URI from the caller), plus ``extra``."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **extra)
     env.pop("MLFLOW_TRACKING_URI", None)
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    return env
+
+
+def sh(cmd, cwd, check=True):
+    res = subprocess.run(cmd, cwd=cwd, env=command_env(), capture_output=True, text=True)
     if check and res.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
     return res
@@ -214,8 +220,7 @@ def _start_e2e(shared: Path) -> subprocess.Popen | None:
         (train / "ok").rename(train / "ok_front")
 
     fake_kaggle_cache(shared / "kagglehub", fill)
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", **_e2e_env(shared))
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = command_env(**_e2e_env(shared))
     cmd = " ".join(map(shlex.quote, make_cmd("run")))
     proc = subprocess.Popen(["sh", "-c", f"{cmd} >../stdout 2>../stderr; echo $? >../rc.tmp && mv ../rc.tmp ../rc"],
                             cwd=root, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
