@@ -76,8 +76,10 @@ def log(params, metrics: dict, rob: list[dict], judged: dict) -> None:
         mlflow.log_metric("threshold", metrics["threshold"])
         for split in ("val", "test"):
             mlflow.log_metrics({f"{split}_{k}": float(v) for k, v in metrics[split].items() if v is not None})
+        line = {t["key"]: t["rate"] for t in judged["targets"]}   # at the line's defect rate, as the decision
         mlflow.log_metrics({"test_route_missed": rt["missed"], "test_route_false_rejects": rt["false_rejects"],
                             "test_review_share": rt["review_share"], "test_retake_share": rt["retake_share"],
+                            "review_share_line": line["review"], "retake_share_line": line["retake"],
                             "ood_limit": metrics["ood"]["limit"], "ood_battery_passed": metrics["ood"]["battery_passed"]})
         mlflow.log_metrics({mlflow_key(f"robust_{row['perturbation']}_{k}"): float(row[k])
                             for row in rob for k in ("recall", "false_reject_rate", "retake_share")})

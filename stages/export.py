@@ -50,7 +50,7 @@ def main() -> None:
         judged = read_json(DECISION)
         metadata["decision"] = {k: judged[k] for k in ("ready", "sentence", "confidence")}
         write_json(out.path(METADATA), metadata)
-        write_json(out.path(HEADLINE), {**headline(metrics, run, metadata), "ready": judged["ready"]})
+        write_json(out.path(HEADLINE), {**headline(metrics, judged, metadata), "ready": judged["ready"]})
     log_to_mlflow(params, diff, metadata)
     from inspection.deploy.published import publish
 

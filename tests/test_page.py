@@ -366,6 +366,25 @@ def test_reasons_come_with_an_operator_action_and_the_numbers_below(open_page, p
     assert page.text_content("#results tbody tr[data-route='RETAKE'] .todo").startswith("Flat photo")
 
 
+def test_a_message_is_scrolled_into_view_from_far_down_a_list(open_page, photos, tmp_path):
+    """On a phone, a correction clicked far down a long list without a name: the note asking for one is on screen."""
+    from inspection.deploy.server import upload
+
+    page = open_page(390)
+    more = [write_photo(tmp_path / f"part_{i:02d}.png", photo(96 + i, 40 + i)) for i in range(14)]
+    upload(page, more + [photos["review"]])
+    review = page.locator("#results tbody tr[data-route='REVIEW'] [data-fix='ok']").last
+    review.scroll_into_view_if_needed()
+    assert not in_viewport(page, "#who-note") or page.is_hidden("#who-note")
+    review.click()
+    assert page.is_visible("#who-note") and in_viewport(page, "#who-note")
+
+
+def in_viewport(page, selector: str) -> bool:
+    return page.evaluate("""s => { const r = document.querySelector(s).getBoundingClientRect();
+        return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight; }""", selector)
+
+
 def test_a_review_goes_into_the_csv_and_need_action_counts_down(open_page, photos):
     """The operator's decision on a REVIEW part: the row shows the final route, "need action" goes down, the CSV
     carries the label, the final route, who and when; the message to enter a name appears beside its field."""
@@ -471,19 +490,29 @@ def test_clear_asks_first_and_keeps_everything_when_refused(open_page, photos):
     assert table(page) == []
 
 
-def test_a_second_retake_for_the_same_reason_goes_to_review(open_page, photos):
-    """The same part photographed again (one photo at a time) and RETAKE again for the same reason: a third photo
-    will not help, a person inspects it. In a batch of many photos nothing is escalated."""
+def test_a_second_retake_for_the_same_reason_goes_to_review(open_page, photos, tmp_path):
+    """The same part photographed again (one photo at a time) and RETAKE again for the same cause, with other
+    measured numbers (no two photos measure the same): a third photo will not help, a person inspects it. The
+    escalated row may not be a casting: it gets labels only after "It is a casting". In a batch of many photos
+    nothing is escalated."""
     from inspection.deploy.server import upload
 
+    again = photo(120, 0, flat=True)
+    again[:3, :3] = 160                              # another blank frame: other bytes, other numbers, same causes
+    again = write_photo(tmp_path / "blank_again.png", again)
     page = open_page(1366)
     first, = upload(page, [photos["blank"]])
-    second, = upload(page, [photos["blank"]])
+    second, = upload(page, [again])
     assert first["route"] == "RETAKE" and second["route"] == "REVIEW"
-    assert second["reason"].startswith(f"second RETAKE for the same reason ({first['reason']})")
+    assert second["reason"].startswith("second RETAKE for the same reason (")
+    assert first["reason"] not in second["reason"]   # the numbers differ: the causes matched, not the text
+    causes = page.evaluate("r => window.inspector.reasonCauses(r)", first["reason"])
+    assert causes and all(c in second["reason"] for c in causes)
+    row = "#results tbody tr[data-route='REVIEW']"
+    assert page.locator(f"{row} .fix-button").count() == 0 and page.locator(f"{row} .casting-button").count() == 1
     third, = upload(page, [photos["blank"]])
     assert third["route"] == "RETAKE"   # a new part: the count starts again
-    batch = upload(page, [photos["blank"], photos["blank"]])
+    batch = upload(page, [photos["blank"], again])
     assert [r["route"] for r in batch] == ["RETAKE", "RETAKE"]
 
 

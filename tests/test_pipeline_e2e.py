@@ -74,7 +74,17 @@ def test_metrics_have_their_keys(repo):
     assert len(rows) == 49 and rows[0].startswith("kind,index,route,reason")
     assert ",PASS," not in "\n".join(rows)
     headline = json.loads((repo / "reports/headline.json").read_text())
-    assert len(headline) <= 15 and headline["retake_share"] == rt["retake_share"]
+    judged = {t["key"]: t for t in json.loads((repo / "reports/decision.json").read_text())["targets"]}
+    assert len(headline) <= 15 and headline["retake_share_line"] == judged["retake"]["rate"]
+    assert headline["review_share_line"] == judged["review"]["rate"]   # the decision's line mix, as the report
+    c = rt["counts"]
+    review = judged["review"]          # its k of n pooled, and each class's own count behind the line-mix rate
+    assert review["k"] == c["defect"]["REVIEW"] + c["ok"]["REVIEW"] and review["n"] == rt["n"]
+    assert review["by_class"] == {"defect": {"k": c["defect"]["REVIEW"], "n": rt["defects"]},
+                                  "ok": {"k": c["ok"]["REVIEW"], "n": rt["ok"]}}
+    rate = json.loads((repo / "reports/decision.json").read_text())["line_defect_rate"]
+    assert review["rate"] == pytest.approx(rate * c["defect"]["REVIEW"] / rt["defects"]
+                                           + (1 - rate) * c["ok"]["REVIEW"] / rt["ok"])
     assert not any("seconds" in k for k in headline)  # no wall times in the DVC metrics
     assert sh(["git", "check-ignore", "-q", "reports/headline.json"], repo, check=False).returncode == 1  # kept in git
     data = json.loads((repo / "reports/data.json").read_text())

@@ -285,7 +285,7 @@ def fabricate(root: Path, n_per_class: int = 20, wrong: int = 4, promotion: bool
             client.log_batch(run.info.run_id, params=logged[j:j + 100])
         for k, v in {"threshold": threshold, "test_n": len(y), "test_tp": nd - fn, "test_fn": fn, "test_fp": 2,
                      "test_recall": recall, "test_miss_rate": fn / nd, "test_false_reject_rate": 2 / no,
-                     "test_roc_auc": 0.98, "test_route_missed": test["missed"], "test_review_share": 0.1}.items():
+                     "test_roc_auc": 0.98, "test_route_missed": test["missed"], "review_share_line": 0.1}.items():
             client.log_metric(run.info.run_id, k, float(v))
         client.set_terminated(run.info.run_id)
         ids.append(run.info.run_id)
@@ -340,10 +340,14 @@ def check_numbers(page, root: Path) -> int:
     judged = json.loads((root / "reports/decision.json").read_text())
     predictions = [dict(r, positive="defect") for r in read_csv(root / "reports/eval/predictions.csv")
                    if r["split"] == "test"]
-    flat = derive(metrics, params, read_csv(root / "reports/eval/robustness.csv"), judged, predictions)["flat"]
+    derived = derive(metrics, params, read_csv(root / "reports/eval/robustness.csv"), judged, predictions)
+    flat = derived["flat"]
+    # the settings table's chosen row is the route itself: the same counts as the route table and the decision
+    chosen = [o for o in derived["options"] if o["chosen"]]
+    assert not predictions or [o["counts"] for o in chosen] == [derived["route"]["test"]["counts"]]
     recomputed = derive(metrics, params, read_csv(root / "reports/eval/robustness.csv"))
     # decision.json is the report's judgement: the same targets, bounds and verdict the report would compute
-    assert recomputed["targets"] == [{k: v for k, v in t.items() if k not in ("k", "n", "bound")}
+    assert recomputed["targets"] == [{k: v for k, v in t.items() if k not in ("k", "n", "bound", "basis", "by_class")}
                                      for t in judged["targets"]]
     assert (recomputed["ready"], recomputed["decision"]) == (judged["ready"], judged["sentence"])
     assert all(t["bound"] == t["high"] for t in judged["targets"])
@@ -424,6 +428,7 @@ def test_report_in_chromium(made, browser, width):
     assert page.locator("#signoff .sign div").count() == 4
     assert "Promoted" in page.inner_text("#promotion-decision")
     assert page.locator("#trend tbody tr").count() == 2 and page.locator("#trend tr.current").count() == 1
+    assert "REVIEW (line mix)" in page.text_content("#trend thead") and "10.0 %" in page.text_content("#trend tbody")
     # error cells of the confusion matrix stand out: white on red
     assert page.eval_on_selector("#route-matrix td.err", "e => getComputedStyle(e).backgroundColor") in (
         "rgb(192, 57, 43)", "rgb(251, 234, 234)")
@@ -493,6 +498,7 @@ def test_trend_reads_the_last_runs_newest_first(made):
     t = trend(EXPERIMENT, 10, made["runs"][-1], tracking_uri=made["uri"])
     assert [r["run_id"] for r in t["rows"]] == made["runs"][::-1]
     assert t["rows"][0]["current"] and not t["rows"][1]["current"] and t["rows"][1]["test_recall"] == 0.95
+    assert t["rows"][0]["review_share_line"] == 0.1   # the decision's line mix, as the cost table
     assert t["figure"].startswith("data:image/png;base64,")
     assert len(trend(EXPERIMENT, 1, None, tracking_uri=made["uri"])["rows"]) == 1
     empty = trend("no-such-experiment", 5, None, tracking_uri=made["uri"])
@@ -545,6 +551,12 @@ def test_commit_is_dirty_for_code_and_params_not_for_dvc_bookkeeping(tmp_path, m
     assert git_commit() == clean + "-dirty"
 
 
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)
+
+
 def test_the_pdf_is_the_whole_report(made):
     """Every section heading and every bad case of the HTML is in the printed PDF's text (collapsed sections are
     printed open), and no "≤" sits alone at the end or start of a line."""
@@ -570,7 +582,16 @@ def test_the_pdf_is_the_whole_report(made):
     for case in cases:   # long names may wrap in a card: compare without spaces
         assert case.replace(" ", "") in squeezed, case
     summaries = [re.sub(r"<[^>]+>", "", x).strip() for x in re.findall(r"<summary[^>]*>(.*?)</summary>", html, re.S)]
-    assert summaries
+    subheadings = [re.sub(r"<[^>]+>", "", h).strip() for h in re.findall(r"<h3[^>]*>(.*?)</h3>", html, re.S)]
+    assert summaries and subheadings
+    for label in summaries + subheadings:   # each collapsed section's label and each sub-section is printed
+        words = "".join(html_unescape(label).split())[:40]
+        assert words in squeezed, label
+    bodies = re.findall(r"<details[^>]*>.*?</summary>(.*?)</details>", html, re.S)
+    assert bodies
+    for body in bodies:                      # and so is what the collapsed section holds (its first words)
+        words = "".join(html_unescape(re.sub(r"<[^>]+>", " ", body)).split())[:30]
+        assert words in squeezed, words
     assert not re.search(r"(^|\n)\s*≤\s*(\n|$)", text)
 
 
@@ -587,20 +608,54 @@ def test_other_settings_are_judged_like_the_decision_and_keep_retake():
     rows[0]["route"] = "RETAKE"                                    # a defect the gate stopped: never PASS
     rows[0]["probability"] = "0.001"
     rows += [{"label": "ok", "probability": str(q), "route": ""} for q in (0.2, 0.25, 0.6)]   # the overlap
-    route = {"threshold": 0.1, "review_band": {"low": 0.1, "high": 0.5}}
+    # a defect the model scores near 0 that the unusual-photo tier sent to REVIEW: REVIEW in every setting
+    rows.append({"label": "defect", "probability": "0.00001", "route": "REVIEW", "ood_score": "25.0"})
+    route = {"threshold": 0.1, "review_band": {"low": 0.1, "high": 0.5},
+             "retake": {"ood": {"limit": 30.0, "review_limit": 20.0}}}
     options = {o["name"]: o for o in candidates(rows, "defect", route, r, 0.95)}
     assert list(options)[0] == "chosen" and options["chosen"]["chosen"]
     chosen = options["chosen"]
     assert chosen["counts"]["defect"]["RETAKE"] == 1 and chosen["counts"]["defect"]["PASS"] == 0
+    assert all(o["counts"]["defect"]["REVIEW"] >= 1 for o in options.values())
+    assert options["threshold alone"]["counts"]["defect"]["REVIEW"] == 1
     assert chosen["counts"]["ok"] == {"PASS": 600, "REVIEW": 2, "REJECT": 1, "RETAKE": 0}
     assert chosen["passed"] and all(chosen["checks"].values())
     alone = options["threshold alone"]                               # no band: the 3 overlapping good parts rejected
     assert alone["counts"]["ok"]["REJECT"] == 3 and alone["counts"]["defect"]["RETAKE"] == 1
     assert alone["false_rejects"]["k"] == 3
-    assert alone["costs"]["review"]["per_shift"] == 0
+    assert alone["costs"]["review"]["per_shift"] < chosen["costs"]["review"]["per_shift"]   # only the unusual photo
     # the same bound as the decision: 1 of 603 good parts rejected, judged on its exact upper bound
     assert chosen["false_rejects"]["high"] == pytest.approx(binomial_ci(1, 603)["high"])
     # PASS below 0.4 lets the defects scoring 0.3-0.4 through: that setting fails the missed-defect target
     x4 = options["low x4"]
     assert x4["low"] == pytest.approx(0.4) and x4["counts"]["defect"]["PASS"] > 0
     assert not x4["passed"] and not x4["checks"]["missed"] and x4["checks"]["false_rejects"]
+
+
+def test_the_gallery_flags_defects_only_a_gate_caught_and_keeps_nearest_pass_for_the_band():
+    """A defect the model scores below the PASS edge is caught only by a gate: RETAKE ('missed under a re-photo?')
+    or the unusual-photo check (REVIEW: 'missed on a more usual photo?'); neither is one of the defects nearest PASS,
+    which are the lowest-scoring defects the band itself stops."""
+    from types import SimpleNamespace
+
+    from inspection.report.cases import case_notes, pick_cases
+
+    r = SimpleNamespace(max_misclassified=4, uncertain_cases=2, reference_defects=1)
+    rows = [{"path": f"d{i}.jpeg", "label": "defect", "positive": "defect", "probability": str(q), "route": w,
+             "reason": why} for i, (q, w, why) in enumerate([
+                 (0.00001, "REVIEW", "unusual photo (out-of-distribution score 25.00 > 20.00): a person checks the part"),
+                 (0.002, "RETAKE", "camera check: sharpness high (2109.60 > 2011.80)"),
+                 (0.03, "REVIEW", "defect probability in the review band [0.0200, 0.1000)"),
+                 (0.5, "REJECT", "defect probability at or above 0.1000"),
+                 (0.99, "REJECT", "defect probability at or above 0.1000")])]
+    rows += [{"path": "ok.jpeg", "label": "ok", "positive": "defect", "probability": "0.001", "route": "PASS",
+              "reason": "defect probability below 0.0200"}]
+    cases = pick_cases(rows, 0.02, r, {"low": 0.02, "high": 0.1})
+    kind = {c["path"]: c["kind"] for c in cases}
+    assert kind["d0.jpeg"] == "caught only as an unusual photo"
+    assert kind["d1.jpeg"] == "caught only by RETAKE"
+    assert [c["path"] for c in cases if c["kind"] == "defect nearest PASS"] == ["d2.jpeg", "d3.jpeg"]
+    notes = {c["path"]: " ".join(case_notes(c, 30.0, 0.02)) for c in cases}
+    assert "Missed on a more usual photo?" in notes["d0.jpeg"] and "0.0000" in notes["d0.jpeg"]
+    assert "Missed under a re-photo?" in notes["d1.jpeg"]
+    assert "decide how low the PASS edge" in notes["d2.jpeg"] and "decide how low" not in notes["d0.jpeg"]

@@ -168,9 +168,18 @@ def decision(metrics: dict, report, robustness_rows_csv: list[dict], model: dict
             k = row["retake_share" if t["key"] == "robust_retake" else t["key"][len("robust_"):]]["k"]
             counts[t["key"]] = (k, test["n"] if t["key"] == "robust_retake" else
                                 test["defects"] if t["key"] == "robust_missed" else test["ok"])
+    c = test["counts"]
+    # REVIEW and RETAKE are judged at the line's mix: their k of n are the pooled test photos, and the rate and bound
+    # re-weight each class's own count (defects: k of n defects, ok: k of n good parts) to report.line_defect_rate
+    mixed = {"review": "REVIEW", "retake": "RETAKE"}
+    by_class = {key: {"basis": f"line mix: {report.line_defect_rate:g} x (defects {c['defect'][w]}/{test['defects']}) + "
+                               f"{1 - report.line_defect_rate:g} x (good parts {c['ok'][w]}/{test['ok']})",
+                      "by_class": {"defect": {"k": c["defect"][w], "n": test["defects"]},
+                                   "ok": {"k": c["ok"][w], "n": test["ok"]}}}
+                for key, w in mixed.items()}
     return {"ready": ready, "sentence": sentence, "confidence": conf, "rule": route["rule"],
             "threshold": route["threshold"], "review_band": route["review_band"],
             "line_defect_rate": report.line_defect_rate,
             "targets": [{**t, "k": counts.get(t["key"], (None, None))[0], "n": counts.get(t["key"], (None, None))[1],
-                         "bound": t["high"]} for t in targets],
+                         "bound": t["high"], **by_class.get(t["key"], {})} for t in targets],
             "model": model}

@@ -60,14 +60,16 @@ def model_metadata(params, *, parameters: int, outputs: dict[str, str], metrics:
     }
 
 
-def headline(metrics: dict, run: dict, metadata: dict) -> dict:
+def headline(metrics: dict, decision: dict, metadata: dict) -> dict:
     """The DVC metrics file: the numbers `dvc exp show` / `dvc metrics diff` compare. Nothing that varies from
-    run to run on the same inputs: no wall times (they stay in reports/timings.json and MLflow)."""
+    run to run on the same inputs: no wall times (they stay in reports/timings.json and MLflow). The REVIEW and
+    RETAKE shares are the decision's, at the line's defect rate (reports/decision.json), as in the report."""
     rt = metrics["route"]["test"]
+    line = {t["key"]: t["rate"] for t in decision["targets"]}
     return {"recall": metrics["test"]["recall"], "precision": metrics["test"]["precision"],
             "false_reject_rate": metrics["test"]["false_reject_rate"], "roc_auc": metrics["test"]["roc_auc"],
             "threshold": metrics["threshold"],
             "route_missed": rt["missed"], "route_false_rejects": rt["false_rejects"],
-            "review_share": rt["review_share"], "retake_share": rt["retake_share"],
+            "review_share_line": line["review"], "retake_share_line": line["retake"],
             "ood_battery_passed": metrics["ood"]["battery_passed"],
             "parameters": metadata["model"]["parameters"], "tfjs_bytes": metadata["size_bytes"]["tfjs"]}

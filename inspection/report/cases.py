@@ -60,8 +60,9 @@ def pick_cases(rows: list[dict], threshold: float, r, band: dict | None = None) 
 
     * errors of the line (up to report.max_misclassified): defects routed PASS, then good parts routed REJECT;
     * defects only the RETAKE gate stopped: their probability is below the PASS edge, so a re-photo that passes
-      the camera check would let them through ("missed under a re-photo?");
-    * the defects nearest the PASS edge (report.uncertain_cases): the parts that decide the band's low edge;
+      the camera check would let them through ("missed under a re-photo?"); likewise those only the unusual-photo
+      check sent to REVIEW;
+    * the defects at or above the PASS edge nearest it (report.uncertain_cases): the parts that decide the band's low edge;
     * parts sent to REVIEW nearest the edges (report.uncertain_cases): handled by a person, not errors;
     * the other RETAKE photos, the correct automatic decisions closest to an edge, and a few clear defects."""
     low = min(threshold, band["low"]) if band else threshold
@@ -78,11 +79,12 @@ def pick_cases(rows: list[dict], threshold: float, r, band: dict | None = None) 
     escaped = sorted((x for x in rows if x["route"] == "PASS" and is_defect(x)), key=prob)
     rejected = sorted((x for x in rows if x["route"] == "REJECT" and not is_defect(x)), key=lambda x: -prob(x))
     errors = (tagged(escaped, "escaped defect") + tagged(rejected, "false reject"))[:r.max_misclassified]
-    retake_only = tagged(sorted((x for x in rows if x["route"] == "RETAKE" and is_defect(x) and prob(x) < low),
-                                key=prob), "caught only by RETAKE")
-    nearest = tagged(sorted((x for x in rows if is_defect(x) and x["route"] in ("REVIEW", "REJECT")), key=prob)
-                     [:r.uncertain_cases], "defect nearest PASS")
-    taken = {x["path"] for x in errors + retake_only + nearest}
+    below = sorted((x for x in rows if is_defect(x) and x["route"] != "PASS" and prob(x) < low), key=prob)
+    retake_only = tagged([x for x in below if x["route"] == "RETAKE"], "caught only by RETAKE")
+    unusual_only = tagged([x for x in below if x["route"] == "REVIEW"], "caught only as an unusual photo")
+    nearest = tagged(sorted((x for x in rows if is_defect(x) and x["route"] in ("REVIEW", "REJECT")
+                             and prob(x) >= low), key=prob)[:r.uncertain_cases], "defect nearest PASS")
+    taken = {x["path"] for x in errors + retake_only + unusual_only + nearest}
     review = tagged(sorted((x for x in rows if x["route"] == "REVIEW" and x["path"] not in taken),
                            key=lambda x: abs(_logit(prob(x)) - lo_logit))[:r.uncertain_cases], "sent to review")
     taken |= {x["path"] for x in review}
@@ -96,7 +98,7 @@ def pick_cases(rows: list[dict], threshold: float, r, band: dict | None = None) 
     found = sorted((x for x in rows if is_defect(x) and x["route"] == "REJECT" and x["path"] not in taken),
                    key=lambda x: -prob(x))
     reference = tagged(found[:r.reference_defects], "reference defect")
-    return errors + retake_only + nearest + review + retake + uncertain + reference
+    return errors + retake_only + unusual_only + nearest + review + retake + uncertain + reference
 
 
 def case_notes(c: dict, ood_limit: float | None, low: float | None = None) -> list[str]:
@@ -120,6 +122,10 @@ def case_notes(c: dict, ood_limit: float | None, low: float | None = None) -> li
         notes.append(f"Missed under a re-photo? The model scores this defect {float(c['probability']):.4f}, below the "
                      f"PASS edge {low:.4f}: only the RETAKE gate stopped it. If a new photo passes the camera and "
                      "out-of-distribution checks, the line would PASS it. It counts as caught, not as safe.")
+    elif c.get("kind") == "caught only as an unusual photo":
+        notes.append(f"Missed on a more usual photo? The model scores this defect {float(c['probability']):.4f}, below "
+                     f"the PASS edge {low:.4f}: only the unusual-photo check sent it to REVIEW. A photo of it that "
+                     "looks like the training photos would PASS. It counts as caught, not as safe.")
     elif c.get("route") == "RETAKE":
         notes.append("The line asks for a new photo instead of judging this one.")
     if c.get("kind") == "sent to review":

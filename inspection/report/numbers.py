@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from inspection.decision.metrics import binomial_ci
 from inspection.decision.readiness import judge_targets, line_costs, robustness_rows, verdict
-
-
-WORDS = ("PASS", "REVIEW", "REJECT", "RETAKE")
+from inspection.decision.route import ROUTES as WORDS
+from inspection.decision.route import route as route_of
+from inspection.decision.route import unusual_reason
 
 
 def lookup(doc, key: str):
@@ -91,8 +91,11 @@ def _test_block(counts: dict) -> dict:
 def candidates(rows: list[dict], positive: str, route: dict, r, confidence: float) -> list[dict]:
     """Other settings of the same rule on the test split: the chosen band, its low edge moved down and up
     (x1/4 .. x4 in probability), its high edge halved and doubled, the threshold alone (no band) and the fixed
-    band [0.02, 0.9). Each keeps the RETAKE routes (the gate does not depend on the band) and is judged on the
-    clean targets with the same exact bounds as the decision; the chosen one was chosen on validation."""
+    band [0.02, 0.9). Each routes every row with the deployed rule (inspection.decision.route) with only the band
+    changed: RETAKE photos stay RETAKE (the gate does not depend on the band) and an unusual photo (its
+    out-of-distribution score above the rule's review limit) that the band would pass goes to REVIEW, as on the
+    line. Each is judged on the clean targets with the same exact bounds as the decision; the chosen one was
+    chosen on validation, and its counts are the route's own."""
     band, threshold = route.get("review_band"), route["threshold"]
     low = min(threshold, band["low"]) if band else threshold
     high = max(threshold, band["high"]) if band else threshold
@@ -100,18 +103,23 @@ def candidates(rows: list[dict], positive: str, route: dict, r, confidence: floa
     settings += [(f"low x{f:g}", low * f, high) for f in (0.25, 0.5, 2, 4) if low * f < high]
     settings += [(f"high x{f:g}", low, min(high * f, 0.999)) for f in (0.5, 2) if low < high * f < 1]
     settings += [("threshold alone", threshold, threshold), ("fixed band", 0.02, 0.9)]
-    y = [row["label"] == positive for row in rows]
-    p = [float(row["probability"]) for row in rows]
-    retake = [row.get("route") == "RETAKE" for row in rows]
+    ood = (route.get("retake") or {}).get("ood")
+
+    def word(row: dict, lo: float, hi: float) -> str:
+        if row.get("route") == "RETAKE":
+            return "RETAKE"
+        w, _ = route_of(float(row["probability"]), lo, (lo, hi))
+        score = row.get("ood_score")
+        return "REVIEW" if w == "PASS" and score not in (None, "") and unusual_reason(float(score), ood) else w
+
     out, seen = [], set()
     for name, lo, hi in settings:
         if (round(lo, 6), round(hi, 6)) in seen:
             continue
         seen.add((round(lo, 6), round(hi, 6)))
         counts = {c: {w: 0 for w in WORDS} for c in ("defect", "ok")}
-        for yy, q, rt in zip(y, p, retake):
-            w = "RETAKE" if rt else "PASS" if q < lo else "REJECT" if q >= hi else "REVIEW"
-            counts["defect" if yy else "ok"][w] += 1
+        for row in rows:
+            counts["defect" if row["label"] == positive else "ok"][word(row, lo, hi)] += 1
         missed = binomial_ci(counts["defect"]["PASS"], sum(counts["defect"].values()), confidence)
         rejected = binomial_ci(counts["ok"]["REJECT"], sum(counts["ok"].values()), confidence)
         test = {**_test_block(counts), "intervals": {"missed": missed, "false_rejects": rejected}}

@@ -12,7 +12,7 @@ from inspection.report.figures import trend_figure
 
 TREND_METRICS = ("threshold", "test_n", "test_tp", "test_fn", "test_fp", "test_recall", "test_miss_rate",
                  "test_false_reject_rate", "test_roc_auc", "test_route_missed", "test_route_false_rejects",
-                 "test_review_share", "test_retake_share")
+                 "review_share_line", "retake_share_line")
 
 
 def trend(experiment: str, runs: int, current_run: str | None, tracking_uri: str | None = None) -> dict:

@@ -4,7 +4,8 @@
 // the operator's corrections as a zip for retraining. window.inspector exposes the same functions to
 // the parity check, the browser benchmark and the tests.
 import { bitDepthReason, centreSquare, features, isTiff, resizeArea, rgbaToGray } from './preprocess.js';
-import { ACTION, CSV_COLUMNS, NOT_PASSED, REVIEWED_ROUTE, ROUTES, cameraReasons, csvRow, csvText, decide, fixed } from './route.js';
+import { ACTION, CSV_COLUMNS, NOT_PASSED, REVIEWED_ROUTE, ROUTES, cameraReasons, csvRow, csvText, decide, fixed,
+  reasonCauses } from './route.js';
 import { DAMAGED, metadataProblem } from './schema.js';
 import { outputNodes, runModel } from './outputs.js';
 import { zipStore } from './zip.js';
@@ -217,7 +218,7 @@ function record(file, r, blob, digest = null, duplicateOf = null) {
     digest, duplicate_of: duplicateOf,
     id: nextId, file, route: r.route, reason: r.reason, probability: r.probability, ood_score: r.ood_score,
     threshold: rule.threshold, stats: r.stats, camera: r.camera, model_version: meta.version, timestamp: isoNow(),
-    ms: r.ms, thumb: thumbnail(r.input), correction: null,
+    ms: r.ms, thumb: thumbnail(r.input), correction: null, escalated: r.escalated === true,
   };
   nextId += 1;
   rows.push(row);
@@ -258,8 +259,11 @@ function fixButtons(row, idPrefix) {
 // A part can be corrected when its photo could be read (an unreadable file is no training image) and it is a
 // casting: a RETAKE photo (a label card, a hand, a blank frame) gets labels only after the operator says
 // "It is a casting", so non-castings never reach the retraining set as ok or defect.
-const fixable = (row) => row.probability !== null && (row.route !== 'RETAKE' || row.casting === true);
-const confirmable = (row) => row.probability !== null && row.route === 'RETAKE' && row.casting !== true;
+// The same holds for a photo the line sent to a person only because it is unusual (out of distribution) or
+// because it was RETAKE twice: it may not be a casting at all.
+const needsCasting = (row) => row.route === 'RETAKE' || row.escalated === true || /^unusual photo/.test(row.reason || '');
+const fixable = (row) => row.probability !== null && (!needsCasting(row) || row.casting === true);
+const confirmable = (row) => row.probability !== null && needsCasting(row) && row.casting !== true;
 
 /** The file name whole, with line-break opportunities only after _ - and spaces (never mid-word). */
 function fileName(name) {
@@ -479,7 +483,10 @@ function note(id, text, state = 'error') {
   n.textContent = text;
   n.dataset.state = state;
   n.hidden = !text;
-  if (text) setStatus(text, state);
+  if (text) {
+    setStatus(text, state);
+    n.scrollIntoView({ block: 'nearest' });   // the control that caused it may be far down a long list
+  }
 }
 
 async function downloadCorrections() {
@@ -614,10 +621,13 @@ const clearPhotos = () => idb('readwrite', (s) => s.clear()).catch(() => null);
 
 // ----- a RETAKE that cannot succeed ----------------------------------------------------------------
 // One photo at a time (the camera, or one file) is a part being photographed again. A second RETAKE in a row for
-// the same reason will not be cured by a third photo: the part goes to a person (REVIEW).
+// the same cause (e.g. "sharpness high", whatever the measured numbers) will not be cured by a third photo: the
+// part goes to a person (REVIEW).
 let lastSingle = null;
 function escalate(r) {
-  const again = r.route === 'RETAKE' && lastSingle && lastSingle.route === 'RETAKE' && lastSingle.reason === r.reason;
+  const causes = reasonCauses(r.reason);
+  const again = r.route === 'RETAKE' && lastSingle && lastSingle.route === 'RETAKE' &&
+    reasonCauses(lastSingle.reason).some((c) => causes.includes(c));
   const out = again ? { ...r, route: 'REVIEW', reason: `second RETAKE for the same reason (${r.reason}): a person ` +
     'inspects the part', escalated: true } : r;
   lastSingle = again ? null : { route: r.route, reason: r.reason };
@@ -846,6 +856,7 @@ const ready = main().catch((err) => {
 window.inspector = {
   ready,
   predictPixels,
+  reasonCauses,
   /** base64 image bytes -> the page's result for it (route, reason, probability, ood_score, stats, input pixels). */
   async inspectBase64(b64) {
     await ready; // never a route without a valid rule

@@ -148,3 +148,11 @@ export function csvText(rows) {
   for (const r of rows) lines.push(CSV_COLUMNS.map((c) => csvCell(r[c])).join(','));
   return `${lines.join('\n')}\n`;
 }
+
+/** The causes in a RETAKE reason, without the measured numbers: 'camera check: sharpness high (2109.60 > 2011.80),
+ * contrast low (3.10 < 21.40)' -> ['sharpness high', 'contrast low']. Two photos of one part never measure the same,
+ * so "the same reason again" compares causes, not the text. */
+export function reasonCauses(reason) {
+  return (reason || '').replace(/\s*\([^)]*\)/g, '').split(/[;,]/)
+    .map((c) => c.replace(/^\s*camera check:\s*/, '').trim()).filter(Boolean);
+}
