@@ -586,6 +586,40 @@ def test_tracking_store_unusable(split_project, fault, uri, expect):
     record(fault, stage(root, "train", MLFLOW_TRACKING_URI=uri), 2, (uri, expect, "MLFLOW_TRACKING_URI"))
 
 
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root and setpriv (root writes any file: the check runs as a normal user)")
+def test_read_only_sqlite_store(split_project):
+    """A store the user may read but not write (another user's mlflow.db, or a file copied read-only): the stage
+    says so before any work, as a normal user would meet it."""
+    import sqlite3
+
+    probe = subprocess.run([*NOBODY, sys.executable, "-c", "import mlflow, inspection"], env=env(),
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"the venv or the repo is not readable by an unprivileged user: {probe.stderr.strip()[-200:]}")
+    with tempfile.TemporaryDirectory() as tmp:   # pytest's tmp_path is root's (0700)
+        root = Path(tmp) / "p"
+        shutil.copytree(split_project, root, ignore=shutil.ignore_patterns("mlflow.db*", "mlruns"))
+        store = root / "theirs.db"
+        with sqlite3.connect(store) as con:
+            con.execute("create table t (x)")
+        subprocess.run(["chown", "-R", "65534:65534", str(root)], check=True)
+        os.chown(store, 0, 0)
+        store.chmod(0o644)                       # readable, not writable, by the user
+        Path(tmp).chmod(0o755)
+        uri = f"sqlite:///{store}"
+        t0 = time.perf_counter()
+        res = subprocess.run([*NOBODY, sys.executable, "-m", "stages.train"], cwd=root, capture_output=True,
+                             text=True, timeout=WAIT, env=env(MLFLOW_TRACKING_URI=uri, HOME=tmp))
+        run = Run(res.returncode, res.stdout, res.stderr, time.perf_counter() - t0)
+        record("sqlite store the user cannot write (read-only mlflow.db)", run, 2,
+               (uri, f"{store} is read-only", f"chmod u+w {store}", "MLFLOW_TRACKING_URI"))
+        assert not (root / "models/model.keras").exists() and not partials(root)
+
+
 FAKE_STAGE = """
 import os, sys
 from pathlib import Path
@@ -824,6 +858,36 @@ def test_way_back_when_a_stage_fails_under_dvc(dvc_repo):
     assert before[first] and _tree_md5(root, outs) != before[first]  # DVC removed them before the stage ran ...
     sh(["dvc", "checkout", first], root)
     assert _tree_md5(root, outs) == before[first]  # ... and the command in the message brings them back
+
+
+SMALL_DISK = """
+import os
+if os.environ.get("DVC_STAGE") == "shards":   # the stage's process only, not dvc's own (its state database)
+    import resource, signal
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, 32 * 1024))   # a 64-image shard is 64 KiB
+"""
+
+
+def test_disk_full_during_shards_under_dvc_is_one_line(dvc_repo, tmp_path):
+    """A disk that fills while shards writes its arrays: numpy's short write ("N requested and M written", no
+    errno) under `dvc repro`. A file-size limit on the stage's process (RLIMIT_FSIZE, SIGXFSZ ignored, set by a
+    sitecustomize) makes the kernel cut the write short exactly as a full disk does, without root."""
+    root = dvc_repo
+    (tmp_path / "sitecustomize.py").write_text(SMALL_DISK)
+    t0 = time.perf_counter()
+    res = subprocess.run(["dvc", "repro", "-f", "shards"], cwd=root, capture_output=True, text=True, timeout=WAIT,
+                         env=env(PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}"))
+    run = Run(res.returncode, res.stdout, res.stderr, time.perf_counter() - t0)
+    line = next((ln for ln in res.stderr.splitlines() if ln.startswith("error: ")), "")
+    assert "Traceback" not in res.stderr and res.returncode != 0, res.stderr[-3000:]
+    for part in ("cannot write", "data/shards", "no space left on device (a short write)", "free some space"):
+        assert part in line, (line, res.stderr[-2000:])
+    assert ".partial-" not in line   # the output's own name, not the staging file's
+    RESULTS.append(("disk full while shards writes, under dvc repro (short write)", run.rc, run.seconds, line))
+    assert not partials(root)
+    sh(["dvc", "checkout", "shards"], root)   # the way back the message names
+    assert "up to date" in sh(["dvc", "status", "shards"], root).stdout
 
 
 def test_sigterm_to_dvc_stops_the_stage(dvc_repo):

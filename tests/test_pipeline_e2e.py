@@ -214,6 +214,7 @@ def test_web_bundle_matches_the_saved_model(repo):
     assert parity["resize_chromium_vs_opencv"]["max_abs_diff"] == 0
     bench = json.loads((repo / "reports/export/browser_benchmark.json").read_text())
     assert bench["backends"]["wasm"]["available"] and bench["backends"]["wasm"]["model_only"]["n"] == 5
+    assert bench["chromium"].startswith("Chromium ")   # the browser's version, not a path on this machine
     meta = json.loads((repo / "models/web/metadata.json").read_text())
     assert meta["version"] == json.loads((repo / "models/metadata.json").read_text())["version"]
     html = (repo / "models/web/index.html").read_text() + (repo / "models/web/app.js").read_text()
@@ -265,9 +266,15 @@ def test_without_a_browser_report_and_web_skip_with_a_warning(repo, tmp_path):
     assert 'id="pdf-warning"' in html and "web.require_browser is false" in html
 
 
-def test_no_output_records_a_machine_path_or_a_store(repo):
-    """A pulled output must not send a teammate's logs to this machine's store, nor name its folders."""
+def test_no_output_records_a_machine_path_or_a_store(repo, tmp_path_factory):
+    """A pulled output must not send a teammate's logs to this machine's store, nor name its folders: neither the
+    folder the pipeline ran in (the session's shared run, of which ``repo`` is a copy), nor the Kaggle cache, nor
+    any absolute path under the usual roots."""
+    import re
+
     import yaml
+
+    from conftest import _e2e_shared
 
     from inspection.runner.preflight import outputs, stage_spec
 
@@ -279,8 +286,15 @@ def test_no_output_records_a_machine_path_or_a_store(repo):
             files += [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else []
     texts = [f for f in files if f.suffix in {".json", ".csv", ".html", ".md", ".txt", ".yaml"}]
     assert len(texts) > 20
-    bad = {str(f.relative_to(repo)) for f in texts
-           for needle in (str(repo), str(repo.parent), "sqlite:", "mlflow.db") if needle in f.read_text(errors="replace")}
+    ran_in = _e2e_shared(tmp_path_factory)
+    needles = (str(repo), str(repo.parent), str(ran_in), str(ran_in.resolve()), "sqlite:", "mlflow.db")
+    absolute = re.compile(r"(?<![\w.:/])/(tmp|root|home|work|var|usr|opt|mnt)/")
+    bad = {}
+    for f in texts:
+        text = f.read_text(errors="replace")
+        found = [n for n in needles if n in text] + [m.group(0) for m in absolute.finditer(text)][:1]
+        if found:
+            bad[str(f.relative_to(repo))] = found
     assert not bad, bad
 
 

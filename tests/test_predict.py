@@ -117,6 +117,18 @@ def test_cli_one_row_per_distinct_file_through_symlink_loops_nested_zips_and_odd
     assert res.returncode == 0, res.stderr
     rows = list(csv.DictReader((tmp_path / "v.csv").open()))
     assert len(rows) == 120 and len({r["file"] for r in rows}) == 120
+    res = _run([folder, "--model", model_dir, "--out", tmp_path / "f.csv"], REPO)   # the folder itself: the same
+    assert res.returncode == 0, res.stderr
+    assert len(list(csv.DictReader((tmp_path / "f.csv").open()))) == 120
+
+    nas = tmp_path / "nas"                    # a camera's share linked into the folder: its photos are rows too
+    write_part(nas / "cam2.jpg", seed=7, size=40)
+    (folder / "b2" / "cam2").symlink_to(nas, target_is_directory=True)
+    for args in ([folder], [f"{folder}/**"]):
+        res = _run([*args, "--model", model_dir, "--out", tmp_path / "n.csv"], REPO)
+        assert res.returncode == 0, res.stderr
+        files = [r["file"] for r in csv.DictReader((tmp_path / "n.csv").open())]
+        assert len(files) == 121 and sum(f.endswith("cam2.jpg") for f in files) == 1, args
 
     odd = tmp_path / "odd"
     write_part(odd / "camera.jpg", seed=1, size=40)

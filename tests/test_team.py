@@ -291,6 +291,7 @@ def test_a_teammate_clone_logs_registers_and_promotes_in_its_own_store(e2e_repo,
     promotion = json.loads((clone / "reports/promotion.json").read_text())
     assert promotion["decision"] == "first model" and promotion["alias"] == "champion", promotion  # in this store
     assert client.get_model_version_by_alias(name, "champion").version == promotion["challenger"]["version"]
+    assert_no_store_or_machine_path(clone, str(src), str(clone), str(tmp_path), str(e2e_repo))
 
 
 # ---- the team MLflow server on PostgreSQL ------------------------------------------------------------------
@@ -413,11 +414,20 @@ ABSOLUTE_PATH = re.compile(r"(?<![\w.~])/(?:tmp|root|home|work|srv|var|mnt|opt|u
 
 
 def assert_no_store_or_machine_path(repo: Path, *forbidden: str) -> None:
-    """No DVC output of ``repo`` (models/mlflow_run.json, dvc.lock, reports/*.json) names a tracking store or an
+    """No DVC output of ``repo`` (every text file of every stage's outs, and dvc.lock) names a tracking store or an
     absolute path: they travel through the remote to other machines. (An absolute path written in params.yaml,
     such as web.chromium, is a setting that dvc.lock records as given, not a machine's path.)"""
+    from inspection.runner.preflight import outputs, stage_spec
+
     configured = set(ABSOLUTE_PATH.findall((repo / "params.yaml").read_text()))
-    files = [repo / "models/mlflow_run.json", repo / "dvc.lock", *sorted((repo / "reports").glob("*.json"))]
+    dvc_yaml = yaml.safe_load((repo / "dvc.yaml").read_text())
+    files = [repo / "dvc.lock"]
+    for stage_name in dvc_yaml["stages"]:
+        for out in outputs(stage_spec(stage_name, dvc_yaml)):
+            p = repo / out
+            files += [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else []
+    files = [f for f in files if f.suffix in {".json", ".csv", ".html", ".md", ".txt", ".yaml", ".lock"}]
+    assert len(files) > 20 and repo / "models/mlflow_run.json" in files
     for f in files:
         text = f.read_text()
         for word in (*forbidden, "sqlite:", "postgresql", "mlflow-artifacts:", "127.0.0.1", "file://"):

@@ -50,7 +50,12 @@ def write_shards(folder: Path, size: int, shard_images: int) -> dict:
             for k, start in enumerate(range(0, len(paths), shard_images)):
                 part = paths[start:start + shard_images]
                 name = f"{split}-{k:03d}.npy"
-                np.save(folder / name, decode(part, size, pool, bar), allow_pickle=False)
+                try:
+                    np.save(folder / name, decode(part, size, pool, bar), allow_pickle=False)
+                except OSError as exc:   # numpy's short write on a full disk names no file: name the shard
+                    if exc.filename:
+                        raise
+                    raise OSError(exc.errno, exc.strerror or str(exc), str(folder / name)) from exc
                 shards.append({"file": name, "images": len(part)})
             index["splits"][split] = {"images": len(paths), "shards": shards}
     write_json(folder / SHARD_INDEX, index)

@@ -293,12 +293,21 @@ def require_parity(checks: dict[str, dict], tolerance: float, ood_tolerance: flo
                         f"{bad}; do not deploy this bundle")
 
 
+def chromium_version(chromium) -> str:
+    """'Chromium 156.0.8078.73 ...' (what the browser says of itself), not its path: outputs name no machine folder."""
+    try:
+        res = subprocess.run([str(chromium), "--version"], capture_output=True, text=True, timeout=30)
+        return res.stdout.strip() or Path(chromium).name
+    except (OSError, subprocess.SubprocessError):
+        return Path(chromium).name
+
+
 def benchmark_summary(web, node: dict, sizes: dict, metadata: dict, images: int, bench: dict,
                       skipped: str | None = None) -> dict:
     """reports/export/browser_benchmark.json: per backend, model-only and whole-page latency in Chromium
     (empty ``backends`` and the warning when the browser was skipped)."""
     size = int(metadata["input"]["height"])
-    return {"chromium": str(web.chromium), **({"warning": skipped} if skipped else {}), "tfjs": node["tfjs"], "model_bytes": sizes["model"],
+    return {"chromium": chromium_version(web.chromium), **({"warning": skipped} if skipped else {}), "tfjs": node["tfjs"], "model_bytes": sizes["model"],
             "quantization": metadata.get("tfjs_quantization", "none"), "input": [size, size],
             "repeats": web.benchmark_repeats, "page_images": min(16, images), "backends": bench,
             "note": "model_only: one prepared image through the model (both outputs); page_per_image: decode + "

@@ -71,9 +71,17 @@ ARCHIVES = {".zip", ".7z", ".rar", ".tar", ".gz", ".tgz", ".bz2", ".xz"}
 
 
 def _files(folder: Path) -> Iterator[Path]:
-    """Every non-hidden file under ``folder``, sorted; symlinked folders are not entered (no loops)."""
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    """Every non-hidden file under ``folder``, sorted. A symlinked folder (a camera's share linked in) is entered
+    once per real folder: a loop or a second link to a folder already walked adds nothing."""
+    walked = {os.path.realpath(folder)}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not d.startswith(".") and real not in walked:
+                walked.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         for name in sorted(filenames):
             f = Path(dirpath) / name
             if not name.startswith(".") and not (f.is_symlink() and not f.is_file()):  # a folder link past the

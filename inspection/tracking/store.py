@@ -146,17 +146,12 @@ def _sqlite_problem(path: Path) -> str | None:
         os.unlink(probe)
     except OSError as exc:
         return f"cannot write in {folder} ({exc.strerror or exc})"
+    if path.exists() and not os.access(path, os.W_OK):   # sqlite opens it read-only without a word, and fails
+        return f"{path} is read-only (chmod u+w {path}, or set MLFLOW_TRACKING_URI to another store)"   # on write
     try:
         con = sqlite3.connect(f"file:{path}?mode=rwc", uri=True, timeout=HTTP_CHECK_TIMEOUT)
         try:
             con.execute("select count(*) from sqlite_master").fetchone()
-            try:
-                con.execute("BEGIN IMMEDIATE")   # a write lock, released at once: a read-only file says so here
-                con.rollback()
-            except sqlite3.OperationalError as exc:
-                if "readonly" in str(exc) or "read-only" in str(exc):
-                    return f"{path} is read-only (chmod u+w {path}, or set MLFLOW_TRACKING_URI to another store)"
-                raise
             has_version = con.execute("select 1 from sqlite_master where name = 'alembic_version'").fetchone()
             found = con.execute("select version_num from alembic_version").fetchone() if has_version else None
         finally:
