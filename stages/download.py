@@ -64,7 +64,7 @@ def main() -> None:
         info["archive_sha256"] = archive_sha
         info["dataset_sha256"] = archive_sha or copied["files_sha256"]
         info.update(copied)
-        copy_extras(data, out, Path(tmp), info)  # data.extra: further sources, merged (stages/extras.py)
+        copy_extras(data, out, Path(tmp), info)  # data.extra: further sources, merged (inspection/data/extras.py)
         write_json(out / "SOURCE.json", info)
         print(f"download: {sum(copied['counts'].values())} files {copied['counts']} from {source} "
               f"(sha256 {info['dataset_sha256'][:12]}), source test folder: {copied['has_test_folder']}")

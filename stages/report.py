@@ -20,7 +20,7 @@ from inspection.fsutil import read_csv, read_json, staged_outputs
 from inspection.artifacts import (DATA_REPORT, DECISION, EVAL, HISTORY, METADATA, METRICS, MODEL, PDF, PRINT,
                                   PROMOTION, REPORT, RUN_FILE)
 from inspection.deploy.model_folder import load_metadata
-from inspection.report.cases import case_images, pick_cases, promotion_section, with_routes
+from inspection.report.cases import case_images, pick_cases, promotion_section
 from inspection.report.figures import band_figure, curve_figures, training_figure
 from inspection.report.numbers import derive, training_sentence
 from inspection.report.page import print_pdf, render, versions
@@ -30,7 +30,7 @@ from inspection.report.trend import trend
 def collect(params) -> dict:
     """Read the pipeline's outputs (in the working directory) and build everything the page shows."""
     r, t = params.report, params.train
-    from inspection.data.dataset import dataset_sha256
+    from inspection.data.dataset import dataset_sha256, dataset_source
     from inspection.model.architectures import load_model
     from inspection.tracking.runs import git_commit
 
@@ -45,9 +45,8 @@ def collect(params) -> dict:
     route = derived["route"]
     threshold = metrics["threshold"]
     band = route.get("review_band")
-    test_rows = with_routes(predictions, threshold, band)
-    y = np.array([row["label"] == pos for row in test_rows])
-    p = np.array([float(row["probability"]) for row in test_rows])
+    y = np.array([row["label"] == pos for row in predictions])
+    p = np.array([float(row["probability"]) for row in predictions])
 
     print("report: figures")
     figures = curve_figures(y, p, threshold, (band["low"], band["high"]) if band else None, (pos, neg))
@@ -57,7 +56,7 @@ def collect(params) -> dict:
         figures["band"] = band_figure(metrics["band_choice"], r.targets.max_missed_rate)
 
     ood = metrics.get("ood") or {}
-    cases = pick_cases(test_rows, threshold, r, band)
+    cases = pick_cases(predictions, threshold, r, band)
     print(f"report: Grad-CAM for {len(cases)} test images")
     case_images(load_model(MODEL), cases, t.image_size, r.thumbnail, ood.get("limit"),
                 min(threshold, band["low"]) if band else threshold)
@@ -75,7 +74,7 @@ def collect(params) -> dict:
         training_note=training_sentence(int(run.get("epochs_run") or len(history)), int(run["best_epoch"]),
                                         t.max_epochs, run.get("settled")),
         band_choice=metrics.get("band_choice"),
-        identity={"git commit": commit, "dataset sha256": dataset_sha256(),
+        identity={"git commit": commit, "data source": dataset_source(), "dataset sha256": dataset_sha256(),
                   "model version": meta.get("version", "not exported yet"),
                   "MLflow run": f"{run['run_id']} (experiment {run['experiment']})",  # no store URI in a DVC output
                   "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")},

@@ -73,22 +73,22 @@ def main(argv: list[str] | None = None) -> None:
         write_json(out.path(PARITY), parity)
         write_json(out.path(BROWSER_BENCHMARK),
                    benchmark_summary(w, node, sizes, metadata, len(ref.paths), bench, skipped))
-    log_to_mlflow(params, parity, bench, ref.has_ood)
+    log_to_mlflow(params, parity, bench)
     fastest = min(((v["model_only"]["mean_ms"], k) for k, v in bench.items() if v.get("available")), default=None)
     print(f"web: parity max |diff| {parity['max_abs_diff']:.2e} (probability)"
-          + (f", {parity['ood_max_rel_diff']:.2e} relative (OOD score)" if ref.has_ood else "")
+          + f", {parity['ood_max_rel_diff']:.2e} relative (OOD score)"
           + f" over {len(checks)} runs, 0 route changes; "
           + (f"fastest browser backend {fastest[1]} at {fastest[0]:.2f} ms/image" if fastest
              else "no browser: Node parity only (WARNING above)")
           + f"; bundle in {BUNDLE}/")
 
 
-def log_to_mlflow(params, parity: dict, bench: dict, has_ood: bool) -> None:
+def log_to_mlflow(params, parity: dict, bench: dict) -> None:
     from inspection.tracking.runs import stage_run
 
     with stage_run("web", params) as mlflow:  # train's run, or a child run when params changed
         mlflow.log_metrics({"web_parity_max_abs_diff": parity["max_abs_diff"], "web_model_bytes": parity["model_bytes"],
-                            **({"web_parity_ood_max_rel_diff": parity["ood_max_rel_diff"]} if has_ood else {}),
+                            "web_parity_ood_max_rel_diff": parity["ood_max_rel_diff"],
                             **{f"browser_{k}_p95_ms": v["model_only"]["p95_ms"] for k, v in bench.items()
                                if v.get("available")}})
 

@@ -1,5 +1,5 @@
 """The inspector page in headless Chromium (Playwright), on a small bundle built here: a tiny two-output
-model (defect_probability, ood_score through stages.ood's Mahalanobis layer) exported and converted like
+model (defect_probability, ood_score through inspection.model.ood's Mahalanobis layer) exported and converted like
 stages/export.py does, with a metadata.json that follows the contract. The tiny model's probability rises
 with the photo's mean grey level, so generated photos land on known routes:
   mean ~100 -> PASS, ~128 -> REVIEW, ~150 -> REJECT, flat grey -> RETAKE (camera check), text file -> RETAKE.
@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -547,7 +546,6 @@ def decoder_contract_files(folder: Path) -> dict[str, Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     base = photo(110, 11)                                   # a good-looking part, 8-bit gray
-    files = {}
     rgba = np.dstack([base, base, base, np.full_like(base, 255)])
     rgba[:, :12, 3] = 0                                     # a transparent border ...
     rgba[:, 12:20, 3] = 128                                 # ... and a half-transparent one
@@ -721,7 +719,6 @@ def test_a_thousand_photos_leak_no_tensors_and_keep_the_page_painting(open_page,
 # ----- parity of both outputs and the route, Node and Chromium (stages/web.py's functions) -------------------
 
 def test_node_and_chromium_match_the_saved_model_on_both_outputs_and_the_route(tiny, browser, server, photos):
-    from inspection.deploy.server import open_inspector
     from inspection.data.images import resize
     from inspection.data.imagestats import features
     from inspection.decision.route import decide
@@ -904,7 +901,7 @@ def test_page_csv_equals_the_batch_cli(e2e_repo, browser, tmp_path):
     if not HAS_BROWSER or not (e2e_repo / "models/web/index.html").exists():
         pytest.skip("the web stage needs Chromium")
     manifest = [r.split(",") for r in (e2e_repo / "data/split/manifest.csv").read_text().splitlines()]
-    head, rows = manifest[0], [dict(zip(manifest[0], r)) for r in manifest[1:]]
+    rows = [dict(zip(manifest[0], r)) for r in manifest[1:]]
     test = [r for r in rows if r["split"] == "test"]
     files = list(dict.fromkeys(e2e_repo / r["path"] for r in (test[:3] + [r for r in test if r["label"] == "defect"][:2])))
     junk = tmp_path / "notes_renamed.jpg"

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from inspection.decision.perturb import KINDS, apply, apply_all
+from inspection.decision.perturb import KINDS, apply
+from inspection.evaluation.batteries import perturbation
 from inspection.data.synthetic import render_part
 
 
@@ -40,9 +41,12 @@ def test_blur_lowers_sharpness_and_noise_has_the_asked_sigma(part):
 
 
 def test_random_rotation_differs_per_image_but_repeats_per_seed(part):
-    one = apply_all("rotate", None, [part, part], seed=5)
+    change = perturbation("rotate", None, seed=5)   # the robustness battery's: photo i has its own stream
+    one = [change(i, part) for i in range(2)]
     assert not np.array_equal(one[0], one[1])
-    assert all(np.array_equal(x, y) for x, y in zip(one, apply_all("rotate", None, [part, part], seed=5)))
+    again = perturbation("rotate", None, seed=5)
+    assert all(np.array_equal(x, again(i, part)) for i, x in enumerate(one))
+    assert perturbation(None, None, seed=5) is None
 
 
 def test_unknown_kind_is_named():

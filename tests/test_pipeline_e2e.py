@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import HAS_BROWSER, REPO, sh
+from inspection.decision.perturb import OOD_KINDS
 
 OUTPUTS = [
     "data/raw/SOURCE.json", "data/split/manifest.csv", "reports/data.json", "models/model.keras",
@@ -69,9 +70,9 @@ def test_metrics_have_their_keys(repo):
     assert rt["missed"] == rt["counts"]["defect"]["PASS"] and rt["false_rejects"] == rt["counts"]["ok"]["REJECT"]
     assert rt["intervals"]["missed"]["low"] <= rt["intervals"]["missed"]["rate"] <= rt["intervals"]["missed"]["high"]
     ood = m["ood"]  # every out-of-distribution image is RETAKE or REVIEW, never PASS
-    assert ood["battery_passed"] == 0 and ood["battery_images"] == 4 * len(ood["battery"]) == 48
+    assert ood["battery_passed"] == 0 and ood["battery_images"] == 4 * len(ood["battery"]) == 4 * len(OOD_KINDS) == 56
     rows = (repo / "reports/eval/ood.csv").read_text().splitlines()
-    assert len(rows) == 49 and rows[0].startswith("kind,index,route,reason")
+    assert len(rows) == 57 and rows[0].startswith("kind,index,route,reason")
     assert ",PASS," not in "\n".join(rows)
     headline = json.loads((repo / "reports/headline.json").read_text())
     judged = {t["key"]: t for t in json.loads((repo / "reports/decision.json").read_text())["targets"]}
@@ -194,6 +195,9 @@ def test_report_in_a_real_browser_shows_the_metrics_and_every_image(repo, browse
         decision = page.text_content("#decision")
         assert decision.startswith(("Ready for the line", "Not ready for the line, because"))
         assert "PASS" in page.text_content("#rule") and "RETAKE" in page.text_content("#rule")
+        # the source data.source auto actually used (here Kaggle, from its cache), as data/raw/SOURCE.json says
+        assert "data source" in page.text_content("#signoff") and \
+            "kaggle:ravirajsinh45/real-life-industrial-dataset-of-casting-product/versions/2" in page.text_content("#signoff")
         overflow = page.evaluate("() => document.documentElement.scrollWidth > window.innerWidth")
         assert not overflow, f"the page scrolls sideways at {width} px"
         shot = repo / "reports" / f"report-{width}.png"
@@ -323,6 +327,33 @@ def test_dvc_plots_render_offline(repo, tmp_path, browser):
                              .find(t => t.includes('Defect probability per true class'))""")
     assert ticks and "0.5" in ticks and "1.0" in ticks   # a numeric axis, not one tick per value
     page.screenshot(path=str(tmp_path / "plots.png"), full_page=True)
+    page.close()
+
+    # the same plots with 2,000 points each (a real split's size): still one SVG per plot, few axis labels, no plot
+    # wider than the page
+    rng = np.random.default_rng(0)
+    n = 2000
+    q = np.sort(rng.uniform(0, 1, n))
+    files = {"reports/eval/predictions.csv": "path,split,label,probability,verdict,correct,route,reason,ood_score\n" + "".join(
+                 f"p{i}.jpeg,{'val' if i % 2 else 'test'},{'defect' if p > 0.5 else 'ok'},{p:.6f},x,1,PASS,,1.0\n"
+                 for i, p in enumerate(rng.uniform(0, 1, n))),
+             "reports/eval/thresholds.csv": "threshold,val_precision,val_recall,val_f1,test_precision,test_recall,test_f1\n"
+                 + "".join(f"{t:.6f},{t:.4f},{1 - t:.4f},0.5,{t:.4f},{1 - t:.4f},0.5\n" for t in q),
+             "reports/eval/pr.csv": "recall,precision\n" + "".join(f"{1 - t:.6f},{t:.6f}\n" for t in q),
+             "reports/eval/roc.csv": "fpr,tpr\n" + "".join(f"{t:.6f},{min(1.0, 2 * t):.6f}\n" for t in q)}
+    for name, text in files.items():
+        (copy / name).write_text(text)
+    sh(["dvc", "plots", "show"], copy)
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
+    page.goto(index.as_uri())
+    page.wait_for_function(f"document.querySelectorAll('svg.marks').length >= {expected}", timeout=60_000)
+    labels = page.evaluate("""() => [...document.querySelectorAll('svg.marks')].map(s =>
+        [s.getBoundingClientRect().width, s.querySelectorAll('.role-axis-label text').length])""")
+    assert len(labels) == expected
+    for width, count in labels:
+        assert width <= 1366 and count <= 60, labels   # readable: a numeric axis, not one label per point
+    page.screenshot(path=str(tmp_path / "plots-2000.png"), full_page=True)
     page.close()
 
 

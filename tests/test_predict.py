@@ -1,4 +1,4 @@
-"""The OOD score (inspection/model/ood.py), the OOD battery images and the batch CLI (stages/predict.py) on a tiny
+"""The OOD score (inspection/model/ood.py), the OOD battery images and the batch CLI (commands/predict.py) on a tiny
 exported two-output model built here (no pipeline run)."""
 from __future__ import annotations
 

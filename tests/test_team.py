@@ -222,6 +222,12 @@ def test_remote_round_trip_needs_no_rerun(e2e_repo, tmp_path):
     clone = tmp_path / "clone"
     sh(["git", "clone", "-q", str(src), str(clone)], tmp_path)
     assert not (clone / "models/model.keras").exists()
+    # before any pull (nothing from the remote): the metrics are in git, so diff and exp show read them
+    branch = sh(["git", "rev-parse", "--abbrev-ref", "HEAD"], clone).stdout.strip()
+    diff = sh(["dvc", "metrics", "diff", branch, "--all", "--json"], clone)
+    assert "route_missed" in diff.stdout and "failed to load" not in diff.stderr, diff.stdout + diff.stderr
+    shown = sh(["dvc", "exp", "show", "--json"], clone)
+    assert "route_missed" in shown.stdout and "review_share_line" in shown.stdout, shown.stdout[-2000:]
     pulled = sh(["dvc", "pull"], clone)
     assert (clone / "models/model.keras").exists() and (clone / "reports/headline.json").exists(), pulled.stdout
     checkout = sh(["dvc", "checkout"], clone).stdout   # quiet: the bundle's files keep normal modes
@@ -559,7 +565,7 @@ def test_temp_experiments_find_the_main_workspace_champion(e2e_repo, tmp_path):
 
     same = temp_run("same-model", "export.parity_images=12")
     assert f"{name} version 1 already holds this model" in same, same[-3000:]
-    assert f"aliases now: champion -> version 1 (this model)" in same, same[-3000:]
+    assert "aliases now: champion -> version 1 (this model)" in same, same[-3000:]
     promotion = experiment_output(repo, "same-model", "promote", "reports/promotion.json")
     assert promotion["challenger"]["version"] == 1 and promotion["alias"] == "champion", promotion
     assert "no champion" not in promotion["reason"]

@@ -36,30 +36,28 @@ def machine() -> dict:
 
 
 def saved_model_speed(images: np.ndarray, batch: int = 64, repeats: int = 7, single: int = 300) -> dict:
-    import tensorflow as tf
+    """The exported model as every consumer runs it: the model folder loaded and checked against its metadata.json
+    (input name, signature, outputs) by inspection.deploy.predictor, both outputs read by name."""
+    from inspection.deploy.predictor import load_predictor
 
-    from inspection.deploy.saved_model import INPUT_NAME, SIGNATURE
-    from inspection.artifacts import SAVED_MODEL
-
-    fn = tf.saved_model.load(str(SAVED_MODEL)).signatures[SIGNATURE]
-    x = images[..., None].astype(np.float32)
-    n = len(x) - len(x) % batch
-    batches = [tf.constant(x[i:i + batch]) for i in range(0, n, batch)]
+    model = load_predictor("models")
+    n = len(images) - len(images) % batch
+    batches = [images[i:i + batch] for i in range(0, n, batch)]
     for b in batches[:3]:
-        fn(**{INPUT_NAME: b})
+        model(b)
     rates = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         for b in batches:
-            fn(**{INPUT_NAME: b})["defect_probability"].numpy()
+            model(b)
         rates.append(n / (time.perf_counter() - t0))
-    ones = [tf.constant(x[i % len(x)][None]) for i in range(single)]
+    ones = [images[i % len(images)][None] for i in range(single)]
     for o in ones[:10]:
-        fn(**{INPUT_NAME: o})
+        model(o)
     lat = []
     for o in ones:
         t0 = time.perf_counter()
-        fn(**{INPUT_NAME: o})["defect_probability"].numpy()
+        model(o)
         lat.append(1000 * (time.perf_counter() - t0))
     return {"batch": batch, "images_per_run": n, "repeats": repeats,
             "throughput_images_per_s_median": float(np.median(rates)),
@@ -162,7 +160,9 @@ def main() -> None:
     timings = json.loads(Path("reports/timings.json").read_text())
     run = json.loads(Path("models/mlflow_run.json").read_text())
     metrics = json.loads(Path("reports/metrics.json").read_text())
-    meta = json.loads(Path("models/metadata.json").read_text())
+    from inspection.deploy.model_folder import load_metadata
+
+    meta = load_metadata("models")
     test = load_split("test", params.train.image_size, params.data.positive_class)
     print("bench: timing the SavedModel")
     bench = {

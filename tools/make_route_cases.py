@@ -1,7 +1,7 @@
 """Regenerate tests/cases/route_cases.json from inspection/decision/route.py (then review the diff: it is the line's rule)."""
 import json, sys
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-from inspection.decision.route import decide, route
+from inspection.decision.route import decide
 cam = {"brightness": {"min": 60.0, "max": 180.0}, "contrast": {"min": 20.0, "max": 70.0},
        "sharpness": {"min": 50.0, "max": 900.0}}
 ok_stats = {"brightness": 120.0, "contrast": 40.0, "sharpness": 300.0}

@@ -24,11 +24,6 @@ from inspection.fsutil import sha256_file
 from inspection.artifacts import EXTRA_SUBFOLDER, ORIGINS
 
 
-def _files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file()
-                  and not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(folder).parts))
-
-
 def class_folders(root: Path, data) -> dict[str, list[Path]]:
     """class -> folders of an extra source: sub-folders of ``root`` named like a class (data.classes aliases);
     a single wrapping folder (a zip of the folder) is looked through. Other files (corrections.json) are ignored;

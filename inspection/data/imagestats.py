@@ -54,17 +54,6 @@ def drift_reference(images, margin: float, *, table: dict[str, np.ndarray] | Non
             "computed_on": "training images at the model's input size, after the resize"}
 
 
-def drift_flags(stats: dict[str, float], reference: dict) -> list[str]:
-    """Names of the features outside the reference range, e.g. ['brightness high']."""
-    out = []
-    for k, r in reference["features"].items():
-        if stats[k] < r["min"]:
-            out.append(f"{k} low")
-        elif stats[k] > r["max"]:
-            out.append(f"{k} high")
-    return out
-
-
 def confound_check(table: dict[str, np.ndarray], labels: np.ndarray, train: np.ndarray, test: np.ndarray,
                    warn_auc: float) -> dict:
     """How well global statistics alone separate the classes (ROC-AUC; 0.5 = not at all).

@@ -62,16 +62,12 @@ def apply(kind: str, value: float | None, img: np.ndarray, rng: np.random.Genera
     raise ValueError(f"unknown perturbation kind {kind!r}; use one of {', '.join(KINDS)}")
 
 
-def apply_all(kind: str, value: float | None, images: list[np.ndarray], seed: int) -> list[np.ndarray]:
-    """The same perturbation on every image, each with its own seeded random stream."""
-    return [apply(kind, value, img, np.random.default_rng([seed, i])) for i, img in enumerate(images)]
-
-
 # ----- out-of-distribution battery -------------------------------------------------------------
 # Photos the model was not trained to judge. Every one must be routed RETAKE or REVIEW, never PASS
 # (issue 11); the evaluate stage writes the routes to reports/eval/ood.csv.
 OOD_KINDS = ("blank grey 60", "blank grey 128", "blank grey 200", "black", "white", "noise", "cut off",
-             "zoomed in", "foreign object", "exposure x0.5", "exposure x2", "heavy blur")
+             "zoomed in", "foreign object", "label card", "label on the part", "exposure x0.5", "exposure x2",
+             "heavy blur")
 
 
 def _background(img: np.ndarray) -> float:
@@ -80,6 +76,29 @@ def _background(img: np.ndarray) -> float:
     k = max(1, min(h, w) // 10)
     return float(np.median(np.concatenate([img[:k, :k].ravel(), img[:k, -k:].ravel(),
                                            img[-k:, :k].ravel(), img[-k:, -k:].ravel()])))
+
+
+def _label(out: np.ndarray, rng: np.random.Generator, size: float) -> np.ndarray:
+    """A white card (``size`` x the frame's width) with printed lines and a bar code, at a random angle, on ``out``."""
+    h, w = out.shape
+    card = np.full((int(0.6 * size * h), int(size * w)), float(rng.uniform(225, 250)), np.float32)
+    ch, cw = card.shape
+    for i, y in enumerate(np.linspace(0.12, 0.55, 4) * ch):   # lines of print
+        x = int(0.08 * cw)
+        while x < cw * (0.9 if i else 0.6):
+            word = int(rng.uniform(0.04, 0.12) * cw)
+            card[int(y):int(y + 0.06 * ch), x:x + word] = float(rng.uniform(10, 60))
+            x += word + int(0.03 * cw)
+    bars = rng.integers(0, 2, max(8, cw // 6))                  # a bar code along the bottom
+    for j, bar in enumerate(np.repeat(bars, max(1, int(0.8 * cw) // (2 * len(bars))))):
+        if bar and int(0.1 * cw) + j < cw:
+            card[int(0.68 * ch):int(0.9 * ch), int(0.1 * cw) + j] = 15.0
+    centre = (w / 2 + rng.uniform(-0.15, 0.15) * w, h / 2 + rng.uniform(-0.15, 0.15) * h)
+    m = cv2.getRotationMatrix2D((cw / 2, ch / 2), float(rng.uniform(0, 360)), 1.0)
+    m[:, 2] += (centre[0] - cw / 2, centre[1] - ch / 2)
+    warped = cv2.warpAffine(card, m, (w, h), flags=cv2.INTER_LINEAR, borderValue=-1.0)
+    mask = cv2.warpAffine(np.ones_like(card), m, (w, h), flags=cv2.INTER_LINEAR, borderValue=0.0)
+    return _clip(np.where(mask > 0.5, warped, out))
 
 
 def ood_image(kind: str, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -113,6 +132,10 @@ def ood_image(kind: str, img: np.ndarray, rng: np.random.Generator) -> np.ndarra
         cv2.circle(out, bolt, int(0.1 * w), float(rng.uniform(120, 200)), -1, cv2.LINE_AA)
         cv2.circle(out, bolt, int(0.05 * w), 20.0, -1, cv2.LINE_AA)
         return _clip(out)
+    if kind == "label card":  # the part's label card photographed instead of the part
+        return _label(np.full((h, w), _background(img), np.float32) + rng.normal(0.0, 2.0, (h, w)), rng, 0.7)
+    if kind == "label on the part":  # a label card left lying on the casting, covering a third of it
+        return _label(img.astype(np.float32), rng, 0.45)
     if kind == "exposure x0.5":
         return apply("gain", 0.5, img, rng)
     if kind == "exposure x2":

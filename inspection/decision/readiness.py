@@ -59,34 +59,26 @@ def line_costs(test: dict, defect_rate: float, parts: int, confidence: float) ->
 
 
 def robustness_rows(metrics: dict, csv_rows: list[dict], test: dict, confidence: float, targets,
-                    defect_rate: float | None = None) -> list[dict]:
-    """metrics.json's robustness rows with exact intervals from their route counts: defects passed (route_missed,
-    or the threshold's misses before the route existed), good parts rejected, and the REVIEW and RETAKE shares:
-    at the line's ``defect_rate`` from the per-class counts (as the cost table), or of the test split for rows
-    that predate them. A gated row meets the targets when the missed, false-reject and RETAKE bounds are within
+                    defect_rate: float) -> list[dict]:
+    """metrics.json's robustness rows with exact intervals from their route counts: defects passed, good parts
+    rejected, and the REVIEW and RETAKE shares at the line's ``defect_rate`` from the per-class counts (as the cost
+    table). A gated row meets the targets when the missed, false-reject and RETAKE bounds are within
     report.targets."""
     gated = {r["perturbation"]: r.get("gated") == "True" for r in csv_rows}
-    nd, no, n = test["defects"], test["ok"], test["n"]
+    nd, no = test["defects"], test["ok"]
     rows = []
     for name, r in (metrics.get("robustness") or {}).items():
-        missed = int(r.get("route_missed", r["missed"]))
-        fr = int(r.get("route_false_rejects", r["false_rejects"]))
-        row = {"name": name, "gated": gated.get(name, False), "routed": "route_missed" in r,
-               "missed": binomial_ci(missed, nd, confidence), "false_rejects": binomial_ci(fr, no, confidence),
-               "line_mix": defect_rate is not None and "route_retake_ok" in r}
+        row = {"name": name, "gated": gated.get(name, False),
+               "missed": binomial_ci(int(r["route_missed"]), nd, confidence),
+               "false_rejects": binomial_ci(int(r["route_false_rejects"]), no, confidence)}
         for share in ("review", "retake"):
-            if row["line_mix"]:
-                row[f"{share}_share"] = mix_interval(defect_rate, int(r[f"route_{share}_defects"]), nd,
-                                                     int(r[f"route_{share}_ok"]), no, confidence)
-                row[f"{share}_share"]["k"] = int(r[f"route_{share}_defects"]) + int(r[f"route_{share}_ok"])
-                row[f"{share}_share"]["ok_k"] = int(r[f"route_{share}_ok"])
-            elif r.get(f"{share}_share") is not None:
-                row[f"{share}_share"] = binomial_ci(int(round(r[f"{share}_share"] * n)), n, confidence)
-        retake_high = (row.get("retake_share") or {}).get("high")
+            k_defects, k_ok = int(r[f"route_{share}_defects"]), int(r[f"route_{share}_ok"])
+            row[f"{share}_share"] = {**mix_interval(defect_rate, k_defects, nd, k_ok, no, confidence),
+                                     "k": k_defects + k_ok, "ok_k": k_ok}
         row["meets"] = (row["missed"]["high"] is not None and row["missed"]["high"] <= targets.max_missed_rate and
                         row["false_rejects"]["high"] is not None and
                         row["false_rejects"]["high"] <= targets.max_false_reject_rate and
-                        (retake_high is None or retake_high <= targets.max_retake_share))
+                        row["retake_share"]["high"] <= targets.max_retake_share)
         rows.append(row)
     return rows
 
@@ -108,17 +100,14 @@ def judge_targets(test: dict, costs: dict, robust: list[dict], targets) -> list[
     gated = [r for r in robust if r["gated"]]
     if targets.robustness and gated:
         checks = [("missed", "Defects passed under camera drift", targets.max_missed_rate, "per1000"),
-                  ("false_rejects", "Good parts rejected under camera drift", targets.max_false_reject_rate, "per1000")]
-        if all(r.get("retake_share") for r in gated):
-            checks.append(("retake_share", "Photos sent to RETAKE under camera drift", targets.max_retake_share,
-                           "percent"))
+                  ("false_rejects", "Good parts rejected under camera drift", targets.max_false_reject_rate, "per1000"),
+                  ("retake_share", "Photos sent to RETAKE under camera drift", targets.max_retake_share, "percent")]
         for key, what, limit, unit in checks:
             worst = max(gated, key=lambda r: r[key]["high"])
             failing = [r["name"] for r in gated if r[key]["high"] > limit]
             name = "robust_retake" if key == "retake_share" else f"robust_{key}"
             scope = f"worst of {len(gated)} gated perturbations ({worst['name']})" + (
-                ", share of all parts at the line's defect rate" if key == "retake_share" and worst["line_mix"] else
-                ", share of the test split" if key == "retake_share" else "")
+                ", share of all parts at the line's defect rate" if key == "retake_share" else "")
             out.append({"key": name, "what": what, "scope": scope, "unit": unit, "target": limit, **_k(worst[key]),
                         "failing": failing, "worst": worst["name"]})
     for t in out:

@@ -24,15 +24,12 @@ from typing import Iterable, Optional, Sequence
 
 
 ROUTES = ("PASS", "REVIEW", "REJECT", "RETAKE")
-NOT_PASSED = ("REVIEW", "REJECT", "RETAKE")
 # One row per file, the same columns and words in the batch CLI (python -m commands.predict) and the page's CSV.
 CSV_COLUMNS = ("file", "route", "reason", "defect_probability", "threshold", "ood_score", "camera_check",
                "brightness", "contrast", "sharpness", "model_version", "timestamp",
                # a person's review (the inspector page; empty from the batch CLI): the label they gave, the route
                # that follows from it (defect -> REJECT, ok -> PASS), who and when
                "reviewed_as", "final_route", "checked_by", "checked_at")
-ACTION = {"PASS": "ship the part", "REVIEW": "a person inspects the part",
-          "REJECT": "scrap or rework the part", "RETAKE": "photograph the part again"}
 
 
 def route(probability: Optional[float], threshold: float, band: Optional[Sequence[float]] = None,

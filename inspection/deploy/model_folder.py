@@ -25,7 +25,6 @@ from inspection.errors import UserError, one_line
 
 FILE = "metadata.json"
 DAMAGED = "the model folder is damaged: re-export it (dvc repro export) or download it again"
-CAMERA_FEATURES = ("brightness", "contrast", "sharpness")   # inspection.data.imagestats.features' keys
 
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]
 Feature = Literal["brightness", "contrast", "sharpness"]
@@ -251,3 +250,17 @@ def load_saved_model(saved_model: str | Path, metadata: dict, where: str | Path 
                         "the SavedModel is damaged or cut short; copy the model folder again, `dvc checkout` it, or "
                         "re-run the export stage (dvc repro -f export)") from None
     return module, serving_function(module, metadata, where)
+
+
+def run_signature(fn, input_name: str, images) -> dict:
+    """The one way every consumer calls the SavedModel (the batch CLI, the registry's pyfunc model, export's parity
+    check): ``images`` [N, H, W] or [N, H, W, 1], raw 0-255 grey levels, through the serving signature ``fn`` ->
+    {output name: float64 [N]}."""
+    import numpy as np
+    import tensorflow as tf
+
+    x = np.asarray(images, np.float32)
+    if x.ndim == 3:
+        x = x[..., None]
+    out = fn(**{input_name: tf.constant(x)})
+    return {k: np.asarray(v.numpy(), np.float64).reshape(-1) for k, v in out.items()}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from inspection.artifacts import REPO
 
+from inspection.decision.route import ROUTES
 from inspection.deploy.saved_model import OUTPUTS
 
 import base64
@@ -81,7 +82,7 @@ def run_chromium(browser, url: str, encoded: list[str], prepared: np.ndarray) ->
                             "differing": int((inputs != prepared).sum()), "pixels": int(inputs.size)}}
 
 
-def compare(saved: dict[str, np.ndarray], run: dict, expected_routes: list[tuple[str, str]] | None,
+def compare(saved: dict[str, np.ndarray], run: dict, expected_routes: list[tuple[str, str]],
             threshold: float) -> dict:
     """One TF.js run against the SavedModel: max |diff| of the probability, max relative diff of the OOD
     score (|a - b| / max(1, |b|)), threshold-verdict and route mismatches (routes: the run's own when it has
@@ -90,10 +91,9 @@ def compare(saved: dict[str, np.ndarray], run: dict, expected_routes: list[tuple
     ref = saved["defect_probability"]
     out = {"max_abs_diff": float(np.abs(p - ref).max()),
            "verdict_mismatches": int(((p >= threshold) != (ref >= threshold)).sum())}
-    if run.get("ood_score") is not None and "ood_score" in saved:
-        o = np.asarray(run["ood_score"], float)
-        out["ood_max_rel_diff"] = float((np.abs(o - saved["ood_score"]) / np.maximum(1.0, np.abs(saved["ood_score"]))).max())
-    if expected_routes is not None and run.get("routes") is not None:
+    o = np.asarray(run["ood_score"], float)
+    out["ood_max_rel_diff"] = float((np.abs(o - saved["ood_score"]) / np.maximum(1.0, np.abs(saved["ood_score"]))).max())
+    if run.get("routes") is not None:
         got = [tuple(r) for r in run["routes"]]
         out["route_mismatches"] = sum(g[0] != e[0] for g, e in zip(got, expected_routes))
         out["reason_mismatches"] = sum(g[1] != e[1] for g, e in zip(got, expected_routes))
@@ -185,16 +185,12 @@ class Reference:
     prepared: np.ndarray            # resized to the model's input: uint8 [N, H, W]
     saved: dict[str, np.ndarray]    # the SavedModel's outputs on ``prepared`` (saved_outputs)
     stats: list[dict]               # camera statistics of ``prepared``
-    rule: dict | None               # metadata.json's route block (None: a model from before the route)
-    routes: list | None             # the Python rule's (route, reason) per photo; None without a rule
+    rule: dict                      # metadata.json's route block
+    routes: list                    # the Python rule's (route, reason) per photo
 
     @property
     def paths(self) -> list[str]:
         return [r["path"] for r in self.rows]
-
-    @property
-    def has_ood(self) -> bool:
-        return "ood_score" in self.saved
 
 
 def python_reference(saved_model: Path, metadata: dict, n: int, positive_class: str) -> Reference:
@@ -205,17 +201,14 @@ def python_reference(saved_model: Path, metadata: dict, n: int, positive_class: 
     from inspection.decision.route import decide
 
     size = int(metadata["input"]["height"])
-    rule = metadata.get("route")
+    rule = metadata["route"]
     rows = pick_parity_rows(n, positive_class)
     full = read_many([r["path"] for r in rows])
     prepared = np.stack([resize(g, size) for g in full])
     saved = saved_outputs(saved_model, prepared, metadata)
-    has_ood = "ood_score" in saved
     stats = [features(g) for g in prepared]
-    routes = ([decide(float(p), st, float(o) if has_ood else None, rule)
-               for p, st, o in zip(saved["defect_probability"], stats,
-                                   saved["ood_score"] if has_ood else saved["defect_probability"])]
-              if rule else None)
+    routes = [decide(float(p), st, float(o), rule)
+              for p, st, o in zip(saved["defect_probability"], stats, saved["ood_score"])]
     return Reference(rows, full, prepared, saved, stats, rule, routes)
 
 
@@ -244,11 +237,9 @@ def compare_runs(node: dict, chrome: dict | None, ref: Reference, threshold: flo
     runs.update({f"node {b} (page resize)": r["js_resize"] for b, r in node["backends"].items()})
     if chrome is None:  # no browser (web.require_browser false): Node only
         return {name: compare(ref.saved, run, ref.routes, threshold) for name, run in runs.items()}
-    chrome_prepared = dict(chrome["prepared"])
-    if ref.rule:  # the page's numbers on Python's pixels, routed by the Python rule
-        o = chrome_prepared.get("ood_score") or [None] * len(ref.rows)
-        chrome_prepared["routes"] = [decide(p, st, q, ref.rule) for p, st, q in
-                                     zip(chrome_prepared["defect_probability"], ref.stats, o)]
+    chrome_prepared = dict(chrome["prepared"])   # the page's numbers on Python's pixels, routed by the Python rule
+    chrome_prepared["routes"] = [decide(p, st, q, ref.rule) for p, st, q in
+                                 zip(chrome_prepared["defect_probability"], ref.stats, chrome_prepared["ood_score"])]
     runs[f"chromium {chrome['backend']}"] = chrome_prepared
     runs["chromium page (browser decode + resize)"] = chrome["page"]
     return {name: compare(ref.saved, run, ref.routes, threshold) for name, run in runs.items()}
@@ -265,12 +256,11 @@ def parity_summary(checks: dict[str, dict], ref: Reference, node: dict, chrome: 
     return {
         "images": len(ref.rows), "tolerance": web.parity_tolerance, "ood_tolerance": web.ood_parity_tolerance,
         "threshold": threshold, "outputs": sorted(ref.saved), "graph_outputs": node["nodes"],
-        "max_abs_diff": worst, "ood_max_rel_diff": worst_ood if ref.has_ood else None,
+        "max_abs_diff": worst, "ood_max_rel_diff": worst_ood,
         "verdict_mismatches": sum(c["verdict_mismatches"] for c in checks.values()),
         "route_mismatches": sum(c.get("route_mismatches", 0) for c in checks.values()),
         "reason_mismatches": sum(c.get("reason_mismatches", 0) for c in checks.values()),
-        "routes": ({r: sum(x[0] == r for x in ref.routes) for r in ("PASS", "REVIEW", "REJECT", "RETAKE")}
-                   if ref.routes else None),
+        "routes": {r: sum(x[0] == r for x in ref.routes) for r in ROUTES},
         "runs": checks,
         "resize_node_vs_opencv": node["resize"],
         "resize_chromium_vs_opencv": chrome["page_pixels"] if chrome else None,

@@ -27,7 +27,7 @@ from inspection.errors import UserError
 from inspection.data.images import IMAGE_EXTENSIONS, decode_gray, resize
 from inspection.data.imagestats import features
 from inspection.decision.route import camera_reasons, csv_row, decide
-from inspection.deploy.model_folder import load_metadata, load_saved_model
+from inspection.deploy.model_folder import load_metadata, load_saved_model, run_signature
 from inspection.deploy.resolver import model_folder
 
 
@@ -47,10 +47,8 @@ class Predictor:
         return int(self.metadata["input"]["height"])
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import tensorflow as tf
-
-        out = self.fn(**{self.metadata["input"]["name"]: tf.constant(batch[..., None].astype(np.float32))})
-        return out["defect_probability"].numpy()[:, 0].astype(float), out["ood_score"].numpy()[:, 0].astype(float)
+        out = run_signature(self.fn, self.metadata["input"]["name"], batch)
+        return out["defect_probability"], out["ood_score"]
 
 
 def load_predictor(ref: str = "models") -> Predictor:

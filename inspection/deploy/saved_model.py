@@ -1,10 +1,10 @@
-"""The deployable model: a SavedModel with one signature, its TF.js conversion, and the one signature runner.
+"""The deployable model's files: the SavedModel with its one serving signature, its TF.js conversion and the
+bundle's content hash (its version).
 
-SavedModel (serving_default: image float32 [N,H,W,1] raw 0-255 -> defect_probability
-[N,1] and ood_score [N,1]), a TF.js graph model converted from it, models/metadata.json (with the route
-block every consumer decides with) and reports/headline.json (the DVC metrics: a dozen headline numbers).
-
-Asserts that the SavedModel matches Keras on test images within export.parity_tolerance (both outputs).
+SavedModel (serving_default: image float32 [N,H,W,1] raw 0-255 -> defect_probability [N,1] and ood_score [N,1]),
+and a TF.js graph model converted from it. The export stage writes models/metadata.json (inspection/deploy/
+metadata.py) and checks the SavedModel against Keras (export.parity_tolerance); every consumer calls the signature
+through inspection.deploy.model_folder.run_signature.
 """
 from __future__ import annotations
 
@@ -32,12 +32,14 @@ def saved_model_outputs(path: Path, images: np.ndarray, batch: int = 256) -> dic
     """Run the exported serving signature on uint8 [N, H, W]; returns {output name: [N] float64}."""
     import tensorflow as tf
 
-    fn = tf.saved_model.load(str(path)).signatures[SIGNATURE]
+    from inspection.deploy.model_folder import run_signature
+
+    module = tf.saved_model.load(str(path))
+    fn = module.signatures[SIGNATURE]
     parts: dict[str, list] = {}
     for i in range(0, len(images), batch):
-        out = fn(**{INPUT_NAME: tf.constant(images[i:i + batch, ..., None].astype(np.float32))})
-        for k, v in out.items():
-            parts.setdefault(k, []).append(v.numpy()[:, 0].astype(np.float64))
+        for k, v in run_signature(fn, INPUT_NAME, images[i:i + batch]).items():
+            parts.setdefault(k, []).append(v)
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
@@ -61,15 +63,20 @@ def convert_to_tfjs(saved_model: Path, dest: Path, quantize: str = "none") -> No
         raise RuntimeError(f"tensorflowjs_converter failed: {tail}")
 
 
-def bundle_version(tfjs_dir: Path) -> str:
-    """Short content hash of the TF.js model files: the version shown by the page and in its CSV."""
+def tfjs_digest(tfjs_dir: Path) -> str:
+    """SHA-256 of the TF.js model files (the graph and the weights): the one content hash of a bundle."""
     h = hashlib.sha256()
-    for f in sorted(p for p in tfjs_dir.rglob("*") if p.is_file()):
+    for f in sorted(p for p in Path(tfjs_dir).rglob("*") if p.is_file()):
         data = f.read_bytes()
         if f.suffix == ".json":  # the converter writes model.json's keys in no fixed order
             data = json.dumps(json.loads(data), sort_keys=True).encode()
         h.update(f.relative_to(tfjs_dir).as_posix().encode() + b"\0" + data)
-    return h.hexdigest()[:12]
+    return h.hexdigest()
+
+
+def bundle_version(tfjs_dir: Path) -> str:
+    """The version shown by the page and in its CSV: the bundle's content hash, short."""
+    return tfjs_digest(tfjs_dir)[:12]
 
 
 def dir_size(path: Path) -> int:

@@ -5,6 +5,13 @@ only stateless random ops, so the same seed gives the same augmented batch. ``ph
 gain, gamma, contrast, Gaussian blur and sensor noise, each to a random share of the images; ``geometric``
 composes flips, rotation, zoom, shift and tilt into one projective warp per image with reflected borders.
 inspection.model.input_pipeline maps them over the training batches. TensorFlow is imported inside the functions.
+
+Why not Keras preprocessing layers (RandomFlip, RandomRotation, RandomZoom, RandomTranslation, RandomBrightness,
+RandomContrast): (1) they draw from a layer's own seed generator, not from a per-batch stateless seed, so a
+training run could not be repeated batch for batch from train.seed inside tf.data; (2) each geometric layer warps
+and resamples the image once, so flip + rotation + zoom + shift would interpolate four times and blur the fine
+cracks and pores the model must see, where ``geometric`` composes them into one warp; (3) Keras has no layer for
+gamma, blur, sensor noise or tilt (a projective warp) at all.
 """
 from __future__ import annotations
 

@@ -1,9 +1,13 @@
-"""Training settings derived from the train params: the learning-rate schedule and the class weights.
+"""How the train stage trains: the learning-rate schedule, class weights, the epoch tracker, precise BatchNorm and
+the "settled" test.
 
 ``learning_rate`` returns the optimizer's learning rate and the callbacks it needs: train.lr_schedule cosine (one
 epoch of linear warm-up, then cosine decay to 0 at train.max_epochs, no callback) or plateau (constant,
 multiplied by 0.3 by ReduceLROnPlateau when val_loss stalls). ``class_weights`` returns sklearn's balanced
-weights for the two classes, or None when train.class_weight is none.
+weights for the two classes, or None when train.class_weight is none. ``tracker`` / ``history_rows``: the
+per-epoch progress line, MLflow metrics and history rows. ``precise_batchnorm`` re-estimates the BatchNorm
+statistics on clean training images after each epoch (train.bn_calibration_images). ``settled``: whether the
+last validation losses stayed near the lowest (train.settle_epochs, train.settle_ratio).
 """
 from __future__ import annotations
 

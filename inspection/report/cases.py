@@ -1,11 +1,10 @@
 """The report's example photos: which test photos to show, with their routes, notes, thumbnails and Grad-CAM.
 
-``with_routes`` gives each predictions.csv row its route (evaluate's, or derived from the threshold and review
-band). ``pick_cases`` chooses by route: the line's errors (escaped defects, false rejects), defects only RETAKE
-stopped, the defects nearest PASS, parts sent to REVIEW, RETAKE photos, the most uncertain correct automatic
-decisions and a few confidently found defects. ``case_images`` adds plain-language notes
-(``case_notes``), a JPEG thumbnail and a Grad-CAM overlay to each. ``promotion_section`` reads
-reports/promotion.json with thumbnails of the parts whose route changed.
+``pick_cases`` chooses among the test rows of predictions.csv (each with evaluate's route), by route: the line's
+errors (escaped defects, false rejects), defects only a gate stopped, the defects nearest PASS, parts sent to
+REVIEW, RETAKE photos, the most uncertain correct automatic decisions and a few confidently found defects.
+``case_images`` adds plain-language notes (``case_notes``), a JPEG thumbnail and a Grad-CAM overlay to each.
+``promotion_section`` reads reports/promotion.json with thumbnails of the parts whose route changed.
 """
 from __future__ import annotations
 
@@ -37,22 +36,6 @@ def promotion_section(path: Path, thumb: int, cap: int) -> dict | None:
 def _logit(q: float) -> float:
     q = min(max(q, 1e-7), 1 - 1e-7)
     return float(np.log(q / (1 - q)))
-
-
-def with_routes(rows: list[dict], threshold: float, band: dict | None) -> list[dict]:
-    """Each test row with its route and reason: predictions.csv's (evaluate's) when it has them, else the
-    threshold and band rule (no RETAKE information; marked ``route_derived``)."""
-    from inspection.decision.route import route
-
-    out = []
-    for row in rows:
-        row = dict(row)
-        if not row.get("route"):
-            row["route"], row["reason"] = route(float(row["probability"]), threshold,
-                                                (band["low"], band["high"]) if band else None)
-            row["route_derived"] = True
-        out.append(row)
-    return out
 
 
 def pick_cases(rows: list[dict], threshold: float, r, band: dict | None = None) -> list[dict]:

@@ -32,51 +32,6 @@ def lookup(doc, key: str):
     return doc
 
 
-def _fallback_route(metrics: dict, confidence: float) -> dict:
-    """The route block from an evaluate that predates the route (threshold and review band only, no RETAKE)."""
-    t, b = metrics["test"], metrics.get("review_band")
-    nd, no = t["tp"] + t["fn"], t["tn"] + t["fp"]
-    if b:
-        d = {"PASS": b["defects_slipping_through"], "REVIEW": b["review_defects"], "RETAKE": 0}
-        o = {"REVIEW": b["review_ok"], "REJECT": b["ok_auto_rejected"], "RETAKE": 0}
-        d["REJECT"], o["PASS"] = nd - d["PASS"] - d["REVIEW"], no - o["REVIEW"] - o["REJECT"]
-    else:
-        d = {"PASS": t["fn"], "REVIEW": 0, "REJECT": t["tp"], "RETAKE": 0}
-        o = {"PASS": t["tn"], "REVIEW": 0, "REJECT": t["fp"], "RETAKE": 0}
-    counts = {"defect": {w: int(d[w]) for w in WORDS}, "ok": {w: int(o[w]) for w in WORDS}}
-    n = nd + no
-    review, retake = d["REVIEW"] + o["REVIEW"], 0
-    ci = lambda k, m: binomial_ci(k, m, confidence)  # noqa: E731
-    test = {"n": n, "defects": nd, "ok": no, "counts": counts, "missed": d["PASS"], "false_rejects": o["REJECT"],
-            "review": review, "retake": retake,
-            "intervals": {"missed": ci(d["PASS"], nd), "false_rejects": ci(o["REJECT"], no), "review": ci(review, n),
-                          "retake": ci(retake, n), "defect_review": ci(d["REVIEW"], nd), "ok_review": ci(o["REVIEW"], no),
-                          "defect_retake": ci(0, nd), "ok_retake": ci(0, no)}}
-    band = {"low": b["low"], "high": b["high"]} if b else None
-    return {"threshold": metrics["threshold"], "review_band": band, "retake": None,
-            "rule": rule_sentence(metrics["threshold"], band, None), "test": test}
-
-
-def rule_sentence(threshold: float, band: dict | None, retake: dict | None) -> str:
-    """The deployed route in one sentence (used when metrics.json carries no ``route.rule``)."""
-    gate = ""
-    if retake:
-        why = ["it is unreadable"] + (["the camera check fails"] if retake.get("camera") else []) + \
-              (["it scores above the out-of-distribution limit"] if retake.get("ood") else [])
-        gate = f"RETAKE when {', '.join(why[:-1]) + ' or ' if len(why) > 1 else ''}{why[-1]}; otherwise "
-    if band:
-        lo, hi = min(threshold, band["low"]), max(threshold, band["high"])
-        return f"{gate}PASS when the defect probability is below {lo:.4f}, REJECT at or above {hi:.4f}, REVIEW in between."
-    return f"{gate}PASS when the defect probability is below {threshold:.4f}, REJECT at or above it (no review band)."
-
-
-def route_block(metrics: dict, confidence: float) -> tuple[dict, bool]:
-    """(metrics.json's route block, True), or one derived from the threshold and review band (False)."""
-    if metrics.get("route") and metrics["route"].get("test"):
-        return metrics["route"], True
-    return _fallback_route(metrics, confidence), False
-
-
 def confidence_of(metrics: dict, params) -> float:
     route = metrics.get("route") or {}
     iv = (route.get("test") or {}).get("intervals") or {}
@@ -137,11 +92,9 @@ def _worst_gated(robust: list[dict]) -> dict:
     gated = [row for row in robust if row["gated"]]
     if not gated:
         return {}
-    flat = {"worst.gated.route_missed": max(row["missed"]["k"] for row in gated),
-            "worst.gated.route_false_rejects": max(row["false_rejects"]["k"] for row in gated)}
-    if all(row.get("retake_share") for row in gated):
-        flat["worst.gated.retake_high"] = max(row["retake_share"]["high"] for row in gated)
-    return flat
+    return {"worst.gated.route_missed": max(row["missed"]["k"] for row in gated),
+            "worst.gated.route_false_rejects": max(row["false_rejects"]["k"] for row in gated),
+            "worst.gated.retake_high": max(row["retake_share"]["high"] for row in gated)}
 
 
 def _options_flat(options: list[dict]) -> dict:
@@ -176,7 +129,7 @@ def derive(metrics: dict, params, robustness_csv: list[dict], decision: dict | N
     evaluate stage recorded, never a second one."""
     r = params.report
     conf = confidence_of(metrics, params)
-    route, from_metrics = route_block(metrics, conf)
+    route = metrics["route"]
     test = route["test"]
     costs = line_costs(test, r.line_defect_rate, r.parts_per_shift, conf)
     robust = robustness_rows(metrics, robustness_csv, test, conf, r.targets, r.line_defect_rate)
@@ -185,9 +138,7 @@ def derive(metrics: dict, params, robustness_csv: list[dict], decision: dict | N
     else:
         targets = judge_targets(test, costs, robust, r.targets)
         ready, sentence = verdict(targets)
-    t = metrics["test"]
-    exact_threshold = metrics.get("test_exact") or {
-        "missed": binomial_ci(t["fn"], t["tp"] + t["fn"], conf), "false_rejects": binomial_ci(t["fp"], t["tn"] + t["fp"], conf)}
+    exact_threshold = metrics["test_exact"]
     flat: dict[str, float] = {}
 
     def put(prefix, d):
@@ -204,12 +155,6 @@ def derive(metrics: dict, params, robustness_csv: list[dict], decision: dict | N
                 put(f"robust|{row['name']}|{k}|", row[k])
     put("exact_threshold.missed.", exact_threshold["missed"])
     put("exact_threshold.false_rejects.", exact_threshold["false_rejects"])
-    if not from_metrics:
-        put("route.test.", test)
-        for k, v in test["intervals"].items():
-            put(f"route.test.intervals.{k}.", v)
-        for cls, v in test["counts"].items():
-            put(f"route.test.counts.{cls}.", v)
     flat.update(_worst_gated(robust))
     options = candidates(predictions, metrics.get("positive_class", "defect"), route, r, conf) if predictions else []
     flat.update(_options_flat(options))
@@ -219,7 +164,7 @@ def derive(metrics: dict, params, robustness_csv: list[dict], decision: dict | N
     best = {"defects": binomial_ci(0, test["defects"], conf)["high"], "ok": binomial_ci(0, test["ok"], conf)["high"]}
     put("zero_events_bound.", best)
     flat["test_defect_share"] = test["defects"] / test["n"] if test["n"] else 0.0
-    return {"confidence": conf, "route": route, "route_from_metrics": from_metrics, "costs": costs, "robust": robust,
+    return {"confidence": conf, "route": route, "costs": costs, "robust": robust,
             "targets": targets, "ready": ready, "decision": sentence, "exact_threshold": exact_threshold,
             "zero_events_bound": best, "flat": flat, "options": options, "band_below_threshold": below,
             "no_option_passes": bool(options) and not any(c["passed"] for c in options)}

@@ -62,8 +62,7 @@ def render(context: dict) -> str:
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     d = context["derived"]
     helpers = number_helpers(context["m"], d["flat"], (context["promotion"] or {}).get("doc"))
-    # a route number: metrics.json's key when evaluate wrote the route, else the value derived here
-    helpers["R"] = helpers["M"] if d["route_from_metrics"] else helpers["D"]
+    helpers["R"] = helpers["M"]   # a route number: metrics.json's route block
     env.globals.update(helpers)
     return env.get_template("report.html.j2").render(**context)
 
@@ -88,7 +87,7 @@ def print_pdf(browser, html_path: Path, pdf_path: Path, footer: str) -> int:
 
 
 def pdf_pages(path: Path) -> int:
-    """Pages of a PDF (count of /Type /Page objects; Chromium writes them uncompressed)."""
-    import re
+    """Pages of the printed PDF (pypdf reads its page tree)."""
+    from pypdf import PdfReader
 
-    return len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", Path(path).read_bytes()))
+    return len(PdfReader(path).pages)

@@ -31,7 +31,6 @@ from inspection.fsutil import read_csv, sha256_bytes
 
 TAG_BASELINE = "promotion.baseline"     # on a version: the champion it was compared with ("none": first model)
 TAG_DECISION = "promotion.decision"
-COUNT_KEYS = ("n", "defects", "ok", "missed", "false_rejects", "review", "retake", "pass", "reject")
 
 
 def pixel_sha256(img: np.ndarray) -> str:

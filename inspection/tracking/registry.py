@@ -6,11 +6,11 @@
                 with the model's version, threshold, dataset sha256, the manifest's sha256 and a content hash.
                 Idempotent: a version with the same content hash is reused, never registered twice.
     promote  -> find_version / set_alias (stages/promote.py): the `champion` / `challenger` aliases.
-    consumers-> resolve_model_dir(ref) / load(ref): a folder (models/) or a registry reference
+    consumers-> inspection.deploy.resolver.resolve_model_dir(ref): a folder (models/) or a registry reference
                 (models:/casting-inspector@champion, models:/casting-inspector/3) -> a local folder holding
                 saved_model/, metadata.json and tfjs/ (what commands.predict, the web stage and promote read).
 
-The MLflow Model is a pyfunc "model from code" (PYFUNC_CODE below, written next to the model): it validates its
+The MLflow Model is a pyfunc "model from code" (inspection/tracking/pyfunc_model.py, logged as a file): it validates its
 metadata.json with the model folder's schema (inspection/deploy/model_folder.py, shipped with the model as code,
 PYFUNC_MODULES), loads the SavedModel with tf.saved_model.load and checks its signature against the file; it needs
 nothing else from this repository, so `mlflow models serve -m models:/casting-inspector@champion --env-manager
@@ -41,67 +41,19 @@ TAG_CONTENT = "content_hash"
 # The repository modules the pyfunc model ships in its code/ folder: the model folder's schema and its imports
 # (tests/test_model_folder.py checks this is model_folder's import closure).
 PYFUNC_MODULES = ("inspection.errors", "inspection.decision.route", "inspection.deploy.model_folder")
-# The pyfunc model. Self-contained on purpose: the serving process imports numpy, tensorflow, pydantic and mlflow,
-# and the schema modules of PYFUNC_MODULES from the model's own code/ folder.
-PYFUNC_CODE = '''"""Casting inspector: the exported SavedModel behind the MLflow pyfunc interface.
-
-Input: float32 [N, H, W, 1], raw 0-255 grey levels of photos decoded as 8-bit grayscale and resized with
-OpenCV INTER_AREA to H x W (artifacts/metadata.json "input"). Output: {"defect_probability": [N], "ood_score": [N]};
-the route (PASS / REVIEW / REJECT / RETAKE) is decided from these with metadata.json's "route" block. A damaged
-metadata.json, or one that does not match the SavedModel, stops the loading with one line (the model's code/
-folder holds the schema, inspection/deploy/model_folder.py).
-"""
-from typing import Any
-
-import numpy as np
-import mlflow
-from mlflow.pyfunc import PythonModel, PythonModelContext
-
-
-class SavedModelInspector(PythonModel):
-    def load_context(self, context):
-        import tensorflow as tf
-        from inspection.deploy.model_folder import load_metadata, load_saved_model
-
-        self._tf = tf
-        self.metadata = load_metadata(context.artifacts["metadata"])
-        # keep the module referenced: it owns the variables the signature uses
-        self._module, self._fn = load_saved_model(context.artifacts["saved_model"], self.metadata,
-                                                  context.artifacts["metadata"])
-        self._input = self.metadata["input"]["name"]
-
-    # model_input: np.ndarray is the tensor hint MLflow accepts without deriving a schema from it, so the logged
-    # TensorSpec signature (the input's name, float32 [-1, H, W, 1]) stays the one that validates requests. Through
-    # that named signature pyfunc passes {name: array}; a bare array (a direct call) is accepted too.
-    def predict(self, context: PythonModelContext, model_input: np.ndarray,
-                params: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
-        x = model_input[self._input] if isinstance(model_input, dict) else model_input
-        x = np.asarray(x, np.float32)
-        if x.ndim == 3:
-            x = x[..., None]
-        out = self._fn(**{self._input: self._tf.constant(x)})
-        return {k: np.asarray(v.numpy(), np.float32).reshape(-1) for k, v in sorted(out.items())}
-
-
-mlflow.models.set_model(SavedModelInspector())
-'''
-
-
+# The pyfunc model's code, logged as a file (MLflow's "models from code"); never imported by this package.
+PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 def content_hash(metadata: dict, tfjs: Path | None = TFJS) -> str:
-    """What the line gets from this model: its weights and graph (the TF.js bundle's model.json, parsed, and its
-    weight files) and its decision rule (threshold, review band, RETAKE gate), input and classes. Same hash = same
-    deployed model. (metadata "version" hashes the TF.js files' bytes, which differ between two exports of the same
-    weights: model.json's key order is not stable; the parsed JSON and the weights are.)"""
+    """What the line gets from this model: its weights and graph (the TF.js bundle's content hash,
+    inspection.deploy.saved_model.tfjs_digest; the metadata "version" without the bundle at hand) and its decision
+    rule (threshold, review band, RETAKE gate), input and classes. Same hash = same deployed model."""
+    from inspection.deploy.saved_model import tfjs_digest
+
     h = hashlib.sha256()
     keys = ("classes", "positive_class", "threshold", "review_band", "route", "input", "outputs")
     h.update(json.dumps({k: metadata.get(k) for k in keys}, sort_keys=True, default=str).encode())
-    if tfjs is not None and (Path(tfjs) / "model.json").is_file():
-        tfjs = Path(tfjs)
-        h.update(json.dumps(json.loads((tfjs / "model.json").read_text()), sort_keys=True).encode())
-        for f in sorted(p for p in tfjs.rglob("*") if p.is_file() and p.name != "model.json"):
-            h.update(f.relative_to(tfjs).as_posix().encode() + b"\0" + f.read_bytes())
-    else:
-        h.update(str(metadata.get("version")).encode())
+    bundle = tfjs is not None and (Path(tfjs) / "model.json").is_file()
+    h.update((tfjs_digest(Path(tfjs)) if bundle else str(metadata.get("version"))).encode())
     return h.hexdigest()[:16]
 
 
@@ -202,11 +154,12 @@ def input_example(metadata: dict, manifest: Path):
 def pyfunc_parts(tmp: Path, saved_model: Path = SAVED_MODEL, metadata_path: Path = METADATA,
                  tfjs: Path = TFJS) -> dict:
     """mlflow.pyfunc.log_model / save_model's python_model, artifacts and code_paths, written under ``tmp``:
-    PYFUNC_CODE, the model folder, and the schema modules (PYFUNC_MODULES) as a package the model imports."""
+    the model's code (PYFUNC_FILE), the model folder, and the schema modules (PYFUNC_MODULES) as a package the
+    model imports."""
     import importlib
 
     code = tmp / "casting_inspector_pyfunc.py"
-    code.write_text(PYFUNC_CODE)
+    shutil.copy2(PYFUNC_FILE, code)
     package = tmp / "code" / "inspection"
     for name in PYFUNC_MODULES:
         parts = name.split(".")

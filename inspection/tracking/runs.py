@@ -68,7 +68,7 @@ def run_identity(params: dict) -> tuple[str | None, dict[str, str]]:
                 (Path(tmp) / "params.yaml").write_text(text)
                 base = {mlflow_key(k): str(v) for k, v in flat_params(load_params(Path(tmp) / "params.yaml")).items()}
             diff = {k: str(v) for k, v in params.items() if k in base and base[k] != str(v)}
-            tags["params_diff"] = _json.dumps(diff, sort_keys=True)[:5000]
+            tags[PARAMS_DIFF_TAG] = _json.dumps(diff, sort_keys=True)[:5000]
         except (OSError, subprocess.CalledProcessError, UserError):
             pass  # not a git checkout of that commit, or its params.yaml is of an older schema: logged in full anyway
     return name, tags

@@ -16,7 +16,7 @@ const BACKENDS = ['wasm', 'webgl', 'cpu']; // fastest first on a PC without a GP
 const STORE = 'casting-inspector/results';
 const WHO = 'casting-inspector/who';
 const THUMB = 64; // stored thumbnail side, px
-const MIN_SIDE = 32; // stages/images.py MIN_SIDE: smaller photos are unreadable for every consumer
+const MIN_SIDE = 32; // inspection/data/images.py MIN_SIDE: smaller photos are unreadable for every consumer
 
 let model;
 let meta;

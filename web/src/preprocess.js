@@ -3,7 +3,7 @@
 // The model's input contract (models/metadata.json "input"): 8-bit grayscale, resized to the
 // model's square input with OpenCV's INTER_AREA (pixel-area averaging, no crop or padding), raw
 // 0-255 values (the model rescales inside). This file re-implements exactly that, so the
-// browser sees the pixels the Python pipeline (stages/images.py) trains and evaluates on.
+// browser sees the pixels the Python pipeline (inspection/data/images.py) trains and evaluates on.
 
 /** RGBA bytes -> 8-bit gray, OpenCV's fixed-point RGB2GRAY (0.299 R + 0.587 G + 0.114 B); a transparent pixel
  * is composited over black, floor((gray * alpha + 127) / 255), as inspection/data/images.py flatten_alpha does. */

@@ -1,4 +1,4 @@
-// Check web/src/route.js against the shared table of route cases (the one stages/route.py passes).
+// Check web/src/route.js against the shared table of route cases (the one inspection/decision/route.py passes).
 //   node web/tools/route_cases.mjs [tests/cases/route_cases.json]
 // Prints one line per mismatch and a closing count; exits 1 on any mismatch.
 import { readFileSync } from 'node:fs';
