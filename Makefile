@@ -8,7 +8,7 @@ MLFLOW_PORT ?= 5000
 MLFLOW_DIR ?=
 HOST ?= 127.0.0.1
 
-.PHONY: install system-deps run test results seeds bench serve mlflow-server clean
+.PHONY: install system-deps run test status results seeds bench serve mlflow-server clean
 
 # Everything the pipeline needs: the Python venv (requirements.lock), the system packages (Chromium, Node.js/npm;
 # installed when run as root on Debian/Ubuntu, else the one `sudo apt-get install` line and a stop) and the

@@ -1,7 +1,9 @@
 """Every make target of the README on tiny data, asserting on what each writes: `make bench` (the pipeline
 benchmark, the memory-scaling, batch-CLI and fingerprint tools), then `make results` (the same experiment, now
-restored from DVC's run cache), `make serve` (start, one request, stop). `make run` is the end-to-end run
-(conftest.e2e_repo), `make mlflow-server` is in test_team.py, `make install` in test_fresh_clone.py."""
+restored from DVC's run cache), `make serve` (start, one request, stop), `make status` and `make clean`. `make
+run` is the end-to-end run (conftest.e2e_repo), `make mlflow-server` is in test_team.py, `make install` in
+test_fresh_clone.py; `make seeds` trains a model per seed, so CI runs its tool on generated experiments
+(test_seeds.py, --collect-only) instead."""
 from __future__ import annotations
 
 import json
@@ -106,3 +108,26 @@ def test_decision_study_reproduces_the_evaluate_stage_verdict_and_judges_an_ense
     res = subprocess.run([sys.executable, tool, "judge", str(tmp_path / "none.pkl")], cwd=e2e_repo,
                          capture_output=True, text=True)
     assert res.returncode != 0 and res.stderr.strip().startswith("error: no score file")
+
+
+def test_make_status_then_make_clean(e2e_repo, tmp_path):
+    """`make status` on the finished run: nothing printed, exit 0; after a params change it names the stage that
+    would re-run and exits 1. `make clean` then removes the pipeline's data, models and store."""
+    import yaml
+
+    repo = tmp_path / "repo"
+    shutil.copytree(e2e_repo, repo, symlinks=True)
+    res = sh(make_cmd("status"), repo, check=False)
+    assert res.returncode == 0 and "error" not in res.stdout + res.stderr, res.stdout + res.stderr
+    assert not [ln for ln in res.stdout.splitlines() if ln.strip() and not ln.startswith(("make", ". ", "source"))], \
+        res.stdout
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["report"]["parts_per_shift"] += 1                      # a knob only the report reads
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    res = sh(make_cmd("status"), repo, check=False)
+    assert res.returncode != 0 and "report" in res.stdout, res.stdout + res.stderr
+    assert "train" not in res.stdout.replace("params.yaml", ""), res.stdout
+    sh(make_cmd("clean"), repo)
+    for gone in ("data/raw", "data/split", "data/shards", "mlflow.db"):
+        assert not (repo / gone).exists(), gone
+    assert not list((repo / "models").iterdir()) and not list((repo / "reports").iterdir())

@@ -56,8 +56,10 @@ def _classes(folder: Path, n: int, seed: int) -> None:
 
 
 def _download_ran(root: Path) -> bool:
+    """`dvc repro download` re-made data/raw: it ran, or DVC restored the outputs of an earlier run with these very
+    inputs from its run cache (the sources went back to a state already seen)."""
     out = sh(["dvc", "repro", "download"], root).stdout
-    return "Running stage 'download'" in out
+    return "Running stage 'download'" in out or "Stage 'download' is cached" in out
 
 
 def _counts(root: Path) -> dict:
@@ -82,6 +84,16 @@ def test_a_changed_photo_reruns_download_and_nothing_else_does(tmp_path):
     write_part(extra / "ok" / "y.png", seed=501, defects=0, size=48)      # a photo added to an extra folder
     assert _download_ran(root) and _counts(root) == {"defect": 6, "ok": 4}
     assert not _download_ran(root)
+    write_part(extra / "ok" / "y.png", seed=502, defects=0, size=48)      # replaced in the extra folder
+    assert _download_ran(root) and _counts(root) == {"defect": 6, "ok": 4}
+    (extra / "ok" / "y.png").unlink()                                     # removed from it
+    assert _download_ran(root) and _counts(root) == {"defect": 6, "ok": 3}
+    assert not _download_ran(root)
+    # and everything after download follows: DVC sees data/raw changed, so split (and the rest) re-run
+    write_part(source / "def_front" / "later.png", seed=78, defects=1, size=48)
+    assert _download_ran(root)
+    downstream = sh(["dvc", "status", "split", "train"], root).stdout
+    assert "split" in downstream and "modified:           data/raw" in downstream, downstream
 
 
 def _status(root: Path, *stages: str):
@@ -136,6 +148,24 @@ def test_a_changed_zip_reruns_download(tmp_path):
     assert not _download_ran(root)
     pack(files[1:])                                                       # a photo removed from the zip
     assert _download_ran(root) and sum(_counts(root).values()) == 6
+    assert not _download_ran(root)
+    pack(files)                                                           # added back
+    assert _download_ran(root) and sum(_counts(root).values()) == 7
+    write_part(files[0], seed=999, defects=1, size=48)                     # one photo replaced inside the zip
+    pack(files)
+    assert _download_ran(root) and sum(_counts(root).values()) == 7
+    os.utime(archive, ns=(1, 1))                                          # the zip touched, same bytes
+    assert not _download_ran(root)
+    with zipfile.ZipFile(tmp_path / "more.zip", "w") as zf:               # an extra source given as a zip
+        zf.write(files[0], "defect/zipped.png")
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    p["data"]["extra"] = [str(extra), str(tmp_path / "more.zip")]
+    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    assert _download_ran(root) and sum(_counts(root).values()) == 8
+    with zipfile.ZipFile(tmp_path / "more.zip", "w") as zf:               # a photo added to the extra zip
+        zf.write(files[0], "defect/zipped.png")
+        zf.write(files[-1], "ok/zipped.png")
+    assert _download_ran(root) and sum(_counts(root).values()) == 9
     assert not _download_ran(root)
 
 
