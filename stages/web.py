@@ -37,26 +37,26 @@ def parse_args(argv: list[str] | None):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = load_params()
-    w, pos = params.web, params.data.positive_class
+    web, pos = params.web, params.data.positive_class
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from inspection.runner.preflight import BROWSER_STAGES, browser_or_skip
-    METADATA, SAVED_MODEL, TFJS = model_paths(args.model)  # noqa: N806
+    meta_file, saved_model, tfjs = model_paths(args.model)   # of the model given (models/ or a registry version)
 
     # before any work: the Chromium half of the check would fail at the end (or, allowed, is skipped with a warning)
-    skipped = browser_or_skip(w, BROWSER_STAGES["web"])
-    for needed in (METADATA, SAVED_MODEL, TFJS):
+    skipped = browser_or_skip(web, BROWSER_STAGES["web"])
+    for needed in (meta_file, saved_model, tfjs):
         if not Path(needed).exists():
             raise UserError(f"{needed} is missing; run the export stage first (dvc repro export)")
-    metadata = load_metadata(METADATA)   # the model folder's schema, and the SavedModel against it: one line if not
-    load_saved_model(SAVED_MODEL, metadata, METADATA)
+    metadata = load_metadata(meta_file)   # the model folder's schema, and the SavedModel against it: one line if not
+    load_saved_model(saved_model, metadata, meta_file)
     modules = ensure_node_modules()
-    ref = python_reference(SAVED_MODEL, metadata, w.parity_images, pos)
+    ref = python_reference(saved_model, metadata, web.parity_images, pos)
 
     with staged_outputs(BUNDLE, PARITY, BROWSER_BENCHMARK, SCREENS) as out, \
             tempfile.TemporaryDirectory() as tmp:
         bundle = out.path(BUNDLE)
         print("web: building the bundle")
-        sizes = build_bundle(bundle, metadata, TFJS, modules)
+        sizes = build_bundle(bundle, metadata, tfjs, modules)
         print(f"web: parity on {len(ref.paths)} test images in Node (both outputs and the route)")
         node = run_node(bundle / "model", ref.full, ref.prepared, ref.rule, metadata.get("outputs"), modules)
         screens = out.path(SCREENS)
@@ -65,14 +65,14 @@ def main(argv: list[str] | None = None) -> None:
             print(f"web: WARNING: {skipped}")
             chrome, bench, shown = None, {}, []
         else:
-            chrome, bench, shown = chromium_checks(w, bundle, ref, pos,
+            chrome, bench, shown = chromium_checks(web, bundle, ref, pos,
                                                    {k: screens / v.name for k, v in SCREENSHOTS.items()}, Path(tmp))
         checks = compare_runs(node, chrome, ref, metadata["threshold"])
-        parity = parity_summary(checks, ref, node, chrome, shown, sizes, w, metadata["threshold"], skipped)
-        require_parity(checks, w.parity_tolerance, w.ood_parity_tolerance)
+        parity = parity_summary(checks, ref, node, chrome, shown, sizes, web, metadata["threshold"], skipped)
+        require_parity(checks, web.parity_tolerance, web.ood_parity_tolerance)
         write_json(out.path(PARITY), parity)
         write_json(out.path(BROWSER_BENCHMARK),
-                   benchmark_summary(w, node, sizes, metadata, len(ref.paths), bench, skipped))
+                   benchmark_summary(web, node, sizes, metadata, len(ref.paths), bench, skipped))
     log_to_mlflow(params, parity, bench)
     fastest = min(((v["model_only"]["mean_ms"], k) for k, v in bench.items() if v.get("available")), default=None)
     print(f"web: parity max |diff| {parity['max_abs_diff']:.2e} (probability)"

@@ -952,7 +952,8 @@ def test_a_store_from_a_newer_mlflow_is_named_in_preflight(tmp_path):
     res = subprocess.run([sys.executable, "-m", "stages.download"], cwd=root, capture_output=True, text=True,
                          env=dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{db}",
                                   PYTHONPATH=str(REPO)))
-    assert res.returncode == 2 and "written by a newer MLflow" in res.stderr and "Traceback" not in res.stderr
+    run = Run(res.returncode, res.stdout, res.stderr, 0.0)
+    record("a sqlite store written by a newer MLflow", run, 2, "written by a newer MLflow")
     assert not (root / "data/raw").exists()   # nothing was done
 
 
@@ -965,6 +966,39 @@ def test_params_a_user_can_get_wrong_in_one_line(tmp_path):
         root = project(tmp_path, fault.split(":")[0].replace(".", "_"), **change)
         record(fault, stage(root, "download"), 2, expect)
         assert not (root / "data/raw").exists()   # nothing published
+
+
+def test_folder_names_typed_on_another_system_match_their_class(tmp_path):
+    """'défaut' typed on macOS (decomposed, NFD) is the 'défaut' of data.classes (composed, NFC): the photos are
+    labelled, not skipped as an unknown folder; upper case matches too."""
+    import unicodedata
+
+    src = tmp_path / "plant"
+    nfd = unicodedata.normalize("NFD", "défaut")
+    assert nfd != "défaut"
+    make_class_tree(src, {nfd: "defect", "OK": "ok"}, n=6)
+    root = project(tmp_path, **{"data.source": "local", "data.local.path": str(src),
+                                "data.classes": {"defect": ["défaut"], "ok": ["ok"]}})
+    run = stage(root, "download")
+    assert run.rc == 0 and "Traceback" not in run.err, run.err[-2000:]
+    assert json.loads((root / "data/raw/SOURCE.json").read_text())["counts"] == {"defect": 6, "ok": 6}
+    RESULTS.append(("class folder 'défaut' in NFD (macOS) against NFC in data.classes", run.rc, run.seconds,
+                    run.out.strip().splitlines()[-1]))
+
+
+def test_tensorflow_start_up_lines_are_off_unless_asked(tmp_path):
+    """TensorFlow's C++ start-up lines (cuDNN/cuBLAS registration, absl, "computation placer") bypass its log
+    level: a stage imports it with stderr pointed away; INSPECTION_TF_LOGS=1 shows them again."""
+    code = "from inspection.runner.cli import quiet_tensorflow; quiet_tensorflow(); import tensorflow as tf; tf.constant(1)"
+
+    def run(**extra) -> subprocess.CompletedProcess:
+        e = env(**extra)
+        e.pop("TF_CPP_MIN_LOG_LEVEL")   # as a user's shell has it: unset
+        return subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=WAIT)
+    quiet, loud = run(), run(INSPECTION_TF_LOGS="1")
+    assert quiet.returncode == loud.returncode == 0, quiet.stderr + loud.stderr
+    assert quiet.stderr.strip() == "", quiet.stderr
+    assert loud.stderr.strip(), "INSPECTION_TF_LOGS=1 showed nothing"
 
 
 def test_identical_pixels_under_both_classes_stop_split(tmp_path):

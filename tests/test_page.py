@@ -761,6 +761,8 @@ DAMAGED_BUNDLES = [   # (fault, change to metadata.json or None for text that is
      f"metadata.json: route.review_band: low 0.8 is above high 0.2; {BUNDLE_DAMAGED}"),
     ("input size not the model's", lambda m: m["input"].update(height=48, width=48),
      f"metadata.json: input.height is 48 but the model takes 32x32 images; {BUNDLE_DAMAGED}"),
+    ("output name not the model's", lambda m: m["outputs"].update(ood_score="Identity_9:0"),
+     f'metadata.json: outputs.ood_score is "Identity_9:0", which the model does not have; {BUNDLE_DAMAGED}'),
     ("not JSON", None, "metadata.json: is not valid JSON ("),
 ]
 

@@ -830,10 +830,14 @@ async function main() {
   const graph = await tf.loadGraphModel('model/model.json');
   checkModelInput(m, graph);
   [meta, rule, model] = [m, m.route, graph];
-  nodes = outputNodes(model.modelSignature && model.modelSignature.outputs, model.modelStructuredOutputKeys,
-    meta.outputs);
+  try {
+    nodes = outputNodes(model.modelSignature && model.modelSignature.outputs, model.modelStructuredOutputKeys,
+      meta.outputs);
+  } catch (err) {
+    throw damaged(err.message);   // metadata.json names an output the model does not have
+  }
   if (rule.retake && rule.retake.ood && !nodes.ood_score) {
-    throw new Error('metadata.json has an out-of-distribution gate but the model has no ood_score output');
+    throw damaged('route.retake.ood is set but the model has no ood_score output');
   }
   predictPixels(new Uint8Array(meta.input.height * meta.input.width), 1); // warm-up: compile kernels
   const detail = await backendDetail(backend);

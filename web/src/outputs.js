@@ -27,7 +27,7 @@ export function outputNodes(signatureOutputs, structuredKeys, metaOutputs) {
     if (wanted) {
       node = (sig[wanted] && sig[wanted].name) || find(wanted)
         || (structuredKeys && structuredKeys.includes(wanted) ? names[structuredKeys.indexOf(wanted)] : null);
-      if (!node) throw new Error(`metadata.json names the output ${key} "${wanted}", which the model does not have`);
+      if (!node) throw new Error(`outputs.${key} is "${wanted}", which the model does not have`);
     } else if (sig[key]) {
       node = sig[key].name;
     } else if (structuredKeys && structuredKeys.includes(key)) {
