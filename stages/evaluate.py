@@ -30,27 +30,29 @@ def choose(prob_model, data: dict, y: dict, probs: dict, params, conditions: dic
     (inspection.decision.band: the narrowest band whose missed-defect and false-reject rates hold
     report.targets at the exact bound, clean and, with robust_threshold, under every gated perturbation);
     otherwise evaluate.policy chooses the threshold and the band is the fixed one (or none)."""
-    e, size, r = params.evaluate, params.train.image_size, params.report   # report.targets bound band_targets
-    conditions = conditions if e.robust_threshold else None
-    max_f1 = choose_threshold(y["val"], probs["val"], e.model_copy(update={"policy": "max_f1"}))
-    if e.review_band == "auto":
+    # report.targets bound evaluate.band_targets (config.py)
+    evaluate, size, report = params.evaluate, params.train.image_size, params.report
+    conditions = conditions if evaluate.robust_threshold else None
+    max_f1 = choose_threshold(y["val"], probs["val"], evaluate.model_copy(update={"policy": "max_f1"}))
+    if evaluate.review_band == "auto":
         gated = {k: v for k, v in (conditions or {}).items() if k != "clean"}
-        band = choose_band(y["val"], probs["val"], e.band_targets.max_missed_rate,
-                           e.band_targets.max_false_reject_rate, e.bootstrap.confidence, r.line_defect_rate, gated)
+        band = choose_band(y["val"], probs["val"], evaluate.band_targets.max_missed_rate,
+                           evaluate.band_targets.max_false_reject_rate, evaluate.bootstrap.confidence,
+                           report.line_defect_rate, gated)
         v = band["validation"]
         print(f"evaluate: review band [{band['low']:.4f}, {band['high']:.4f}) chosen on validation"
               f"{' (no review needed)' if band['review_empty'] else ''}: {v['missed']} of {v['defects']} defects "
               f"passed, {v['false_rejects']} of {v['ok']} good parts rejected, REVIEW {v['review_share_at_line_rate']:.1%}"
-              f" of parts at {r.line_defect_rate:.0%} defective")
+              f" of parts at {report.line_defect_rate:.0%} defective")
         return {"threshold": band["low"], "band": None if band["review_empty"] else (band["low"], band["high"]),
                 "band_choice": band, "max_f1": max_f1, "policy": "review_band auto",
                 "threshold_by_condition": {k: v["low"] for k, v in band["edges_by_condition"].items()}}
-    threshold, per_condition = choose_threshold(y["val"], probs["val"], e), None
-    if conditions is not None and e.policy == "min_recall":
-        per_condition = robust_threshold(prob_model, data["val"].paths, y["val"], e, size, probs=conditions)
+    threshold, per_condition = choose_threshold(y["val"], probs["val"], evaluate), None
+    if conditions is not None and evaluate.policy == "min_recall":
+        per_condition = robust_threshold(prob_model, data["val"].paths, y["val"], evaluate, size, probs=conditions)
         threshold = min(per_condition.values())
-    return {"threshold": threshold, "band": e.review_band, "band_choice": None, "max_f1": max_f1,
-            "policy": e.policy, "threshold_by_condition": per_condition}
+    return {"threshold": threshold, "band": evaluate.review_band, "band_choice": None, "max_f1": max_f1,
+            "policy": evaluate.policy, "threshold_by_condition": per_condition}
 
 
 def judge(metrics: dict, params, rob: list[dict]) -> dict:
@@ -91,7 +93,7 @@ def log(params, metrics: dict, rob: list[dict], judged: dict) -> None:
 
 def main() -> None:
     params = load_params()
-    e, t = params.evaluate, params.train
+    evaluate, train = params.evaluate, params.train
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from inspection.data.dataset import open_shards
     from inspection.decision.route import make_rule
@@ -101,36 +103,38 @@ def main() -> None:
 
     pos, neg = params.data.positive_class, params.data.negative_class
     # the shards are checked against their index and the current manifest first (one-line errors, no TF import)
-    data = {s: open_shards(s, t.image_size, pos) for s in ("train", "val", "test")}
+    data = {s: open_shards(s, train.image_size, pos) for s in ("train", "val", "test")}
     from inspection.model.tta import probability_model
 
     model = load_model(MODEL)
-    prob_model = probability_model(model, e.tta)   # what the deployed graph computes (inspection.model.tta)
+    prob_model = probability_model(model, evaluate.tta)   # what the deployed graph computes (inspection.model.tta)
     y = {s: d.labels for s, d in data.items()}
     stats: dict = {}   # the validation photos under each gated perturbation: camera statistics, pooled features
     pooled: dict = {}
-    validated = e.retake.ood_limit in ("validated", "tiered")
-    conditions = (val_conditions(prob_model, data["val"].paths, e, t.image_size, stats=stats,
+    validated = evaluate.retake.ood_limit in ("validated", "tiered")
+    conditions = (val_conditions(prob_model, data["val"].paths, evaluate, train.image_size, stats=stats,
                                  features=pooled_features(model) if validated else None, pooled=pooled)
-                  if e.robust_threshold or e.retake.camera_range == "validated" or validated else None)
-    fitted = fit_gate(model, prob_model, data, e, stats, pooled)
-    method = ood_method(e.retake.ood_fit, bool(fitted.calibration.get("by_condition")), fitted.calibration.get("margin"))
-    probs, serving = fitted.probs, serving_model(model, fitted.gate, e.tta)
+                  if evaluate.robust_threshold or evaluate.retake.camera_range == "validated" or validated else None)
+    fitted = fit_gate(model, prob_model, data, evaluate, stats, pooled)
+    method = ood_method(evaluate.retake.ood_fit, bool(fitted.calibration.get("by_condition")),
+                        fitted.calibration.get("margin"))
+    probs, serving = fitted.probs, serving_model(model, fitted.gate, evaluate.tta)
     chosen = choose(prob_model, data, y, probs, params, conditions)
-    camera_on = e.retake.camera_check
+    camera_on = evaluate.retake.camera_check
     rule = make_rule(chosen["threshold"], chosen["band"], fitted.camera if camera_on else None,
                      fitted.gate["limit"], method, fitted.warn_camera if camera_on else None,
                      fitted.gate.get("review_limit"))
 
     print("evaluate: routes of the test photos, robustness battery, out-of-distribution battery")
-    results = perturbed(serving, data["test"].paths, t.image_size, e.robustness, battery(e.robustness))
+    results = perturbed(serving, data["test"].paths, train.image_size, evaluate.robustness,
+                        battery(evaluate.robustness))
     decided = routes(results["clean"], rule)
     warned = fitted.warn_camera or fitted.camera   # drift_flagged_share: outside the training range
-    rob = robustness(results, y["test"], rule, e.robustness, e.bootstrap.confidence, warned)
-    ood_rows = ood_battery(serving, data["test"].paths, t.image_size, rule, e.retake.ood_battery_per_kind,
-                           e.robustness.seed)
+    rob = robustness(results, y["test"], rule, evaluate.robustness, evaluate.bootstrap.confidence, warned)
+    ood_rows = ood_battery(serving, data["test"].paths, train.image_size, rule, evaluate.retake.ood_battery_per_kind,
+                           evaluate.robustness.seed)
     ood = ood_summary(fitted, results["clean"], ood_rows, rule["words"], method)
-    metrics = summarize(e, pos, y, probs, chosen, rule, decided, rob, ood)
+    metrics = summarize(evaluate, pos, y, probs, chosen, rule, decided, rob, ood)
 
     thresholds = [chosen["threshold"], chosen["max_f1"], 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, *(chosen["band"] or ())]
     judged = judge(metrics, params, rob)
@@ -142,7 +146,7 @@ def main() -> None:
         save_gate(out.path(GATE), fitted.gate)
         write_tables({k: out.path(v) for k, v in files.items()}, data=data, y=y, probs=probs, chosen=chosen,
                      thresholds=thresholds, decided=decided, test_ood=results["clean"]["ood"], rob=rob,
-                     ood_rows=ood_rows, names={1: pos, 0: neg}, sweep_points=e.sweep_points)
+                     ood_rows=ood_rows, names={1: pos, 0: neg}, sweep_points=evaluate.sweep_points)
     log(params, metrics, rob, judged)
     print(headline_line(metrics))
     print(f"evaluate: {judged['sentence']}")

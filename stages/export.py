@@ -21,7 +21,7 @@ from inspection.deploy.saved_model import convert_to_tfjs, export_saved_model, g
 
 def main() -> None:
     params = load_params()
-    x, t = params.export, params.train
+    export, train = params.export, params.train
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from inspection.data.dataset import load_split
     from inspection.model.architectures import load_model
@@ -33,14 +33,14 @@ def main() -> None:
     cnn = load_model(MODEL)
     metrics = read_json(METRICS)
     serving = serving_model(cnn, load_gate(), metrics.get("tta", "none"))   # the views evaluate measured
-    test = load_split("test", t.image_size, params.data.positive_class, limit=x.parity_images)
+    test = load_split("test", train.image_size, params.data.positive_class, limit=export.parity_images)
     with staged_outputs(SAVED_MODEL, TFJS, METADATA, HEADLINE) as out:
         print("export: writing SavedModel (defect_probability and ood_score)")
-        export_saved_model(serving, t.image_size, out.path(SAVED_MODEL))
-        diff, ood_diff = check_parity(serving, out.path(SAVED_MODEL), test.images, x.parity_tolerance)
+        export_saved_model(serving, train.image_size, out.path(SAVED_MODEL))
+        diff, ood_diff = check_parity(serving, out.path(SAVED_MODEL), test.images, export.parity_tolerance)
         names = graph_output_names(out.path(SAVED_MODEL))
         print("export: converting to TF.js graph model")
-        convert_to_tfjs(out.path(SAVED_MODEL), out.path(TFJS), x.quantize)
+        convert_to_tfjs(out.path(SAVED_MODEL), out.path(TFJS), export.quantize)
         run = read_json(RUN_FILE)
         metadata = model_metadata(
             params, parameters=int(cnn.count_params()), outputs=names, metrics=metrics, run=run,

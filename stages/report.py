@@ -29,7 +29,7 @@ from inspection.report.trend import trend
 
 def collect(params) -> dict:
     """Read the pipeline's outputs (in the working directory) and build everything the page shows."""
-    r, t = params.report, params.train
+    report, train = params.report, params.train
     from inspection.data.dataset import dataset_sha256, dataset_source
     from inspection.model.architectures import load_model
     from inspection.tracking.runs import git_commit
@@ -53,17 +53,17 @@ def collect(params) -> dict:
     history = read_csv(HISTORY)
     figures["training"] = training_figure(history, int(run["best_epoch"]))
     if metrics.get("band_choice") and metrics["band_choice"]["curve"]:
-        figures["band"] = band_figure(metrics["band_choice"], r.targets.max_missed_rate)
+        figures["band"] = band_figure(metrics["band_choice"], report.targets.max_missed_rate)
 
     ood = metrics.get("ood") or {}
-    cases = pick_cases(predictions, threshold, r, band)
+    cases = pick_cases(predictions, threshold, report, band)
     print(f"report: Grad-CAM for {len(cases)} test images")
-    case_images(load_model(MODEL), cases, t.image_size, r.thumbnail, ood.get("limit"),
+    case_images(load_model(MODEL), cases, train.image_size, report.thumbnail, ood.get("limit"),
                 min(threshold, band["low"]) if band else threshold)
 
     print("report: trend of the last MLflow runs")
-    trend_ = trend(t.mlflow_experiment, r.trend_runs, run.get("run_id"))
-    promotion = promotion_section(PROMOTION, max(64, r.thumbnail // 2), r.max_misclassified)
+    trend_ = trend(train.mlflow_experiment, report.trend_runs, run.get("run_id"))
+    promotion = promotion_section(PROMOTION, max(64, report.thumbnail // 2), report.max_misclassified)
     meta = load_metadata(METADATA) if METADATA.exists() else {}   # validated: the report names the model it signs
     commit = git_commit()
     return dict(
@@ -72,7 +72,7 @@ def collect(params) -> dict:
         ood=ood, trend=trend_, promotion=promotion, history_rows=len(history), params=params, meta=meta,
         commit=commit, dirty=commit.endswith("-dirty"),
         training_note=training_sentence(int(run.get("epochs_run") or len(history)), int(run["best_epoch"]),
-                                        t.max_epochs, run.get("settled")),
+                                        train.max_epochs, run.get("settled")),
         band_choice=metrics.get("band_choice"),
         identity={"git commit": commit, "data source": dataset_source(), "dataset sha256": dataset_sha256(),
                   "model version": meta.get("version", "not exported yet"),

@@ -64,7 +64,7 @@ def summarize(h: dict, epoch_times: list[float], wall: float, train_images: int,
 
 def main() -> None:
     params = load_params()
-    p = params.train
+    train_params = params.train
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
@@ -75,41 +75,39 @@ def main() -> None:
         return {params.data.positive_class: int(np.sum(labels)), params.data.negative_class: int(len(labels) - np.sum(labels))}
     from inspection.tracking.runs import start_run
 
-    keras.utils.set_random_seed(p.seed)
+    keras.utils.set_random_seed(train_params.seed)
     tf.config.experimental.enable_op_determinism()
-    train, val, train_ds, val_ds = datasets(p, params.data.positive_class)
-    model, lr_callbacks, replicas = compiled(p, len(train.labels))
-    print(f"train: {p.arch} model, {model.count_params():,} parameters, {len(train.labels)} train / "
-          f"{len(val.labels)} val images at {p.image_size}px, input {p.input}"
+    train, val, train_ds, val_ds = datasets(train_params, params.data.positive_class)
+    model, lr_callbacks, replicas = compiled(train_params, len(train.labels))
+    print(f"train: {train_params.arch} model, {model.count_params():,} parameters, {len(train.labels)} train / "
+          f"{len(val.labels)} val images at {train_params.image_size}px, input {train_params.input}"
           f"{f', MirroredStrategy over {replicas} devices' if replicas > 1 else ''}")
 
     sha = dataset_sha256()
     with staged_outputs(MODEL, HISTORY, RUN_FILE) as out:
-        mlflow, run = start_run(p.mlflow_experiment, flat_params(params),
-                                tags={"dataset_sha256": sha, "arch": p.arch})  # + name, commit: run_identity
+        mlflow, run = start_run(train_params.mlflow_experiment, flat_params(params),
+                                tags={"dataset_sha256": sha, "arch": train_params.arch})  # + name, commit: run_identity
         mlflow.log_dataset("casting-images", sha, dataset_source(), {
             "sha256": sha, "train": counts(train.labels), "val": counts(val.labels)})
         try:
             epoch_times: list[float] = []
-            stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=p.patience, verbose=1,
-                                                    restore_best_weights=True, start_from_epoch=p.stop_from_epoch)
-            steps = int(np.ceil(len(train.labels) / p.batch_size))
-            calibrate = ([precise_batchnorm(model, calibration_images(train, p.bn_calibration_images), steps)]
-                         if p.bn_calibration_images else [])
+            callbacks = [*settle_callbacks(model, train, train_params), tracker(mlflow.log_metrics, epoch_times),
+                         *lr_callbacks]
             t0 = time.perf_counter()
             with at_safe_points():  # a stop signal ends fit between batches (tracker), never inside tf.data
-                h = model.fit(train_ds, validation_data=val_ds, epochs=p.max_epochs, verbose=2,
-                              class_weight=class_weights(train.labels, p.class_weight),
-                              callbacks=[*calibrate, stopper, tracker(mlflow.log_metrics, epoch_times),
-                                         *lr_callbacks]).history
-            summary = summarize(h, epoch_times, time.perf_counter() - t0, len(train.labels), model, replicas, p)
+                h = model.fit(train_ds, validation_data=val_ds, epochs=train_params.max_epochs, verbose=2,
+                              class_weight=class_weights(train.labels, train_params.class_weight),
+                              callbacks=callbacks).history
+            summary = summarize(h, epoch_times, time.perf_counter() - t0, len(train.labels), model, replicas,
+                                train_params)
             rows = history_rows(h, epoch_times)
             write_csv(out.path(HISTORY), rows, list(rows[0].keys()))
             model.save(out.path(MODEL))
             mlflow.log_metrics({k: float(v) for k, v in summary.items()})
             mlflow.set_tags({"settled": str(summary["settled"]).lower()})
             # no store URI: every stage logs into the store it is given (MLFLOW_TRACKING_URI or the default)
-            write_json(out.path(RUN_FILE), {"run_id": run.info.run_id, "experiment": p.mlflow_experiment, **summary})
+            write_json(out.path(RUN_FILE), {"run_id": run.info.run_id, "experiment": train_params.mlflow_experiment,
+                                            **summary})
         except BaseException as exc:
             mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
@@ -118,9 +116,28 @@ def main() -> None:
     print(f"train: {summary['epochs_run']} epochs ({summary['seconds_per_epoch']:.1f} s each), best epoch "
           f"{summary['best_epoch']} val_loss {summary['best_val_loss']:.4f}; MLflow run {run.info.run_id}")
     if not summary["settled"]:
-        print(f"train: WARNING: training did not settle: one of the last {p.settle_epochs} validation losses "
-              f"({', '.join(f'{v:.3f}' for v in h['val_loss'][-p.settle_epochs:])}) is over {p.settle_ratio:g}x the "
-              f"lowest ({min(h['val_loss']):.3f}); do not ship this model without looking at reports/train/history.csv")
+        print(unsettled_warning(h["val_loss"], train_params))
+
+
+def settle_callbacks(model, train, train_params) -> list:
+    """Precise BatchNorm after each epoch (train.bn_calibration_images; 0 = off), then early stopping on val_loss
+    that neither stops nor keeps an epoch before train.stop_from_epoch."""
+    import keras
+
+    steps = int(np.ceil(len(train.labels) / train_params.batch_size))
+    calibrate = ([precise_batchnorm(model, calibration_images(train, train_params.bn_calibration_images), steps)]
+                 if train_params.bn_calibration_images else [])
+    return [*calibrate, keras.callbacks.EarlyStopping(monitor="val_loss", patience=train_params.patience, verbose=1,
+                                                      restore_best_weights=True,
+                                                      start_from_epoch=train_params.stop_from_epoch)]
+
+
+def unsettled_warning(val_loss: list[float], train_params) -> str:
+    """train's loud line for a run whose last validation losses swung (inspection.model.training.settled)."""
+    last = ", ".join(f"{v:.3f}" for v in val_loss[-train_params.settle_epochs:])
+    return (f"train: WARNING: training did not settle: one of the last {train_params.settle_epochs} validation "
+            f"losses ({last}) is over {train_params.settle_ratio:g}x the lowest ({min(val_loss):.3f}); do not ship "
+            "this model without looking at reports/train/history.csv")
 
 
 if __name__ == "__main__":

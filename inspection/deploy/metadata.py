@@ -27,11 +27,11 @@ def model_metadata(params, *, parameters: int, outputs: dict[str, str], metrics:
     from inspection.decision.route import CSV_COLUMNS
     from inspection.tracking.runs import git_commit
 
-    t, pos, neg = params.train, params.data.positive_class, params.data.negative_class
+    train, pos, neg = params.train, params.data.positive_class, params.data.negative_class
     route = {k: v for k, v in metrics["route"].items() if k != "test"}
     return {
         "version": bundle_version(tfjs),
-        "model": {"arch": t.arch, "parameters": parameters},
+        "model": {"arch": train.arch, "parameters": parameters},
         "classes": [neg, pos], "positive_class": pos,
         "outputs": outputs,
         "output": {"name": "defect_probability", "shape": [None, 1],
@@ -46,7 +46,7 @@ def model_metadata(params, *, parameters: int, outputs: dict[str, str], metrics:
         "drift": {**read_json(DRIFT_REFERENCE),
                   "rule": "flag an image whose brightness, contrast or sharpness (inspection/data/imagestats.py, computed "
                           "on the resized model input) lies outside [min, max]"},
-        "input": {"height": t.image_size, "width": t.image_size, "channels": 1, "dtype": "float32",
+        "input": {"height": train.image_size, "width": train.image_size, "channels": 1, "dtype": "float32",
                   "range": "raw 0-255 grayscale (the model rescales inside)", "name": INPUT_NAME,
                   "signature": SIGNATURE, "resize": RESIZE_METHOD,
                   "max_pixels": params.data.max_image_pixels,   # larger photos: RETAKE from the header, never decoded

@@ -6,12 +6,11 @@ A registry version is downloaded once into a cache (INSPECTION_MODEL_CACHE, defa
 <tmp>/casting-inspector-models) keyed by the tracking store, name, version and source; the download lands in a
 ``.partial-`` folder that is renamed into place, so concurrent callers never see half a model. ``load`` adds the
 metadata and the ModelVersion; ``model_folder`` (the predictor) and ``model_paths`` (the web stage) return the
-folder or its metadata.json, saved_model/ and tfjs/ paths. Every folder handed out has a metadata.json that passes
-the model folder's schema (inspection.deploy.model_folder): a damaged download is never put in the cache.
+folder or its metadata.json, saved_model/ and tfjs/ paths. Every downloaded version passes the model folder's schema
+(inspection.deploy.model_folder) before it is cached, so a damaged download is never handed out; a local folder is
+validated by resolve_model_dir, or by the consumer itself (the batch CLI, the web stage) with its own advice.
 """
 from __future__ import annotations
-
-from inspection.tracking.registry import is_registry_ref, model_version
 
 import hashlib
 import os
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from inspection.errors import UserError
 from inspection.deploy.model_folder import load_metadata
-from inspection.tracking.registry import _client, _quiet
+from inspection.tracking.registry import _client, _quiet, is_registry_ref, model_version
 
 
 def _model_folder(path: Path) -> Path | None:
@@ -91,21 +90,19 @@ def load(ref: str | Path = "models") -> Resolved:
 
 
 def model_folder(ref: str) -> Path:
-    """A folder holding saved_model/ and metadata.json, or a registry reference models:/name@alias (or /version)."""
-    if ref.startswith("models:/"):
-        return Path(resolve_model_dir(ref))
-    return Path(ref)
+    """The folder of ``ref``: a registry reference models:/name@alias (or /version) downloaded and validated
+    (resolve_model_dir), or a folder path as given: the batch CLI checks a local folder itself, with advice that
+    names its --model option, and validates its metadata.json before loading TensorFlow."""
+    return Path(resolve_model_dir(ref)) if is_registry_ref(ref) else Path(ref)
 
 
 def model_paths(ref: str) -> tuple[Path, Path, Path]:
-    """(metadata.json, saved_model/, tfjs/) of a model folder (default models/) or a registry reference
-    models:/casting-inspector@champion (resolve_model_dir downloads it)."""
+    """(metadata.json, saved_model/, tfjs/) of a model folder (default models/, the pipeline's artifacts) or a
+    registry reference models:/casting-inspector@champion (resolve_model_dir downloads it). The web stage checks a
+    local folder's files itself, naming the stage that makes a missing one."""
     from inspection.artifacts import METADATA, SAVED_MODEL, TFJS
 
     if ref == "models":
         return METADATA, SAVED_MODEL, TFJS
-    if ref.startswith("models:/"):
-        folder = Path(resolve_model_dir(ref))
-    else:
-        folder = Path(ref)
+    folder = model_folder(ref)
     return folder / "metadata.json", folder / "saved_model", folder / "tfjs"

@@ -127,16 +127,16 @@ def derive(metrics: dict, params, robustness_csv: list[dict], decision: dict | N
     predictions.csv), and ``flat``: every derived number the page shows, by its data-derived key. ``decision``
     (reports/decision.json) supplies the targets and the verdict when given: the page shows the judgement the
     evaluate stage recorded, never a second one."""
-    r = params.report
+    report = params.report
     conf = confidence_of(metrics, params)
     route = metrics["route"]
     test = route["test"]
-    costs = line_costs(test, r.line_defect_rate, r.parts_per_shift, conf)
-    robust = robustness_rows(metrics, robustness_csv, test, conf, r.targets, r.line_defect_rate)
+    costs = line_costs(test, report.line_defect_rate, report.parts_per_shift, conf)
+    robust = robustness_rows(metrics, robustness_csv, test, conf, report.targets, report.line_defect_rate)
     if decision is not None:
         targets, ready, sentence = decision["targets"], decision["ready"], decision["sentence"]
     else:
-        targets = judge_targets(test, costs, robust, r.targets)
+        targets = judge_targets(test, costs, robust, report.targets)
         ready, sentence = verdict(targets)
     exact_threshold = metrics["test_exact"]
     flat: dict[str, float] = {}
@@ -156,7 +156,7 @@ def derive(metrics: dict, params, robustness_csv: list[dict], decision: dict | N
     put("exact_threshold.missed.", exact_threshold["missed"])
     put("exact_threshold.false_rejects.", exact_threshold["false_rejects"])
     flat.update(_worst_gated(robust))
-    options = candidates(predictions, metrics.get("positive_class", "defect"), route, r, conf) if predictions else []
+    options = candidates(predictions, metrics.get("positive_class", "defect"), route, report, conf) if predictions else []
     flat.update(_options_flat(options))
     below = band_below_threshold(route, predictions, metrics.get("positive_class", "defect"))
     if below:
