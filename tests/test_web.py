@@ -158,3 +158,36 @@ def test_csv_cells_escape_formulas_and_parse_back(tmp_path):
         risky = name[0] in "=+-@\t\r" and name not in ("-0.25",)
         assert cell == ("'" + name if risky else name), (name, cell)
     assert text.endswith("0.5,PASS" + "," * (len(CSV_COLUMNS) - 2) + "\n") and all(r[1] == "PASS" for r in rows[1:])
+
+
+def test_operator_rules_in_node(tmp_path):
+    """web/src/operator.js: which rows may be labelled for retraining (castings only: a RETAKE, an escalated or an
+    unusual-photo row needs "It is a casting" first) and the RETAKE escalation, which compares causes, not the
+    measured numbers, and starts again after an escalation."""
+    module = tmp_path / "op.mjs"
+    module.write_text(f"""
+import * as O from '{(REPO / 'web/src/operator.js').as_uri()}';
+const row = (route, reason, extra = {{}}) => ({{ route, reason, probability: 0.01, ...extra }});
+const rows = [row('REVIEW', 'defect probability in the review band [0.0200, 0.9000)'),
+  row('RETAKE', 'camera check: contrast low (3.10 < 21.40)'),
+  row('REVIEW', 'unusual photo (out-of-distribution score 25.00 > 20.00): a person checks the part'),
+  row('REVIEW', 'second RETAKE for the same reason (...)', {{ escalated: true }}),
+  row('RETAKE', 'camera check: contrast low (3.10 < 21.40)', {{ casting: true }}),
+  {{ route: 'RETAKE', reason: 'unreadable: empty file', probability: null }}];
+const escalate = O.retakeEscalator();
+const seq = [escalate(row('RETAKE', 'camera check: sharpness high (2109.60 > 2011.80)')),
+  escalate(row('RETAKE', 'camera check: sharpness high (2250.10 > 2011.80), contrast high (90.00 > 81.30)')),
+  escalate(row('RETAKE', 'camera check: sharpness high (2109.60 > 2011.80)')),
+  escalate(row('RETAKE', 'camera check: brightness low (40.00 > 94.00)'))];
+console.log(JSON.stringify({{ fixable: rows.map(O.fixable), confirmable: rows.map(O.confirmable),
+  routes: seq.map((r) => r.route), escalated: seq.map((r) => r.escalated === true),
+  action: O.operatorAction(rows[1]) }}));
+""")
+    res = subprocess.run(["node", str(module)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["fixable"] == [True, False, False, False, True, False]
+    assert out["confirmable"] == [False, True, True, True, False, False]
+    assert out["routes"] == ["RETAKE", "REVIEW", "RETAKE", "RETAKE"]   # other numbers, same cause: escalated
+    assert out["escalated"] == [False, True, False, False]
+    assert out["action"] == "Flat photo: check the lamp and that the part fills the frame"

@@ -3,12 +3,22 @@
 // keep the results on this device until Clear, and download them as CSV (the batch CLI's columns) or
 // the operator's corrections as a zip for retraining. window.inspector exposes the same functions to
 // the parity check, the browser benchmark and the tests.
-import { bitDepthReason, centreSquare, features, isTiff, resizeArea, rgbaToGray } from './preprocess.js';
-import { ACTION, CSV_COLUMNS, NOT_PASSED, REVIEWED_ROUTE, ROUTES, cameraReasons, csvRow, csvText, decide, fixed,
+// What does not touch the page's state lives in its own module: decoding (decode.js), image preparation
+// (preprocess.js), the route rule (route.js), the operator's rules and words (operator.js), the metadata schema
+// (schema.js), the model's outputs (outputs.js), downloads and hashes (files.js), the zip (zip.js) and the photo
+// store (photostore.js). This file keeps the rest on purpose (over the ~350-line guide): the results, the table,
+// the batch queue, the banner, persistence and the controls all read and change one state (rows, their table
+// rows, the queue, the latest photo), and splitting them would pass that state through every call.
+import { centreSquare, features, isTiff, resizeArea, rgbaToGray } from './preprocess.js';
+import { CSV_COLUMNS, NOT_PASSED, REVIEWED_ROUTE, ROUTES, cameraReasons, csvRow, csvText, decide, fixed,
   reasonCauses } from './route.js';
 import { DAMAGED, metadataProblem } from './schema.js';
 import { outputNodes, runModel } from './outputs.js';
 import { zipStore } from './zip.js';
+import { decodeGray } from './decode.js';
+import { download, sha256, stamp, zipName } from './files.js';
+import { confirmable, fixable, operatorAction, retakeEscalator } from './operator.js';
+import { clearPhotos, keepPhoto, loadPhoto } from './photostore.js';
 
 const tf = window.tf;
 const $ = (id) => document.getElementById(id);
@@ -114,45 +124,6 @@ function predictPixels(pixels, n) {
 }
 
 // ----- one photo -------------------------------------------------------------------------------
-/** Image bytes (a File or Blob) -> gray pixels at full resolution, without colour management. */
-async function decodeGray(blob) {
-  if (!blob.size) throw Object.assign(new Error('empty file'), { unreadable: true });
-  const head = new Uint8Array(await blob.slice(0, 32).arrayBuffer());
-  const deep = bitDepthReason(head);
-  if (deep) throw Object.assign(new Error(deep), { unreadable: true });
-  if (isTiff(head)) return decodeTiff(await blob.arrayBuffer());
-  let bitmap;
-  try {
-    bitmap = await createImageBitmap(blob, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
-  } catch (err) {
-    throw Object.assign(new Error('not a decodable image'), { unreadable: true });
-  }
-  const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
-  const ctx = canvas.getContext('2d', { willReadFrequently: true });
-  ctx.drawImage(bitmap, 0, 0);
-  const { data } = ctx.getImageData(0, 0, bitmap.width, bitmap.height);
-  bitmap.close();
-  return { gray: rgbaToGray(data, canvas.width, canvas.height), width: canvas.width, height: canvas.height };
-}
-
-/** A TIFF (the browser has no TIFF decoder): the first image through UTIF, then the same gray rule. */
-function decodeTiff(buffer) {
-  let page;
-  try {
-    const ifds = self.UTIF.decode(buffer);
-    [page] = ifds;
-    self.UTIF.decodeImage(buffer, page);
-  } catch (err) {
-    throw Object.assign(new Error('not a decodable image'), { unreadable: true });
-  }
-  const bits = page.t258 ? Math.max(...page.t258) : 8;
-  const deep = bitDepthReason([], bits);
-  if (deep) throw Object.assign(new Error(deep), { unreadable: true });
-  if (!page.width || !page.height) throw Object.assign(new Error('not a decodable image'), { unreadable: true });
-  const rgba = self.UTIF.toRGBA8(page);
-  return { gray: rgbaToGray(rgba, page.width, page.height), width: page.width, height: page.height };
-}
-
 /** Full-resolution gray image -> the route and everything it was decided from. */
 function inspectGray({ gray, width, height }) {
   const size = meta.input.height;
@@ -256,15 +227,6 @@ function fixButtons(row, idPrefix) {
   }));
 }
 
-// A part can be corrected when its photo could be read (an unreadable file is no training image) and it is a
-// casting: a RETAKE photo (a label card, a hand, a blank frame) gets labels only after the operator says
-// "It is a casting", so non-castings never reach the retraining set as ok or defect.
-// The same holds for a photo the line sent to a person only because it is unusual (out of distribution) or
-// because it was RETAKE twice: it may not be a casting at all.
-const needsCasting = (row) => row.route === 'RETAKE' || row.escalated === true || /^unusual photo/.test(row.reason || '');
-const fixable = (row) => row.probability !== null && (!needsCasting(row) || row.casting === true);
-const confirmable = (row) => row.probability !== null && needsCasting(row) && row.casting !== true;
-
 /** The file name whole, with line-break opportunities only after _ - and spaces (never mid-word). */
 function fileName(name) {
   const span = el('span', { className: 'filename' });
@@ -301,31 +263,6 @@ function renderRow(row, index) {
   );
   tableRows.set(row.id, tr);
   return tr;
-}
-
-/** What the operator does, in plain words, for a row's route and reason (the engineer's numbers stay in the reason
- * line below it). The first matching hint per cause, most specific first. */
-const HINTS = [
-  [/^second RETAKE/, 'Photographing it again did not help: a person inspects the part'],
-  [/^unreadable/, 'The file could not be read: photograph the part again (JPEG or PNG)'],
-  [/out-of-distribution/, 'This does not look like a casting from the top: centre the part and move labels, ' +
-    'hands and other objects out of the frame'],
-  [/brightness low/, 'Too dark: check the lamp, then photograph the part again'],
-  [/brightness high/, 'Too bright: check the lamp and for glare, then photograph the part again'],
-  [/contrast low/, 'Flat photo: check the lamp and that the part fills the frame'],
-  [/contrast high/, 'Harsh photo: check for glare or a label in the frame'],
-  [/sharpness low/, 'Blurred: check the focus and clean the lens'],
-  [/sharpness high/, 'Grainy or cluttered: check the lamp and move labels out of the frame'],
-];
-export function operatorAction(row) {
-  if (row.route === 'RETAKE' || row.escalated) {
-    for (const [pattern, hint] of HINTS) if (pattern.test(row.reason || '')) return hint;
-  }
-  const warn = /camera warning/.test(row.reason || '') ? ' · the lighting or focus has drifted: check the lamp' : '';
-  if (row.route === 'REVIEW' && /^unusual photo/.test(row.reason || '')) {
-    return `A person inspects the part: the photo is unusual for the model (check the framing too)${warn}`;
-  }
-  return `${ACTION[row.route][0].toUpperCase()}${ACTION[row.route].slice(1)}${warn}`;
 }
 
 let latestId = null;
@@ -450,31 +387,8 @@ function csvRows() {
     r.correction ? r.checked_by || '' : '', r.correction ? r.checked_at || '' : ''));
 }
 
-const stamp = () => new Date().toISOString().slice(0, 19).replace(/[:T]/g, '-');
-
-function download(blob, name) {
-  const a = document.createElement('a');
-  a.href = URL.createObjectURL(blob);
-  a.download = name;
-  document.body.append(a);
-  a.click();
-  a.remove();
-  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
-}
-
 function downloadCsv() {
   download(new Blob([csvText(csvRows())], { type: 'text/csv' }), `inspection-${stamp()}.csv`);
-}
-
-/** A file name safe inside the zip's class folder (no folders, no control characters), unique per folder. */
-function zipName(name, taken) {
-  const clean = (name.replace(/[\\/\u0000-\u001f]/g, '_').replace(/^\.+/, '_') || 'photo').slice(0, 200);
-  let out = clean;
-  const dot = clean.lastIndexOf('.');
-  const [stem, ext] = dot > 0 ? [clean.slice(0, dot), clean.slice(dot)] : [clean, ''];
-  for (let k = 2; taken.has(out); k += 1) out = `${stem}-${k}${ext}`;
-  taken.add(out);
-  return out;
 }
 
 /** A message beside the control that caused it (the status line may have scrolled away); also in the status. */
@@ -575,7 +489,7 @@ function clearAll() {
     if (!window.confirm(`${what}? This cannot be undone.`)) return;
   }
   generation += 1;
-  lastSingle = null;
+  escalate = retakeEscalator();   // the next photo is a new part
   rows = [];
   photos.clear();
   tableRows.clear();
@@ -589,62 +503,9 @@ function clearAll() {
   setStatus('Ready');
 }
 
-// Original photos of the parts that need action or were corrected, in IndexedDB (they are too big for
-// localStorage), so the corrections zip still has them after a reload. Cleared with Clear.
-let dbPromise = null;
-function db() {
-  if (!dbPromise) {
-    dbPromise = new Promise((resolve) => {
-      if (!globalThis.indexedDB) { resolve(null); return; }
-      const req = indexedDB.open('casting-inspector', 1);
-      req.onupgradeneeded = () => req.result.createObjectStore('photos');
-      req.onsuccess = () => resolve(req.result);
-      req.onerror = () => resolve(null);
-    });
-  }
-  return dbPromise;
-}
-
-async function idb(mode, fn) {
-  const d = await db();
-  if (!d) return null;
-  return new Promise((resolve) => {
-    const tx = d.transaction('photos', mode);
-    const req = fn(tx.objectStore('photos'));
-    tx.oncomplete = () => resolve(req.result ?? null);
-    tx.onerror = tx.onabort = () => resolve(null);
-  });
-}
-const keepPhoto = (id, blob) => idb('readwrite', (s) => s.put(blob, id)).catch(() => null);
-const loadPhoto = (id) => idb('readonly', (s) => s.get(id)).catch(() => null);
-const clearPhotos = () => idb('readwrite', (s) => s.clear()).catch(() => null);
-
-// ----- a RETAKE that cannot succeed ----------------------------------------------------------------
-// One photo at a time (the camera, or one file) is a part being photographed again. A second RETAKE in a row for
-// the same cause (e.g. "sharpness high", whatever the measured numbers) will not be cured by a third photo: the
-// part goes to a person (REVIEW).
-let lastSingle = null;
-function escalate(r) {
-  const causes = reasonCauses(r.reason);
-  const again = r.route === 'RETAKE' && lastSingle && lastSingle.route === 'RETAKE' &&
-    reasonCauses(lastSingle.reason).some((c) => causes.includes(c));
-  const out = again ? { ...r, route: 'REVIEW', reason: `second RETAKE for the same reason (${r.reason}): a person ` +
-    'inspects the part', escalated: true } : r;
-  lastSingle = again ? null : { route: r.route, reason: r.reason };
-  return out;
-}
+let escalate = retakeEscalator();   // one photo at a time: a part photographed again
 
 // ----- batches -----------------------------------------------------------------------------------
-/** SHA-256 of a file's bytes (hex): the same photo added twice is flagged, and counted once. */
-async function sha256(blob) {
-  try {
-    const hash = await crypto.subtle.digest('SHA-256', await blob.arrayBuffer());
-    return Array.from(new Uint8Array(hash), (b) => b.toString(16).padStart(2, '0')).join('');
-  } catch (err) {
-    return null;   // no WebCrypto (plain http from another machine): no duplicate check
-  }
-}
-
 async function inspectFiles(files) {
   const list = Array.from(files);
   const gen = generation;
