@@ -196,7 +196,7 @@ def test_report_in_a_real_browser_shows_the_metrics_and_every_image(repo, browse
         assert decision.startswith(("Ready for the line", "Not ready for the line, because"))
         assert "PASS" in page.text_content("#rule") and "RETAKE" in page.text_content("#rule")
         # the source data.source auto actually used (here Kaggle, from its cache), as data/raw/SOURCE.json says
-        assert "data source" in page.text_content("#signoff") and \
+        assert "Data source" in page.text_content("#signoff") and \
             "kaggle:ravirajsinh45/real-life-industrial-dataset-of-casting-product/versions/2" in page.text_content("#signoff")
         overflow = page.evaluate("() => document.documentElement.scrollWidth > window.innerWidth")
         assert not overflow, f"the page scrolls sideways at {width} px"
