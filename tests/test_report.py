@@ -554,16 +554,11 @@ def test_commit_is_dirty_for_code_and_params_not_for_dvc_bookkeeping(tmp_path, m
     assert git_commit() == clean + "-dirty"
 
 
-def html_unescape(text: str) -> str:
-    import html
-
-    return html.unescape(text)
-
-
 def test_the_pdf_is_the_whole_report(made):
     """Every section heading and every bad case of the HTML is in the printed PDF's text (collapsed sections are
     printed open), and no "≤" sits alone at the end or start of a line."""
     import re
+    from html import unescape
 
     from pypdf import PdfReader
 
@@ -588,12 +583,12 @@ def test_the_pdf_is_the_whole_report(made):
     subheadings = [re.sub(r"<[^>]+>", "", h).strip() for h in re.findall(r"<h3[^>]*>(.*?)</h3>", html, re.S)]
     assert summaries and subheadings
     for label in summaries + subheadings:   # each collapsed section's label and each sub-section is printed
-        words = "".join(html_unescape(label).split())[:40]
+        words = "".join(unescape(label).split())[:40]
         assert words in squeezed, label
     bodies = re.findall(r"<details[^>]*>.*?</summary>(.*?)</details>", html, re.S)
     assert bodies
     for body in bodies:                      # and so is what the collapsed section holds (its first words)
-        words = "".join(html_unescape(re.sub(r"<[^>]+>", " ", body)).split())[:30]
+        words = "".join(unescape(re.sub(r"<[^>]+>", " ", body)).split())[:30]
         assert words in squeezed, words
     assert not re.search(r"(^|\n)\s*≤\s*(\n|$)", text)
 
