@@ -13,9 +13,9 @@ from inspection.runner.cli import cli
 from inspection.data.extras import copy_extras
 from inspection.fsutil import staged_outputs, write_json
 from inspection.artifacts import resolve_user_path
-from inspection.data.acquire import extract_zip, kaggle_download, named_as, resolve_source
 from inspection.artifacts import RAW
-from inspection.data.acquire import copy_tree, write_synthetic
+from inspection.data.acquire import (announce_quarantined, copy_tree, extract_zip, kaggle_download, named_as,
+                                     resolve_source, write_synthetic)
 
 
 def main() -> None:
@@ -57,9 +57,7 @@ def main() -> None:
             archive_sha = None
         with named_as(root, str(data.local.path) if source == "local" else str(root)):
             copied = copy_tree(data, root, out, quarantined)
-        for q in quarantined:
-            q.setdefault("label", next(filter(None, map(data.class_of, Path(q["path"]).parts)), ""))
-            print(f"download: quarantined {q['path']}: {q['reason']}")
+        announce_quarantined(quarantined, data)
         info["quarantined"] = quarantined
         info["archive_sha256"] = archive_sha
         info["dataset_sha256"] = archive_sha or copied["files_sha256"]

@@ -167,6 +167,27 @@ def test_extra_sources_are_fingerprinted_by_content(tmp_path):
     assert class_folders(folder, data) == {"defect": [folder / "defect"]}   # one class is enough; json ignored
 
 
+def test_extra_sources_use_the_main_sources_finder(tmp_path):
+    """One class-folder finder for every source: a wrapping folder and a corrections.json are looked past; a
+    source with its own test folder is refused (its test photos would become training photos)."""
+    from inspection.errors import UserError
+    from inspection.data.extras import class_folders
+
+    wrapped = tmp_path / "zip" / "corrections-20261207"
+    write_part(wrapped / "ok" / "a.png", seed=1, defects=0)
+    (wrapped / "corrections.json").write_text("{}")
+    assert class_folders(tmp_path / "zip", section("data")) == {"ok": [wrapped / "ok"]}
+    kaggle = tmp_path / "kaggle" / "casting_data"
+    for role in ("train", "test"):
+        write_part(kaggle / role / "def_front" / "a.png", seed=2, defects=1)
+        write_part(kaggle / role / "ok_front" / "b.png", seed=3, defects=0)
+    with pytest.raises(UserError, match="has its own test folder"):
+        class_folders(tmp_path / "kaggle", section("data"))
+    write_part(tmp_path / "loose" / "photos" / "c.png", seed=4, defects=0)
+    with pytest.raises(UserError, match="no class folders"):
+        class_folders(tmp_path / "loose", section("data"))
+
+
 def test_extra_folder_with_an_unknown_class_is_one_line(tmp_path):
     from inspection.errors import UserError
     from inspection.data.extras import class_folders

@@ -131,14 +131,19 @@ def _image_dirs(root: Path) -> list[Path]:
     return found
 
 
-def find_class_folders(root: Path, data: DataParams) -> ClassFolders:
-    """Map the folder tree under ``root`` to the classes in params, or explain what is wrong."""
+def find_class_folders(root: Path, data: DataParams, require_all: bool = True) -> ClassFolders:
+    """Map the folder tree under ``root`` to the classes in params, or explain what is wrong. The one finder for
+    every source: data.local.path, each data.extra (``require_all=False``: a corrections zip may hold one class)
+    and promote.golden. Files beside the class folders (corrections.json, a README) and a single wrapping folder
+    are looked past."""
     if not root.exists():
         raise UserError(f"{root} does not exist; set data.local.path to a .zip or a folder with one sub-folder per class")
     leaves = _image_dirs(root)
-    # Empty class folders (a folder named like a class but with no files) are a user error too.
+    # An empty class folder (named like a class, no files) is a user error in the main source; an extra source's
+    # (require_all False) may be emptied as its photos move on.
     for dirpath, dirnames, filenames in os.walk(root):
-        if data.class_of(Path(dirpath).name) and not any(not f.startswith(".") for f in filenames) and not dirnames:
+        if (require_all and data.class_of(Path(dirpath).name) and not dirnames
+                and not any(not f.startswith(".") for f in filenames)):
             raise UserError(f"class folder {dirpath} is empty; add images to it or remove it")
     if not leaves:
         raise UserError(f"no files found under {root}; point data.local.path at the image folders")
@@ -170,7 +175,8 @@ def find_class_folders(root: Path, data: DataParams) -> ClassFolders:
 
     out = ClassFolders(root=root)
     for role, parent in parents.items():
-        setattr(out, role, map_class_folders(sorted(d for d in leaves if d.parent == parent), data, parent))
+        setattr(out, role, map_class_folders(sorted(d for d in leaves if d.parent == parent), data, parent,
+                                             require_all))
     return out
 
 
@@ -196,21 +202,24 @@ def map_class_folders(folders: list[Path], data: DataParams, parent: Path, requi
     return mapping
 
 
-def copy_tree(data: DataParams, source_root: Path, out: Path, quarantined: list | None = None) -> dict:
-    """Copy the class folders found under ``source_root`` into ``out``; return what was copied. Files whose
-    names are not valid UTF-8 are not copied but appended to ``quarantined`` (split reports them)."""
-    folders = find_class_folders(source_root, data)
-    jobs: list[tuple[Path, Path]] = []
-    quarantined = [] if quarantined is None else quarantined
-    for role, mapping in (("train", folders.train), ("test", folders.test)):
-        for cls, dirs in mapping.items():
-            for d in dirs:
-                for f in iter_image_files(d):
-                    rel = Path(cls) / (TEST_SUBFOLDER if role == "test" else "") / f.relative_to(d)
-                    if undecodable_name(rel):
-                        quarantined.append({"path": printable_name(rel), "label": cls, "reason": undecodable_name(rel)})
-                        continue
-                    jobs.append((f, rel))
+def class_files(mapping: dict[str, list[Path]], quarantined: list, under: str = "") -> list[tuple[Path, Path]]:
+    """(file, <class>/<under>/<path inside its class folder>) for every file of the class folders. Files whose
+    names are not valid UTF-8 are not listed but appended to ``quarantined`` (split reports them)."""
+    jobs = []
+    for cls, dirs in sorted(mapping.items()):
+        for d in dirs:
+            for f in iter_image_files(d):
+                rel = Path(cls) / under / f.relative_to(d)
+                if undecodable_name(rel):
+                    quarantined.append({"path": printable_name(rel), "label": cls, "reason": undecodable_name(rel)})
+                    continue
+                jobs.append((f, rel))
+    return jobs
+
+
+def copy_files(jobs: list[tuple[Path, Path]], out: Path) -> str:
+    """Copy each (file, relative target) into ``out`` with progress; return the tree hash (sha256 over every
+    target's relative path and content sha256), the content hash of one copied source."""
     seen: set[Path] = set()
     for _, rel in jobs:
         if rel in seen:
@@ -222,9 +231,35 @@ def copy_tree(data: DataParams, source_root: Path, out: Path, quarantined: list 
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
         tree_hash.update(f"{rel.as_posix()}\0{sha256_file(dst)}\n".encode())
-    counts = {cls: sum(1 for _, r in jobs if r.parts[0] == cls) for cls in data.classes}
+    return tree_hash.hexdigest()
+
+
+def announce_quarantined(quarantined: list[dict], data: DataParams, source: str | None = None) -> None:
+    """Label (the class folder in the path) and print files set aside while copying; ``source``: the data.extra
+    spec they came from, prefixed to their path."""
+    for q in quarantined:
+        if source:
+            q["path"] = f"{source}: {q['path']}"
+        q.setdefault("label", next(filter(None, map(data.class_of, Path(q["path"]).parts)), ""))
+        print(f"download: quarantined {q['path']}: {q['reason']}")
+
+
+def class_counts(jobs: list[tuple[Path, Path]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _, rel in jobs:
+        counts[rel.parts[0]] = counts.get(rel.parts[0], 0) + 1
+    return counts
+
+
+def copy_tree(data: DataParams, source_root: Path, out: Path, quarantined: list | None = None) -> dict:
+    """Copy the class folders found under ``source_root`` into ``out``; return what was copied."""
+    folders = find_class_folders(source_root, data)
+    quarantined = [] if quarantined is None else quarantined
+    jobs = class_files(folders.train, quarantined) + class_files(folders.test, quarantined, TEST_SUBFOLDER)
+    files_sha256 = copy_files(jobs, out)
+    counts = {cls: class_counts(jobs).get(cls, 0) for cls in data.classes}
     test_files = sorted(r.as_posix() for _, r in jobs if TEST_SUBFOLDER in r.parts[1:2])
-    return {"files_sha256": tree_hash.hexdigest(), "counts": counts,
+    return {"files_sha256": files_sha256, "counts": counts,
             "has_test_folder": bool(folders.test), "test_files": test_files}
 
 

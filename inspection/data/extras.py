@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 import shutil
 from pathlib import Path
@@ -25,20 +26,19 @@ from inspection.artifacts import EXTRA_SUBFOLDER, ORIGINS
 
 
 def class_folders(root: Path, data) -> dict[str, list[Path]]:
-    """class -> folders of an extra source: sub-folders of ``root`` named like a class (data.classes aliases);
-    a single wrapping folder (a zip of the folder) is looked through. Other files (corrections.json) are ignored;
-    a source may hold only some of the classes."""
-    from inspection.data.acquire import map_class_folders
+    """class -> folders of an extra source (inspection/data/acquire.py's finder, as for the main source): the
+    class folders may hold only some of the classes; files beside them (corrections.json) are ignored. A source
+    with its own test folder is refused: its test photos would silently become training photos."""
+    from inspection.data.acquire import find_class_folders
 
-    for _ in range(3):
-        subs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name != "__MACOSX")
-        if any(data.class_of(d.name) for d in subs):
-            return map_class_folders(subs, data, root, require_all=False)
-        if len(subs) != 1:
-            break
-        root = subs[0]
-    raise UserError(f"{root}: no class folders (expected sub-folders named like {sorted(data.classes)}); "
-                    "data.extra sources use the one-folder-per-class layout")
+    if not any(data.class_of(Path(dirpath).name) for dirpath, _, _ in os.walk(root)):
+        raise UserError(f"{root}: no class folders (expected sub-folders named like {sorted(data.classes)}); "
+                        "data.extra sources use the one-folder-per-class layout")
+    folders = find_class_folders(root, data, require_all=False)
+    if folders.test:
+        raise UserError(f"{root} has its own test folder ({', '.join(str(d) for ds in folders.test.values() for d in ds)}); "
+                        "data.extra photos all become training photos: remove the test folder from this source")
+    return folders.train
 
 
 def copy_extras(data, out: Path, tmp: Path, info: dict) -> None:
@@ -46,8 +46,8 @@ def copy_extras(data, out: Path, tmp: Path, info: dict) -> None:
     ORIGINS.csv, and record them in ``info`` (SOURCE.json): "extra", updated "counts" and "dataset_sha256"
     (the main source's hash combined with the extras')."""
     from inspection.artifacts import resolve_user_path
-    from inspection.data.acquire import extract_zip, named_as
-    from inspection.data.images import iter_image_files
+    from inspection.data.acquire import (announce_quarantined, class_counts, class_files, copy_files, extract_zip,
+                                         named_as)
 
     if not data.extra:
         return
@@ -58,34 +58,23 @@ def copy_extras(data, out: Path, tmp: Path, info: dict) -> None:
         path = resolve_user_path(spec)
         if not path.exists():
             raise UserError(f"data.extra[{i}] {spec} ({path}) does not exist; fix the path or remove it from data.extra")
+        before = len(quarantined)
         if path.is_file():
             if path.suffix.lower() != ".zip":
                 raise UserError(f"data.extra[{i}] {spec} is a file but not a .zip; give a .zip or a folder")
             root = tmp / f"extra-{i}"
-            before = len(quarantined)
             extract_zip(path, root, None, quarantined)
-            for q in quarantined[before:]:
-                q["path"] = f"{spec}: {q['path']}"
-                print(f"download: quarantined {q['path']}: {q['reason']}")
         else:
             root = path
         slug = f"{i}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', path.stem)[:60]}"
-        counts: dict[str, int] = {}
-        tree = hashlib.sha256()
         with named_as(root, spec):
-            folders = class_folders(root, data)
-        for cls, dirs in sorted(folders.items()):
-            for d in dirs:
-                for f in iter_image_files(d):
-                    rel = Path(cls) / EXTRA_SUBFOLDER / slug / f.relative_to(d)
-                    dst = out / rel
-                    dst.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(f, dst)
-                    tree.update(f"{rel.as_posix()}\0{sha256_file(dst)}\n".encode())
-                    origins.append((rel.as_posix(), spec))
-                    counts[cls] = counts.get(cls, 0) + 1
-        combined.update(f"{spec}\0{tree.hexdigest()}\n".encode())
-        extra.append({"path": spec, "kind": "zip" if path.is_file() else "folder", "files_sha256": tree.hexdigest(),
+            jobs = class_files(class_folders(root, data), quarantined, f"{EXTRA_SUBFOLDER}/{slug}")
+        announce_quarantined(quarantined[before:], data, spec)   # corrupt zip members, names that are not UTF-8
+        tree = copy_files(jobs, out)
+        counts = class_counts(jobs)
+        origins += [(rel.as_posix(), spec) for _, rel in jobs]
+        combined.update(f"{spec}\0{tree}\n".encode())
+        extra.append({"path": spec, "kind": "zip" if path.is_file() else "folder", "files_sha256": tree,
                       "counts": counts})
         print(f"download: extra source {spec}: {sum(counts.values())} files {counts}")
         for cls, n in counts.items():
