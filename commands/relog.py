@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from inspection.runner.cli import cli
-from inspection.tracking.store import _mlflow, configure_http
+from inspection.tracking.store import mlflow_api, configure_http
 from inspection.tracking.journal import pending_journals, pending_root
 from inspection.tracking.journal import read_journal, relog
 
@@ -22,7 +22,7 @@ def main() -> None:
     ap.add_argument("--list", action="store_true", help="only list what is waiting")
     args = ap.parse_args()
     configure_http()
-    _mlflow()
+    mlflow_api()
     journals = pending_journals()
     if not journals:
         print(f"relog: nothing is waiting in {pending_root()}")

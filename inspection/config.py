@@ -382,15 +382,27 @@ def committed_params(path: Path | str | None = None, rev: str | None = None) -> 
         return {}
 
 
+def committed_flat_params(rev: str | None = None) -> dict[str, object]:
+    """``flat_params`` of params.yaml as committed at ``rev`` (default: baseline_rev()), validated like the run's own
+    (so 40 and 40.0 are one value); {} outside git, when not committed, or when that commit's schema was older."""
+    ref = committed_params(rev=rev)
+    try:
+        return flat_params(Params.model_validate(ref)) if ref else {}
+    except ValidationError:
+        return {}
+
+
 def changed_params(params: Params, reference: dict | None = None) -> dict[str, object]:
     """Dotted keys whose value differs from params.yaml at the baseline commit (the project's defaults), e.g.
-    the overrides of a `dvc exp run -S`; for the report and run names."""
-    ref = committed_params() if reference is None else reference
-    if not ref:
-        return {}
-    try:
-        base = flat_params(Params.model_validate(ref))
-    except ValidationError:
+    the overrides of a `dvc exp run -S`; for the report and run names. ``reference``: a params tree instead."""
+    if reference is None:
+        base = committed_flat_params()
+    else:
+        try:
+            base = flat_params(Params.model_validate(reference))
+        except ValidationError:
+            base = {}
+    if not base:
         return {}
     return {k: v for k, v in flat_params(params).items() if base.get(k, object()) != v}
 

@@ -32,7 +32,7 @@ def main() -> None:
             raise UserError(f"{needed} is missing; run the {stage} stage first (dvc repro {stage})")
     metadata = load_metadata(METADATA)   # the model folder's schema: a damaged file stops here, in one line
     reg = registry.log_and_register(params, stage="promote")   # export's version, found by content hash
-    _, client = registry._client()
+    _, client = registry.registry_client()
     ch = client.get_model_version(name, str(reg["version"]))
     champion_now = registry.version_by_alias(name, registry.CHAMPION, client)
     kind, base = choose_baseline(ch, champion_now, client, name)

@@ -70,10 +70,10 @@ def main() -> None:
     import tensorflow as tf
 
     from inspection.data.dataset import dataset_sha256, dataset_source
+    from inspection.tracking.runs import start_run
 
     def counts(labels) -> dict:
         return {params.data.positive_class: int(np.sum(labels)), params.data.negative_class: int(len(labels) - np.sum(labels))}
-    from inspection.tracking.runs import start_run
 
     keras.utils.set_random_seed(train_params.seed)
     tf.config.experimental.enable_op_determinism()
@@ -96,6 +96,7 @@ def main() -> None:
             t0 = time.perf_counter()
             with at_safe_points():  # a stop signal ends fit between batches (tracker), never inside tf.data
                 h = model.fit(train_ds, validation_data=val_ds, epochs=train_params.max_epochs, verbose=2,
+                              shuffle=False,  # tf.data shuffles (input_pipeline.py); Keras would warn it ignores True
                               class_weight=class_weights(train.labels, train_params.class_weight),
                               callbacks=callbacks).history
             summary = summarize(h, epoch_times, time.perf_counter() - t0, len(train.labels), model, replicas,

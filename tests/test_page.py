@@ -431,19 +431,40 @@ def test_a_model_folder_without_a_decision_shows_approval_unknown(open_page):
     assert page.text_content("#approval") == f"Model {version}: approval unknown (no decision in metadata.json)"
 
 
+def meta_side(page) -> int:
+    return page.evaluate("() => fetch('metadata.json').then((r) => r.json()).then((m) => m.input.height)")
+
+
 def test_a_thumbnail_opens_the_photo_full_size(open_page, tmp_path):
+    """The original photo in a dialog; after a reload only the photos of parts that need action are kept, so a
+    PASS part's dialog shows its small preview (the model input, at most 64 px) and says why."""
     from inspection.deploy.server import upload
 
-    big = write_photo(tmp_path / "big_part.png", photo(128, 2, size=300))
+    big = write_photo(tmp_path / "big_part.png", photo(128, 2, size=300))          # REVIEW: kept
+    good = write_photo(tmp_path / "big_good_part.png", photo(100, 1, size=300))    # PASS: not kept
     page = open_page(390)
-    upload(page, [big])
-    page.click("#results tbody tr img.zoomable")
-    page.wait_for_function("document.getElementById('zoom').open && document.getElementById('zoom-img').complete "
-                           "&& document.getElementById('zoom-img').naturalWidth > 0")
-    assert page.evaluate("() => document.getElementById('zoom-img').naturalWidth") == 300  # the photo, not 64 px
-    assert "big_part.png" in page.text_content("#zoom-caption")
-    page.keyboard.press("Escape")
-    assert not page.evaluate("() => document.getElementById('zoom').open")
+    upload(page, [big, good])
+
+    def open_and_measure(file: str) -> tuple[int, str]:
+        page.click(f"#results tbody tr:has-text('{file}') img.zoomable")
+        page.wait_for_function("document.getElementById('zoom').open && document.getElementById('zoom-img')"
+                               ".complete && document.getElementById('zoom-img').naturalWidth > 0")
+        width = page.evaluate("() => document.getElementById('zoom-img').naturalWidth")
+        caption = page.text_content("#zoom-caption")
+        page.keyboard.press("Escape")
+        assert not page.evaluate("() => document.getElementById('zoom').open")
+        return width, caption
+
+    for file in ("big_part.png", "big_good_part.png"):
+        width, caption = open_and_measure(file)
+        assert width == 300 and file in caption and "preview" not in caption   # the photo, not 64 px
+    assert page.text_content("#results tbody tr:has-text('big_good_part.png') .route") == "PASS"
+    page.reload()
+    page.wait_for_selector("#results tbody tr img.zoomable")
+    width, caption = open_and_measure("big_part.png")
+    assert width == 300 and "preview" not in caption
+    width, caption = open_and_measure("big_good_part.png")
+    assert width == min(64, meta_side(page)) and "small preview (after a reload only the photos of parts that need action" in caption
 
 
 def test_the_status_counts_every_queued_batch(open_page, photos):

@@ -127,9 +127,13 @@ def test_queue_and_temp_experiments_log_into_the_main_workspace(tmp_path):
     runs = mlflow_runs(repo / "mlflow.db")  # the main workspace's store
     by_epochs = {r.data.params["train.max_epochs"]: r for r in runs}
     assert set(by_epochs) == {"1", "2"}, [r.data.params.get("train.max_epochs") for r in runs]
+    head = sh(["git", "rev-parse", "HEAD"], repo).stdout.strip()
     for epochs in ("1", "2"):  # train opened the run, evaluate and export logged into it
         run = by_epochs[epochs]
         assert run.info.status == "FINISHED"
+        name = f"epochs{epochs}"   # named after the DVC experiment; its commit is the queued baseline, not HEAD-dirty
+        assert run.info.run_name == name and run.data.tags["dvc_exp_name"] == name
+        assert run.data.tags["git_commit"] == head == run.data.tags["dvc_exp_baseline"]
         assert "val_loss" in run.data.metrics and "test_recall" in run.data.metrics
     import mlflow
 
@@ -494,6 +498,7 @@ def test_a_teammate_clone_logs_registers_and_promotes_on_the_team_server(e2e_rep
         assert not client.search_runs([exp_id], filter_string=f"tags.origin_run_id = '{original}'")
         assert json.loads(mate.data.tags["params_diff"]) == {"export.parity_images": "12"}   # against the baseline
         assert mate.data.tags["dvc_exp_baseline"] == sh(["git", "rev-parse", "HEAD"], clone).stdout.strip()
+        assert mate.data.tags["git_commit"] == mate.data.tags["dvc_exp_baseline"]     # not the clone's HEAD-dirty
         assert mate.data.params["export.parity_images"] == "12" and "promote_images" in mate.data.metrics
 
         # the registry is the server's: the same model, registered once (by the first clone), and its champion

@@ -18,10 +18,8 @@ import csv
 import hashlib
 import os
 import re
-import shutil
 from pathlib import Path
 from inspection.errors import UserError
-from inspection.fsutil import sha256_file
 from inspection.artifacts import EXTRA_SUBFOLDER, ORIGINS
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from inspection.errors import UserError
 from inspection.deploy.model_folder import load_metadata
-from inspection.tracking.registry import _client, _quiet, is_registry_ref, model_version
+from inspection.tracking.registry import registry_client, quiet_mlflow_warnings, is_registry_ref, model_version
 
 
 def _model_folder(path: Path) -> Path | None:
@@ -50,7 +50,7 @@ def resolve_model_dir(ref: str | Path = "models") -> Path:
         return folder
     from inspection.tracking.store import tracking_uri
 
-    mlflow, client = _client()
+    mlflow, client = registry_client()
     mv = model_version(str(ref), client)
     key = hashlib.sha256(f"{tracking_uri()}\0{mv.name}\0{mv.version}\0{mv.source}\0{mv.creation_timestamp}"
                          .encode()).hexdigest()[:16]
@@ -59,7 +59,7 @@ def resolve_model_dir(ref: str | Path = "models") -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         partial = dest.with_name(f".partial-{uuid.uuid4().hex[:8]}-{dest.name}")
         try:
-            _quiet()
+            quiet_mlflow_warnings()
             mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{mv.name}/{mv.version}", dst_path=str(partial))
             if _model_folder(partial) is None:
                 raise UserError(f"{ref} (version {mv.version}) holds no saved_model/ and metadata.json; it was not "

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 import numpy as np
 from inspection.fsutil import read_json
-from inspection.report.figures import _image_uri
+from inspection.report.figures import image_uri
 
 
 def promotion_section(path: Path, thumb: int, cap: int) -> dict | None:
@@ -27,7 +27,7 @@ def promotion_section(path: Path, thumb: int, cap: int) -> dict | None:
         row["name"] = p.name
         if p.is_file():
             try:
-                row["photo"] = _image_uri(resize(read_gray(p), thumb))
+                row["photo"] = image_uri(resize(read_gray(p), thumb))
             except Exception:  # an unreadable file: listed without a picture
                 row["photo"] = None
     return {"doc": promo, "changed": changed, "shown": min(cap, len(changed))}
@@ -134,5 +134,5 @@ def case_images(model, cases: list[dict], size: int, thumb: int, ood_limit: floa
     heat = gradcam(model, x)
     for c, img, h in zip(cases, photos, heat):
         small = resize(img, thumb)
-        c["photo"] = _image_uri(small)
-        c["gradcam"] = _image_uri(overlay(small, h))
+        c["photo"] = image_uri(small)
+        c["gradcam"] = image_uri(overlay(small, h))

@@ -3,7 +3,7 @@
 ``curve_figures``: precision-recall and ROC on test with the operating threshold marked, and the score histogram
 per class with the threshold and review band. ``training_figure``: loss and accuracy per epoch, train and
 validation, with the kept epoch. ``trend_figure``: defects passed and good parts rejected per 1,000 over recent
-runs. Figures are PNG; photos (``_image_uri``) are JPEG, which keeps the page light.
+runs. Figures are PNG; photos (``image_uri``) are JPEG, which keeps the page light.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _image_uri(img: np.ndarray, quality: int = 85) -> str:
+def image_uri(img: np.ndarray, quality: int = 85) -> str:
     """Photos as JPEG: a tenth of the size of PNG, and the page stays light."""
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode()

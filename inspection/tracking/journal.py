@@ -21,7 +21,7 @@ from pathlib import Path
 from inspection.errors import UserError
 from inspection.interrupts import check_interrupted
 from inspection.artifacts import stage_name
-from inspection.tracking.store import _fixes, _mlflow, _reason, store_problem
+from inspection.tracking.store import store_fixes, mlflow_api, short_reason, store_problem
 from inspection.artifacts import PENDING
 from inspection.tracking.store import sqlite_path
 
@@ -121,7 +121,7 @@ class Tracker:
                    interruptible=False)
 
     def __getattr__(self, name: str):
-        return getattr(_mlflow(), name)
+        return getattr(mlflow_api(), name)
 
     # -- delivery
     def _call(self, entry: dict, interruptible: bool = True) -> None:
@@ -134,12 +134,12 @@ class Tracker:
             except KeyboardInterrupt:
                 raise
             except Exception as exc:
-                self.down = _reason(exc)
+                self.down = short_reason(exc)
         self._buffer(entry)
 
     def client(self):
         if self._client is None:
-            _mlflow()
+            mlflow_api()
             from mlflow.tracking import MlflowClient
 
             self._client = MlflowClient(self.uri)
@@ -228,7 +228,7 @@ def relog(folder: Path, uri: str | None, new_run: bool) -> str:
     target = uri or header["uri"]
     problem = store_problem(target)
     if problem:
-        raise UserError(f"MLflow tracking store {target} cannot be used: {problem}; {_fixes(target)}")
+        raise UserError(f"MLflow tracking store {target} cannot be used: {problem}; {store_fixes(target)}")
     client = MlflowClient(target)
     done_file = folder / "done"
     done = int(done_file.read_text()) if done_file.exists() else 0
@@ -237,7 +237,7 @@ def relog(folder: Path, uri: str | None, new_run: bool) -> str:
         client.get_run(run_id)
     except Exception as exc:
         if not new_run:
-            raise UserError(f"run {run_id} is not in {target} ({_reason(exc)}); the store was replaced or the run "
+            raise UserError(f"run {run_id} is not in {target} ({short_reason(exc)}); the store was replaced or the run "
                             "deleted: re-log into a new run with --new-run") from None
         run_id = _new_run(client, header)
         header["relog_run_id"] = run_id
@@ -250,8 +250,8 @@ def relog(folder: Path, uri: str | None, new_run: bool) -> str:
         try:
             apply_entry(client, run_id, entry, base=folder)
         except Exception as exc:
-            raise UserError(f"re-logging {folder.name} stopped at entry {i + 1} of {len(entries)} ({_reason(exc)}); "
-                            f"{_fixes(target)}, then run python -m commands.relog again") from None
+            raise UserError(f"re-logging {folder.name} stopped at entry {i + 1} of {len(entries)} ({short_reason(exc)}); "
+                            f"{store_fixes(target)}, then run python -m commands.relog again") from None
         done_file.write_text(str(i + 1))
     shutil.rmtree(folder)
     return f"relog: {header.get('stage') or 'stage'} ({len(entries)} entries) -> run {run_id} in {target}"

@@ -73,23 +73,25 @@ def parse_ref(ref: str) -> tuple[str, str | None, int | None]:
     return m["name"], m["alias"], (int(m["version"]) if m["version"] else None)
 
 
-def _client():
-    from inspection.tracking.store import _mlflow
+def registry_client():
+    """(mlflow, MlflowClient) on this run's tracking store, which also holds the registry."""
+    from inspection.tracking.store import mlflow_api
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-    mlflow = _mlflow()
+    mlflow = mlflow_api()
     return mlflow, mlflow.MlflowClient()
 
 
-def _quiet():
+def quiet_mlflow_warnings():
+    """MLflow's FutureWarnings on model loading/logging are about its own API, not the user's model: not shown."""
     warnings.filterwarnings("ignore", category=FutureWarning, module="mlflow")
 
 
 def find_version(name: str, content: str, client=None):
     """The registered version of ``name`` whose content hash tag is ``content``, or None."""
     if client is None:
-        _, client = _client()
+        _, client = registry_client()
     try:
         found = client.search_model_versions(f"name='{name}' and tags.{TAG_CONTENT}='{content}'")
     except Exception as exc:  # MlflowException when the model does not exist in some stores
@@ -105,7 +107,7 @@ def version_by_alias(name: str, alias: str, client=None):
     from mlflow.exceptions import MlflowException
 
     if client is None:
-        _, client = _client()
+        _, client = registry_client()
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException as exc:
@@ -116,13 +118,13 @@ def version_by_alias(name: str, alias: str, client=None):
 
 def set_alias(name: str, alias: str, version: int | str, client=None) -> None:
     if client is None:
-        _, client = _client()
+        _, client = registry_client()
     client.set_registered_model_alias(name, alias, str(version))
 
 
 def delete_alias(name: str, alias: str, client=None) -> None:
     if client is None:
-        _, client = _client()
+        _, client = registry_client()
     client.delete_registered_model_alias(name, alias)
 
 
@@ -185,7 +187,7 @@ def log_and_register(params, saved_model: Path = SAVED_MODEL, tfjs: Path = TFJS,
     name = params.registry.model_name
     metadata = load_metadata(metadata_path)   # a damaged model folder is never registered
     content = content_hash(metadata, tfjs)
-    mlflow, client = _client()
+    mlflow, client = registry_client()
     existing = find_version(name, content, client)
     if existing is not None:
         print(f"registry: {name} version {existing.version} already holds this model (content {content}); reused")
@@ -197,7 +199,7 @@ def log_and_register(params, saved_model: Path = SAVED_MODEL, tfjs: Path = TFJS,
 
     manifest_sha = sha256_file(manifest) if manifest.exists() else None
     run_id = experiment_run_id(stage, params)
-    _quiet()
+    quiet_mlflow_warnings()
     with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp, mlflow.start_run(run_id=run_id):
         info = mlflow.pyfunc.log_model(
             name=MODEL_NAME_IN_RUN, **pyfunc_parts(Path(tmp), saved_model, metadata_path, tfjs),
@@ -237,13 +239,13 @@ def model_version(ref: str, client=None):
 
     name, alias, version = parse_ref(ref)
     if client is None:
-        _, client = _client()
+        _, client = registry_client()
     try:
         client.get_registered_model(name)
     except Exception as exc:
         from mlflow.exceptions import MlflowException
 
-        from inspection.tracking.store import _fixes, store_problem
+        from inspection.tracking.store import store_fixes, store_problem
 
         uri = tracking_uri()
         problem = store_problem(uri)   # "server unreachable" when it is, not "no model"
@@ -251,7 +253,7 @@ def model_version(ref: str, client=None):
                            and getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"):
             what = "server unreachable" if uri.startswith(("http://", "https://")) and problem else "cannot be read"
             raise UserError(f"{ref}: the MLflow registry at {uri}: {what} "
-                            f"({problem or ' '.join(str(exc).split())[:160]}); {_fixes(uri)}") from None
+                            f"({problem or ' '.join(str(exc).split())[:160]}); {store_fixes(uri)}") from None
         raise UserError(f"{ref}: no model {name!r} in the registry at {uri}; run the pipeline "
                         "(dvc repro) to register one, or set MLFLOW_TRACKING_URI to the store that holds it") from None
     try:
@@ -264,7 +266,7 @@ def model_version(ref: str, client=None):
 
 def download_manifest(mv, dest: Path) -> Path | None:
     """The split manifest logged with a version (tag split_manifest), or None if it has none."""
-    mlflow, _ = _client()
+    mlflow, _ = registry_client()
     uri = (mv.tags or {}).get("split_manifest")
     if not uri:
         return None

@@ -18,7 +18,7 @@ from inspection.errors import UserError
 from inspection.fsutil import read_json
 from inspection.artifacts import RUN_FILE
 from inspection.tracking.journal import Tracker
-from inspection.tracking.store import _fixes, _mlflow, _reason, tracking_uri
+from inspection.tracking.store import store_fixes, mlflow_api, short_reason, tracking_uri
 
 
 
@@ -57,20 +57,12 @@ def run_identity(params: dict) -> tuple[str | None, dict[str, str]]:
         tags["dvc_exp_name"] = name
     if baseline:
         tags["dvc_exp_baseline"] = baseline
-        try:
-            text = subprocess.run(["git", "show", f"{baseline}:params.yaml"], capture_output=True, text=True,
-                                  check=True).stdout
-            import tempfile
+        from inspection.config import committed_flat_params
 
-            from inspection.config import flat_params, load_params
-
-            with tempfile.TemporaryDirectory() as tmp:   # validated like the run's own: 40 and 40.0 are one value
-                (Path(tmp) / "params.yaml").write_text(text)
-                base = {mlflow_key(k): str(v) for k, v in flat_params(load_params(Path(tmp) / "params.yaml")).items()}
+        base = {mlflow_key(k): str(v) for k, v in committed_flat_params(baseline).items()}
+        if base:   # else not a git checkout of that commit, or an older schema: the params are logged in full anyway
             diff = {k: str(v) for k, v in params.items() if k in base and base[k] != str(v)}
             tags[PARAMS_DIFF_TAG] = _json.dumps(diff, sort_keys=True)[:5000]
-        except (OSError, subprocess.CalledProcessError, UserError):
-            pass  # not a git checkout of that commit, or its params.yaml is of an older schema: logged in full anyway
     return name, tags
 
 
@@ -79,7 +71,7 @@ def start_run(experiment: str, params: dict, tags: dict):
     from ``run_identity`` (the DVC experiment). If the store cannot create the run, the stage stops with one line
     before the expensive work."""
     uri = tracking_uri()
-    _mlflow()
+    mlflow_api()
     from mlflow.tracking import MlflowClient
     from mlflow.tracking.context.registry import resolve_tags
 
@@ -98,7 +90,7 @@ def start_run(experiment: str, params: dict, tags: dict):
         name, identity = run_identity(params)
         run = client.create_run(exp_id, run_name=name, tags=resolve_tags({**tags, **identity}))
     except Exception as exc:
-        raise UserError(f"cannot open an MLflow run in {uri} ({_reason(exc)}); {_fixes(uri)}") from None
+        raise UserError(f"cannot open an MLflow run in {uri} ({short_reason(exc)}); {store_fixes(uri)}") from None
     tracker = Tracker(uri, run.info.run_id, experiment)
     # MLflow caps a param value at 6000 chars; ours are short
     tracker.log_params({mlflow_key(k): str(v) for k, v in params.items()})
@@ -146,7 +138,7 @@ def experiment_run_id(stage: str, params, used: tuple[str, ...] = (), run_file: 
     info = read_json(run_file)
     parent_id = info["run_id"]
     try:
-        _mlflow()
+        mlflow_api()
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri())

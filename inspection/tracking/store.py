@@ -1,7 +1,7 @@
 """The MLflow tracking store: which one to use, opening it safely, and checking that it works.
 
 ``tracking_uri`` is MLFLOW_TRACKING_URI or ``default_uri``, a sqlite mlflow.db in the main workspace shared with
-DVC's temporary workspaces. ``_mlflow`` returns mlflow pointed at it, creating or upgrading a sqlite store under a
+DVC's temporary workspaces. ``mlflow_api`` returns mlflow pointed at it, creating or upgrading a sqlite store under a
 file lock, so stages started together do not race on MLflow's schema migrations. ``check_store`` / ``store_problem``
 check an HTTP server, a sqlite file or a folder store within seconds and stop with one line naming the problem
 and the fix; ``configure_http`` caps MLflow's HTTP retries so an unreachable server fails in seconds, not minutes.
@@ -33,7 +33,8 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
 
 
-def _mlflow():
+def mlflow_api():
+    """The mlflow module, pointed at this run's store (created or upgraded first for sqlite), its logs quiet."""
     import logging
 
     import mlflow
@@ -77,7 +78,8 @@ def configure_http() -> None:
         os.environ.setdefault(key, value)
 
 
-def _fixes(uri: str) -> str:
+def store_fixes(uri: str) -> str:
+    """What the user can do when the store at ``uri`` cannot be used: the second half of a one-line error."""
     if uri.startswith(("http://", "https://")):
         return (f"start the server (mlflow server --host 127.0.0.1 --port <port>), or unset MLFLOW_TRACKING_URI "
                 f"to use the local store {default_uri()}")
@@ -86,7 +88,8 @@ def _fixes(uri: str) -> str:
     return "make that folder writable, or set MLFLOW_TRACKING_URI to another store"
 
 
-def _reason(exc: BaseException) -> str:
+def short_reason(exc: BaseException) -> str:
+    """An MLflow/SQLAlchemy/requests exception in a few words for a one-line message (the known cause, if any)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     for marker in ("Connection refused", "Max retries exceeded", "timed out", "Name or service not known",
                    "database is locked", "no such table", "file is not a database", "unable to open database"):
@@ -210,4 +213,4 @@ def check_store(run_file: Path | None = None) -> None:
     problem = store_problem(uri)
     if problem:
         which = "MLFLOW_TRACKING_URI" if "MLFLOW_TRACKING_URI" in os.environ else "the default"
-        raise UserError(f"MLflow tracking store {uri} ({which}) cannot be used: {problem}; {_fixes(uri)}")
+        raise UserError(f"MLflow tracking store {uri} ({which}) cannot be used: {problem}; {store_fixes(uri)}")

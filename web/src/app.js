@@ -345,14 +345,17 @@ async function openPhoto(id) {
   const img = $('zoom-img');
   if (img.dataset.url) URL.revokeObjectURL(img.dataset.url);
   delete img.dataset.url;
-  if (blob && !isTiff(new Uint8Array(await blob.slice(0, 4).arrayBuffer()))) {
+  const original = blob && !isTiff(new Uint8Array(await blob.slice(0, 4).arrayBuffer()));
+  if (original) {
     img.dataset.url = URL.createObjectURL(blob);
     img.src = img.dataset.url;
   } else {
     img.src = row.thumb || '';
   }
   img.alt = row.file;
-  $('zoom-caption').textContent = `${row.file} · ${row.route} · ${row.reason}`;
+  const small = original ? '' : blob ? ' · small preview (the browser cannot show a TIFF)'
+    : ' · small preview (after a reload only the photos of parts that need action or were corrected are kept)';
+  $('zoom-caption').textContent = `${row.file} · ${row.route} · ${row.reason}${small}`;
   $('zoom').showModal();
 }
 
