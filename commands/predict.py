@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from inspection.errors import UserError
 from inspection.runner.cli import cli
-from inspection.decision.route import CSV_COLUMNS
+from inspection.decision.route import CSV_COLUMNS, ROUTES
 from inspection.deploy.predictor import expand, load_predictor, predict_items
 
 
@@ -43,7 +43,7 @@ def main(prog: str = "python -m commands.predict") -> None:
     predictor = load_predictor(args.model or default_model())
     from tqdm import tqdm
 
-    counts = dict.fromkeys(("PASS", "REVIEW", "REJECT", "RETAKE"), 0)
+    counts = dict.fromkeys(ROUTES, 0)
     warned = 0
     out_path = None if args.out == "-" else Path(args.out)
     # a regular file is written beside and renamed when complete; a device or pipe (/dev/null, a FIFO) is

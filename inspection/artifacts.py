@@ -62,6 +62,7 @@ RAW = Path("data/raw")                      # <class>/<file> images, SOURCE.json
 TEST_SUBFOLDER = "source-test"              # data/raw/source-test/<class>/...: a source's own test folder
 EXTRA_SUBFOLDER = "extra"                   # data/raw/<class>/extra/...: images from data.extra
 ORIGINS = "ORIGINS.csv"                     # in data/raw: path (relative to data/raw), origin
+SOURCE_INFO = "SOURCE.json"                 # in data/raw: where the images came from (source, counts, hashes)
 # split
 MANIFEST = Path("data/split/manifest.csv")
 DATA_REPORT = Path("reports/data.json")

@@ -23,8 +23,14 @@ EXIT_STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143}
 _signal: int | None = None           # the first SIGINT/SIGTERM received
 _published = False                   # a StagedOutputs.commit finished (an interrupt after it cannot undo it)
 publish_lock = threading.Lock()      # held while outputs are renamed into place; the forced exit waits for it
-# what the forced exit says about the outputs; the stage runner (inspection.runner.cli) sets a DVC-aware one
-nothing_published: Callable[[], str] = lambda: "nothing was published"
+_outputs_message: Callable[[], str] = lambda: "nothing was published"   # see set_outputs_message
+
+
+def set_outputs_message(message: Callable[[], str]) -> None:
+    """What the forced exit says about the stage's outputs; the stage runner (inspection.runner.cli) sets a
+    DVC-aware one (which `dvc checkout` restores them)."""
+    global _outputs_message
+    _outputs_message = message
 
 
 def published() -> bool:
@@ -115,7 +121,7 @@ def _force_exit_later() -> None:
     time.sleep(GRACE_SECONDS)
     with publish_lock:  # never cut a publication in half
         write_stderr(f"interrupted: still running {GRACE_SECONDS:.0f} s after {signal.Signals(_signal).name}; "
-                      f"stopping now. {nothing_published()}")
+                      f"stopping now. {_outputs_message()}")
         os._exit(EXIT_STATUS.get(_signal, 130))
 
 

@@ -13,7 +13,7 @@ from inspection.runner.cli import cli
 from inspection.data.extras import copy_extras
 from inspection.fsutil import staged_outputs, write_json
 from inspection.artifacts import resolve_user_path
-from inspection.artifacts import RAW
+from inspection.artifacts import RAW, SOURCE_INFO
 from inspection.data.acquire import (announce_quarantined, copy_tree, extract_zip, kaggle_download, named_as,
                                      resolve_source, write_synthetic)
 
@@ -63,7 +63,7 @@ def main() -> None:
         info["dataset_sha256"] = archive_sha or copied["files_sha256"]
         info.update(copied)
         copy_extras(data, out, Path(tmp), info)  # data.extra: further sources, merged (inspection/data/extras.py)
-        write_json(out / "SOURCE.json", info)
+        write_json(out / SOURCE_INFO, info)
         print(f"download: {sum(copied['counts'].values())} files {copied['counts']} from {source} "
               f"(sha256 {info['dataset_sha256'][:12]}), source test folder: {copied['has_test_folder']}")
 

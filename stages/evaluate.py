@@ -14,10 +14,8 @@ from pathlib import Path
 
 from inspection.artifacts import DATA_REPORT, DECISION, DRIFT_REFERENCE, EVAL, GATE, METRICS, MODEL, RUN_FILE
 from inspection.config import load_params
-from inspection.decision.metrics import choose_threshold
-from inspection.decision.band import choose_band
-from inspection.evaluation.batteries import (battery, ood_battery, perturbed, robust_threshold, robustness, routes,
-                                             val_conditions)
+from inspection.evaluation.batteries import battery, ood_battery, perturbed, robustness, routes, val_conditions
+from inspection.evaluation.policy import choose, deployed_rule, readiness
 from inspection.evaluation.summary import headline_line, ood_summary, summarize
 from inspection.evaluation.tables import table_paths, write_tables
 from inspection.fsutil import staged_outputs, write_json
@@ -25,46 +23,13 @@ from inspection.runner.cli import cli
 from inspection.tracking.runs import mlflow_key
 
 
-def choose(prob_model, data: dict, y: dict, probs: dict, params, conditions: dict | None) -> dict:
-    """The threshold and the review band, from validation only. evaluate.review_band auto: one rule gives both
-    (inspection.decision.band: the narrowest band whose missed-defect and false-reject rates hold
-    report.targets at the exact bound, clean and, with robust_threshold, under every gated perturbation);
-    otherwise evaluate.policy chooses the threshold and the band is the fixed one (or none)."""
-    # report.targets bound evaluate.band_targets (config.py)
-    evaluate, size, report = params.evaluate, params.train.image_size, params.report
-    conditions = conditions if evaluate.robust_threshold else None
-    max_f1 = choose_threshold(y["val"], probs["val"], evaluate.model_copy(update={"policy": "max_f1"}))
-    if evaluate.review_band == "auto":
-        gated = {k: v for k, v in (conditions or {}).items() if k != "clean"}
-        band = choose_band(y["val"], probs["val"], evaluate.band_targets.max_missed_rate,
-                           evaluate.band_targets.max_false_reject_rate, evaluate.bootstrap.confidence,
-                           report.line_defect_rate, gated)
-        v = band["validation"]
-        print(f"evaluate: review band [{band['low']:.4f}, {band['high']:.4f}) chosen on validation"
-              f"{' (no review needed)' if band['review_empty'] else ''}: {v['missed']} of {v['defects']} defects "
-              f"passed, {v['false_rejects']} of {v['ok']} good parts rejected, REVIEW {v['review_share_at_line_rate']:.1%}"
-              f" of parts at {report.line_defect_rate:.0%} defective")
-        return {"threshold": band["low"], "band": None if band["review_empty"] else (band["low"], band["high"]),
-                "band_choice": band, "max_f1": max_f1, "policy": "review_band auto",
-                "threshold_by_condition": {k: v["low"] for k, v in band["edges_by_condition"].items()}}
-    threshold, per_condition = choose_threshold(y["val"], probs["val"], evaluate), None
-    if conditions is not None and evaluate.policy == "min_recall":
-        per_condition = robust_threshold(prob_model, data["val"].paths, y["val"], evaluate, size, probs=conditions)
-        threshold = min(per_condition.values())
-    return {"threshold": threshold, "band": evaluate.review_band, "band_choice": None, "max_f1": max_f1,
-            "policy": evaluate.policy, "threshold_by_condition": per_condition}
-
-
 def judge(metrics: dict, params, rob: list[dict]) -> dict:
-    """reports/decision.json: is this model ready for the line (inspection.decision.readiness)?"""
-    from inspection.decision.readiness import decision
+    """reports/decision.json for the model this stage evaluated (its run, its file's hash)."""
     from inspection.fsutil import read_json, sha256_file
 
     run = read_json(RUN_FILE)
-    model = {"mlflow_run_id": run.get("run_id"), "model_sha256": sha256_file(MODEL),
-             "settled": run.get("settled"), "tta": metrics.get("tta")}
-    return decision(metrics, params.report, [{"perturbation": r["perturbation"], "gated": str(r["gated"])} for r in rob],
-                    model)
+    return readiness(metrics, params.report, rob, {"mlflow_run_id": run.get("run_id"), "model_sha256": sha256_file(MODEL),
+                                                   "settled": run.get("settled"), "tta": metrics.get("tta")})
 
 
 def log(params, metrics: dict, rob: list[dict], judged: dict) -> None:
@@ -96,7 +61,6 @@ def main() -> None:
     evaluate, train = params.evaluate, params.train
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from inspection.data.dataset import open_shards
-    from inspection.decision.route import make_rule
     from inspection.evaluation.gate import fit_gate, pooled_features
     from inspection.model.architectures import load_model
     from inspection.model.ood import method as ood_method, save_gate, serving_model
@@ -119,11 +83,9 @@ def main() -> None:
     method = ood_method(evaluate.retake.ood_fit, bool(fitted.calibration.get("by_condition")),
                         fitted.calibration.get("margin"))
     probs, serving = fitted.probs, serving_model(model, fitted.gate, evaluate.tta)
-    chosen = choose(prob_model, data, y, probs, params, conditions)
-    camera_on = evaluate.retake.camera_check
-    rule = make_rule(chosen["threshold"], chosen["band"], fitted.camera if camera_on else None,
-                     fitted.gate["limit"], method, fitted.warn_camera if camera_on else None,
-                     fitted.gate.get("review_limit"))
+    chosen = choose(prob_model, data["val"].paths, y["val"], probs["val"], params, conditions)
+    rule = deployed_rule(chosen, evaluate, fitted.camera, fitted.warn_camera, fitted.gate["limit"],
+                         fitted.gate.get("review_limit"), method)
 
     print("evaluate: routes of the test photos, robustness battery, out-of-distribution battery")
     results = perturbed(serving, data["test"].paths, train.image_size, evaluate.robustness,

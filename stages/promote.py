@@ -66,11 +66,11 @@ def main() -> None:
 def log_to_mlflow(params, out: dict) -> None:
     from inspection.tracking.runs import stage_run
 
-    with stage_run("promote", params) as t:
-        t.log_metrics({"promote_promoted": float(out["decision"] in ("first model", "promoted")),
+    with stage_run("promote", params) as tracker:
+        tracker.log_metrics({"promote_promoted": float(out["decision"] in ("first model", "promoted")),
                        "promote_images": float(out["images"]), "promote_changed": float(len(out["changed"])),
                        **{f"promote_challenger_{k}": float(v) for k, v in out["challenger"]["counts"].items()}})
-        t.log_artifact(str(PROMOTION), "reports")
+        tracker.log_artifact(str(PROMOTION), "reports")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ confound check: how well global image statistics alone separate the classes)."""
 from __future__ import annotations
 
 from inspection.config import load_params
-from inspection.artifacts import RAW
+from inspection.artifacts import RAW, SOURCE_INFO
 from inspection.errors import UserError
 from inspection.runner.cli import cli
 from inspection.data.extras import add_origins
@@ -18,7 +18,7 @@ from inspection.data.splitting import assign_groups, assign_splits, confound, re
 def main() -> None:
     params = load_params()
     cfg = params.split
-    if not (RAW / "SOURCE.json").exists():
+    if not (RAW / SOURCE_INFO).exists():
         raise UserError(f"{RAW}/SOURCE.json is missing; run the download stage first (dvc repro download)")
     records, thumbs, quarantined = scan(RAW, params.data.max_image_pixels)
     total = len(records) + len(quarantined)

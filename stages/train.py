@@ -7,7 +7,6 @@ into, with the training summary). Deterministic for a seed on one machine (Keras
 from __future__ import annotations
 
 import os
-import resource
 import time
 
 import numpy as np
@@ -17,23 +16,23 @@ from inspection.config import flat_params, load_params
 from inspection.fsutil import staged_outputs, write_csv, write_json
 from inspection.interrupts import at_safe_points
 from inspection.model.input_pipeline import distribution, make_datasets, stream
-from inspection.model.training import (calibration_images, class_weights, history_rows, learning_rate,
-                                       precise_batchnorm, settled, tracker)
+from inspection.model.training import (class_weights, history_rows, learning_rate, settle_callbacks, summarize,
+                                       tracker, unsettled_warning)
 from inspection.runner.cli import cli
 
 
-def datasets(p, pos: str):
+def datasets(train_params, pos: str):
     """The train and val readers and their tf.data pipelines (streamed from the shards or held in memory)."""
     from inspection.data.dataset import SplitData, open_shards
 
-    train, val = open_shards("train", p.image_size, pos), open_shards("val", p.image_size, pos)
-    if p.input == "stream":
-        return train, val, stream(train, p, True), stream(val, p, False)
+    train, val = open_shards("train", train_params.image_size, pos), open_shards("val", train_params.image_size, pos)
+    if train_params.input == "stream":
+        return train, val, stream(train, train_params, True), stream(val, train_params, False)
     return train, val, *make_datasets(SplitData(train.paths, train.labels, train.load_all()),
-                                      SplitData(val.paths, val.labels, val.load_all()), p)
+                                      SplitData(val.paths, val.labels, val.load_all()), train_params)
 
 
-def compiled(p, train_images: int):
+def compiled(train_params, train_images: int):
     """The model, built and compiled under the distribution strategy, and the learning-rate callbacks."""
     import keras
     import tensorflow as tf
@@ -42,24 +41,12 @@ def compiled(p, train_images: int):
 
     strategy = distribution()
     with strategy.scope():
-        model = build(p.arch, p.image_size, p.normalize, p.pooling)
-        lr, lr_callbacks = learning_rate(p, int(np.ceil(train_images / p.batch_size)))
+        model = build(train_params.arch, train_params.image_size, train_params.normalize, train_params.pooling)
+        lr, lr_callbacks = learning_rate(train_params, int(np.ceil(train_images / train_params.batch_size)))
         model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy",
                       metrics=["accuracy", keras.metrics.AUC(name="auc")])
     mirrored = isinstance(strategy, tf.distribute.MirroredStrategy)
     return model, lr_callbacks, strategy.num_replicas_in_sync if mirrored else 1
-
-
-def summarize(h: dict, epoch_times: list[float], wall: float, train_images: int, model, replicas: int, p) -> dict:
-    start = min(p.stop_from_epoch, len(h["val_loss"]) - 1)   # the epochs early stopping could keep
-    best = start + int(np.argmin(h["val_loss"][start:]))
-    epochs_run = len(h["loss"])
-    return {"epochs_run": epochs_run, "best_epoch": best + 1, "best_val_loss": float(h["val_loss"][best]),
-            "settled": settled(h["val_loss"], p.settle_epochs, p.settle_ratio),
-            "train_seconds": wall, "seconds_per_epoch": float(np.median(epoch_times)),
-            "train_images_per_second": train_images * epochs_run / wall,
-            "parameters": model.count_params(), "replicas": replicas,
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
 def main() -> None:
@@ -95,13 +82,13 @@ def main() -> None:
                          *lr_callbacks]
             t0 = time.perf_counter()
             with at_safe_points():  # a stop signal ends fit between batches (tracker), never inside tf.data
-                h = model.fit(train_ds, validation_data=val_ds, epochs=train_params.max_epochs, verbose=2,
-                              shuffle=False,  # tf.data shuffles (input_pipeline.py); Keras would warn it ignores True
-                              class_weight=class_weights(train.labels, train_params.class_weight),
-                              callbacks=callbacks).history
-            summary = summarize(h, epoch_times, time.perf_counter() - t0, len(train.labels), model, replicas,
+                history = model.fit(train_ds, validation_data=val_ds, epochs=train_params.max_epochs, verbose=2,
+                                    shuffle=False,  # tf.data shuffles (input_pipeline.py); Keras warns on True
+                                    class_weight=class_weights(train.labels, train_params.class_weight),
+                                    callbacks=callbacks).history
+            summary = summarize(history, epoch_times, time.perf_counter() - t0, len(train.labels), model, replicas,
                                 train_params)
-            rows = history_rows(h, epoch_times)
+            rows = history_rows(history, epoch_times)
             write_csv(out.path(HISTORY), rows, list(rows[0].keys()))
             model.save(out.path(MODEL))
             mlflow.log_metrics({k: float(v) for k, v in summary.items()})
@@ -117,28 +104,7 @@ def main() -> None:
     print(f"train: {summary['epochs_run']} epochs ({summary['seconds_per_epoch']:.1f} s each), best epoch "
           f"{summary['best_epoch']} val_loss {summary['best_val_loss']:.4f}; MLflow run {run.info.run_id}")
     if not summary["settled"]:
-        print(unsettled_warning(h["val_loss"], train_params))
-
-
-def settle_callbacks(model, train, train_params) -> list:
-    """Precise BatchNorm after each epoch (train.bn_calibration_images; 0 = off), then early stopping on val_loss
-    that neither stops nor keeps an epoch before train.stop_from_epoch."""
-    import keras
-
-    steps = int(np.ceil(len(train.labels) / train_params.batch_size))
-    calibrate = ([precise_batchnorm(model, calibration_images(train, train_params.bn_calibration_images), steps)]
-                 if train_params.bn_calibration_images else [])
-    return [*calibrate, keras.callbacks.EarlyStopping(monitor="val_loss", patience=train_params.patience, verbose=1,
-                                                      restore_best_weights=True,
-                                                      start_from_epoch=train_params.stop_from_epoch)]
-
-
-def unsettled_warning(val_loss: list[float], train_params) -> str:
-    """train's loud line for a run whose last validation losses swung (inspection.model.training.settled)."""
-    last = ", ".join(f"{v:.3f}" for v in val_loss[-train_params.settle_epochs:])
-    return (f"train: WARNING: training did not settle: one of the last {train_params.settle_epochs} validation "
-            f"losses ({last}) is over {train_params.settle_ratio:g}x the lowest ({min(val_loss):.3f}); do not ship "
-            "this model without looking at reports/train/history.csv")
+        print(unsettled_warning(history["val_loss"], train_params))
 
 
 if __name__ == "__main__":

@@ -186,7 +186,7 @@ def test_precise_batchnorm_sets_the_statistics_from_the_current_weights():
     assert not settled([0.5, 0.4], 3, 2.0)                      # too short to tell
     from types import SimpleNamespace
 
-    from stages.train import unsettled_warning
+    from inspection.model.training import unsettled_warning
     line = unsettled_warning([2.0, 0.5, 0.12, 0.1, 1.4], SimpleNamespace(settle_epochs=3, settle_ratio=2.0))
     assert line.startswith("train: WARNING: training did not settle") and "(0.120, 0.100, 1.400)" in line
     assert "over 2x the lowest (0.100)" in line and "\n" not in line

@@ -751,7 +751,7 @@ def test_node_and_chromium_match_the_saved_model_on_both_outputs_and_the_route(t
     imgs = [photo(m, i) for i, m in enumerate([90, 100, 118, 122, 127, 128, 131, 135, 140, 150, 200, 30])]
     imgs.append(rng.integers(0, 256, (64, 64), dtype=np.uint8))
     prepared = np.stack([resize(g, SIZE) for g in imgs])
-    saved = saved_outputs(tiny["saved"], prepared, tiny["meta"])
+    saved = saved_outputs(tiny["saved"], prepared)
     stats = [features(x) for x in prepared]
     expected = [decide(float(p), s, float(o), rule) for p, s, o in zip(saved["defect_probability"], stats, saved["ood_score"])]
     assert {r for r, _ in expected} == {"PASS", "REVIEW", "REJECT", "RETAKE"}

@@ -87,31 +87,28 @@ def ensemble(runs: list[dict]) -> dict:
 
 def judge(run: dict, params) -> dict:
     """reports/decision.json's verdict for the scored photos under this checkout's decision params."""
-    from inspection.decision.band import choose_band
-    from inspection.decision.readiness import decision
-    from inspection.decision.route import make_rule
     from inspection.evaluation.batteries import robustness, route_counts, routes
     from inspection.evaluation.gate import camera_ranges, ood_limit
-    from inspection.evaluation.summary import ROBUSTNESS_KEYS
+    from inspection.evaluation.policy import choose, deployed_rule, readiness
+    from inspection.evaluation.summary import robustness_metrics
 
-    e, r = params.evaluate, params.report
+    e = params.evaluate
     val, test = run["val"], run["test"]
     gated = [k for k in val if k != "clean"]
     tables = {k: _table(v["stats"]) for k, v in val.items()}
     camera, warn = camera_ranges(e, run["drift_reference"], {k: tables[k] for k in gated})
     limit, calibration = ood_limit(e, camera, {k: v["ood"] for k, v in val.items()}, tables)
     yv, yt = run["y_val"].astype(int), run["y_test"].astype(int)
-    band = choose_band(yv, val["clean"]["probability"], e.band_targets.max_missed_rate,
-                       e.band_targets.max_false_reject_rate, e.bootstrap.confidence, r.line_defect_rate,
-                       {k: val[k]["probability"] for k in gated} if e.robust_threshold else None)
-    rule = make_rule(band["low"], None if band["review_empty"] else (band["low"], band["high"]),
-                     camera if e.retake.camera_check else None, limit, "", warn if e.retake.camera_check else None,
-                     calibration.get("review_limit"))
     with contextlib.redirect_stdout(io.StringIO()):
+        chosen = choose(None, None, yv, val["clean"]["probability"], params,
+                        {k: v["probability"] for k, v in val.items()})
+        rule = deployed_rule(chosen, e, camera, warn, limit, calibration.get("review_limit"), "")
         rob = robustness(test, yt, rule, e.robustness, e.bootstrap.confidence, warn or camera)
     metrics = {"route": {**rule, "test": route_counts(yt, routes(test["clean"], rule), e.bootstrap.confidence)},
-               "robustness": {row["perturbation"]: {k: row[k] for k in ROBUSTNESS_KEYS} for row in rob}}
-    dec = decision(metrics, r, [{"perturbation": x["perturbation"], "gated": str(x["gated"])} for x in rob], {})
+               "robustness": robustness_metrics(rob)}
+    dec = readiness(metrics, params.report, rob, {})
+    band = chosen["band_choice"] or {"low": chosen["threshold"], "high": (chosen["band"] or (None, None))[1],
+                                     "validation": {"review_share_at_line_rate": None}}
     t = {x["key"]: x for x in dec["targets"]}
     battery = [w for kind in run.get("ood_battery", {}).values() for w, _ in routes(kind, rule)]
     return {"model": run["model"], "ready": dec["ready"],

@@ -18,13 +18,13 @@ from inspection.errors import UserError
 from inspection.fsutil import sha256_file
 import hashlib
 import shutil
-from inspection.data.images import encode_jpeg, iter_image_files, printable_name, undecodable_name
+from inspection.data.images import (ARCHIVES, encode_jpeg, iter_image_files, not_a_photo_path, printable_name,
+                                    undecodable_name)
 from inspection.data.synthetic import generate
 from inspection.artifacts import TEST_SUBFOLDER
 
 
 SPLIT_FOLDER_NAMES = {"train", "test"}
-ARCHIVES = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"}   # nested archives are not read
 
 
 @contextmanager
@@ -101,7 +101,7 @@ def extract_zip(zip_path: Path, dest: Path, expected_sha256: str | None, quarant
     with zf:
         members = [m for m in zf.infolist() if not m.is_dir()]
         nested = [m.filename for m in members if Path(m.filename).suffix.lower() in ARCHIVES
-                  and not any(part.startswith(".") or part == "__MACOSX" for part in Path(m.filename).parts)]
+                  and not any(map(not_a_photo_path, Path(m.filename).parts))]
         if nested:
             raise UserError(f"{nested[0]} inside {zip_path.name}: nested archives are not read; extract it or list "
                             "it in data.extra")
@@ -125,7 +125,7 @@ def _image_dirs(root: Path) -> list[Path]:
     """Folders that directly contain at least one non-hidden file."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
+        dirnames[:] = sorted(d for d in dirnames if not not_a_photo_path(d))
         if any(not f.startswith(".") for f in filenames):
             found.append(Path(dirpath))
     return found
@@ -264,9 +264,9 @@ def copy_tree(data: DataParams, source_root: Path, out: Path, quarantined: list 
 
 
 def write_synthetic(data: DataParams, dest: Path) -> None:
-    p = data.synthetic
+    synthetic = data.synthetic
     names = {"defect": data.positive_class, "ok": data.negative_class}
-    for key, i, img, _ in tqdm(generate(p.per_class, p.size, p.seed), total=2 * p.per_class,
+    for key, i, img, _ in tqdm(generate(synthetic.per_class, synthetic.size, synthetic.seed), total=2 * synthetic.per_class,
                                desc="synthesise", unit="img", mininterval=1):
         target = dest / names[key] / f"synthetic_{key}_{i:05d}.jpeg"
         target.parent.mkdir(parents=True, exist_ok=True)

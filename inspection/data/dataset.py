@@ -23,11 +23,11 @@ import numpy as np
 from inspection.errors import UserError
 from inspection.fsutil import read_csv, read_json, sha256_file
 from inspection.data.images import load_images
-from inspection.artifacts import MANIFEST
+from inspection.artifacts import MANIFEST, RAW, SOURCE_INFO
 from inspection.artifacts import SHARDS, SHARD_INDEX
 
 
-SOURCE_FILE = Path("data/raw/SOURCE.json")
+SOURCE_FILE = RAW / SOURCE_INFO
 SHARD_FORMAT = 1
 READ_CHUNK = 32  # images per read: the unit the training stream shuffles and interleaves
 

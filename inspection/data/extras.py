@@ -20,7 +20,7 @@ import os
 import re
 from pathlib import Path
 from inspection.errors import UserError
-from inspection.artifacts import EXTRA_SUBFOLDER, ORIGINS
+from inspection.artifacts import EXTRA_SUBFOLDER, ORIGINS, SOURCE_INFO
 
 
 def class_folders(root: Path, data) -> dict[str, list[Path]]:
@@ -90,7 +90,7 @@ def add_origins(rows: list[dict], raw: Path) -> None:
     (data/raw/ORIGINS.csv), else the main source (SOURCE.json "source")."""
     import json
 
-    source = json.loads((raw / "SOURCE.json").read_text()).get("source", "") if (raw / "SOURCE.json").exists() else ""
+    source = json.loads((raw / SOURCE_INFO).read_text()).get("source", "") if (raw / SOURCE_INFO).exists() else ""
     origins: dict[str, str] = {}
     if (raw / ORIGINS).exists():
         with open(raw / ORIGINS, newline="") as f:

@@ -19,6 +19,7 @@ import json
 import os
 from pathlib import Path
 
+from inspection.data.images import not_a_photo_path
 from inspection.fsutil import sha256_file
 
 PROGRESS_FROM = 2000   # folders with more files than this show a progress bar
@@ -28,7 +29,7 @@ def _walk(folder: Path) -> list[tuple[str, os.stat_result]]:
     """(relative posix path, stat) of every visible file under ``folder``, sorted."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".") and d != "__MACOSX"]
+        dirnames[:] = [d for d in dirnames if not not_a_photo_path(d)]
         for name in filenames:
             if not name.startswith("."):
                 full = os.path.join(dirpath, name)

@@ -20,6 +20,7 @@ from inspection.interrupts import check_interrupted
 
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jfif", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+ARCHIVES = {".zip", ".tar", ".gz", ".tgz", ".bz2", ".xz", ".7z", ".rar"}   # nested archives are refused, never read
 RESIZE_METHOD = "opencv INTER_AREA (pixel-area averaging), square, no crop or padding"
 MIN_SIDE = 32
 
@@ -85,12 +86,11 @@ def has_alpha(data: bytes) -> bool:
         except Exception:  # noqa: BLE001 - OpenCV decides what it can read
             return False
     return False
-ALPHA_RULE = "transparent pixels are composited over black: gray = (gray(RGB) * alpha + 127) // 255"
 
 
 def flatten_alpha(img: np.ndarray) -> np.ndarray:
-    """A decoded image with an alpha channel (BGRA, or gray+alpha) -> 8-bit gray over black (ALPHA_RULE), as the
-    page does it (web/src/preprocess.js rgbaToGray with alpha)."""
+    """A decoded image with an alpha channel (BGRA, or gray+alpha) -> 8-bit gray over black, as the page does it
+    (web/src/preprocess.js rgbaToGray with alpha): gray = (gray(RGB) * alpha + 127) // 255."""
     if img.ndim == 3 and img.shape[2] == 4:
         gray, alpha = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2GRAY), img[..., 3]
     else:
@@ -201,6 +201,20 @@ def printable_name(path: Path | str) -> str:
     import os
 
     return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
+def not_a_photo_path(part: str) -> bool:
+    """A hidden file or folder, or a macOS zip's resource forks (__MACOSX): every reader of folders and archives
+    passes over them."""
+    return part.startswith(".") or part == "__MACOSX"
+
+
+def pixel_sha256(img: np.ndarray) -> str:
+    """The identity of a decoded photo: sha256 of its grayscale pixels and shape (the split manifest's sha256;
+    promote matches golden photos against it)."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(img).tobytes() + str(img.shape).encode()).hexdigest()
 
 
 def iter_image_files(folder: Path) -> Iterable[Path]:

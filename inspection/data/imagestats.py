@@ -70,10 +70,10 @@ def confound_check(table: dict[str, np.ndarray], labels: np.ndarray, train: np.n
     for k in FEATURES:
         auc = roc_auc_score(labels, table[k])
         per_feature[k] = float(max(auc, 1 - auc))
-    X = np.column_stack([table[k] for k in FEATURES])
+    stats_matrix = np.column_stack([table[k] for k in FEATURES])
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    clf.fit(X[train], labels[train])
-    combined = float(roc_auc_score(labels[test], clf.predict_proba(X[test])[:, 1]))
+    clf.fit(stats_matrix[train], labels[train])
+    combined = float(roc_auc_score(labels[test], clf.predict_proba(stats_matrix[test])[:, 1]))
     worst = max(per_feature, key=per_feature.get)
     flagged = max(combined, per_feature[worst]) >= warn_auc
     means = {k: {"positive": float(table[k][labels == 1].mean()), "negative": float(table[k][labels == 0].mean())}

@@ -12,11 +12,12 @@ import numpy as np
 from tqdm import tqdm
 from inspection.config import SplitParams
 from inspection.data.dedup import THUMB, group_ids, near_duplicate_pairs, thumbnails
-from inspection.artifacts import TEST_SUBFOLDER
+from inspection.artifacts import SOURCE_INFO, TEST_SUBFOLDER
 from inspection.errors import UserError
 from inspection.interrupts import check_interrupted
-from inspection.fsutil import read_json, sha256_bytes
-from inspection.data.images import IMAGE_EXTENSIONS, decode_gray, iter_image_files, printable_name, undecodable_name
+from inspection.fsutil import read_json
+from inspection.data.images import (IMAGE_EXTENSIONS, decode_gray, iter_image_files, pixel_sha256, printable_name,
+                                    undecodable_name)
 from inspection.data.imagestats import FEATURES, confound_check, features
 
 
@@ -24,7 +25,7 @@ def scan(raw: Path, max_pixels: int | None = None) -> tuple[list[dict], np.ndarr
     """Decode every file under raw/<class>/ once. Returns (records, thumbnails, quarantined): each record
     carries the image's global statistics (inspection.data.imagestats); thumbnails are the near-duplicate search's
     32x32 thumbnails (inspection.data.dedup.thumbnails, kept as uint8: 1 KiB per image), not the decoded photos."""
-    source = read_json(raw / "SOURCE.json")
+    source = read_json(raw / SOURCE_INFO)
     classes = sorted(source["counts"])
     files = [(cls, f) for cls in classes if (raw / cls).is_dir() for f in iter_image_files(raw / cls)]
     if not files:
@@ -40,7 +41,7 @@ def scan(raw: Path, max_pixels: int | None = None) -> tuple[list[dict], np.ndarr
         img, reason = decode_gray(f.read_bytes(), max_pixels)  # above max_pixels: refused from the header
         if img is None:
             return cls, f, None, reason, None
-        digest = sha256_bytes(np.ascontiguousarray(img).tobytes() + str(img.shape).encode())
+        digest = pixel_sha256(img)
         return cls, f, (digest, thumbnails([img])[0].astype(np.uint8)), reason, features(img)  # exact: 0-255 values
 
     records, thumbs = [], []

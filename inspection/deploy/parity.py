@@ -100,16 +100,16 @@ def compare(saved: dict[str, np.ndarray], run: dict, expected_routes: list[tuple
     return out
 
 
-def saved_outputs(saved_model: Path, prepared: np.ndarray, metadata: dict) -> dict[str, np.ndarray]:
-    """{defect_probability, ood_score} of the SavedModel's serving signature on prepared uint8 [N, H, W]."""
+def saved_outputs(saved_model: Path, prepared: np.ndarray) -> dict[str, np.ndarray]:
+    """{defect_probability, ood_score} of the SavedModel's serving signature on prepared uint8 [N, H, W] (the
+    web stage checked metadata.json's outputs against the SavedModel first)."""
     from inspection.deploy.saved_model import saved_model_outputs
 
     raw = saved_model_outputs(saved_model, prepared)
-    if set(OUTPUTS) <= set(raw) or "defect_probability" in raw:
-        return {k: raw[k] for k in OUTPUTS if k in raw}
-    if len(raw) == 1:  # a one-output model from before the OOD gate
-        return {"defect_probability": next(iter(raw.values()))}
-    raise UserError(f"the SavedModel's outputs {sorted(raw)} do not include defect_probability; re-run export")
+    missing = sorted(set(OUTPUTS) - set(raw))
+    if missing:
+        raise UserError(f"the SavedModel's outputs {sorted(raw)} lack {missing}; re-run export")
+    return {k: raw[k] for k in OUTPUTS}
 
 
 BENCH_JS = """async ([px, repeats, files]) => {
@@ -205,7 +205,7 @@ def python_reference(saved_model: Path, metadata: dict, n: int, positive_class: 
     rows = pick_parity_rows(n, positive_class)
     full = read_many([r["path"] for r in rows])
     prepared = np.stack([resize(g, size) for g in full])
-    saved = saved_outputs(saved_model, prepared, metadata)
+    saved = saved_outputs(saved_model, prepared)
     stats = [features(g) for g in prepared]
     routes = [decide(float(p), st, float(o), rule)
               for p, st, o in zip(saved["defect_probability"], stats, saved["ood_score"])]

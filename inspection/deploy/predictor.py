@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 import numpy as np
 from inspection.errors import UserError
-from inspection.data.images import IMAGE_EXTENSIONS, decode_gray, resize
+from inspection.data.images import ARCHIVES, IMAGE_EXTENSIONS, decode_gray, not_a_photo_path, resize
 from inspection.data.imagestats import features
 from inspection.decision.route import camera_reasons, csv_row, decide
 from inspection.deploy.model_folder import load_metadata, load_saved_model, run_signature
@@ -65,7 +65,6 @@ def load_predictor(ref: str = "models") -> Predictor:
     return Predictor(folder, metadata, fn, module)
 
 
-ARCHIVES = {".zip", ".7z", ".rar", ".tar", ".gz", ".tgz", ".bz2", ".xz"}
 
 
 def _files(folder: Path) -> Iterator[Path]:
@@ -131,7 +130,7 @@ def _zip_items(path: Path) -> Iterator[Item]:
         yield str(path), (lambda: b"")   # a broken archive is one RETAKE row, not a crash
         return
     for m in sorted(zf.infolist(), key=lambda m: m.filename):
-        if not m.is_dir() and not any(part.startswith(".") or part == "__MACOSX" for part in Path(m.filename).parts):
+        if not m.is_dir() and not any(map(not_a_photo_path, Path(m.filename).parts)):
             yield f"{path}/{m.filename}", (lambda m=m: zf.read(m))
 
 

@@ -39,11 +39,11 @@ def perturbation(kind: str | None, value, seed: int) -> Callable[[int, np.ndarra
     return lambda i, img: apply(kind, value, img, np.random.default_rng([seed, i]))
 
 
-def perturbed(serving, paths: Sequence[str], size: int, r, runs, chunk: int | None = None) -> dict[str, dict]:
+def perturbed(serving, paths: Sequence[str], size: int, robustness_params, runs, chunk: int | None = None) -> dict[str, dict]:
     """Each (name, kind, value, gated) of ``runs`` (see ``battery``) applied to every full-resolution photo, then the
     model's resize, then the deployed (two-output) model: {name: {"probability", "ood", "stats"}}.
     kind None is the clean photo. The photos are read ``chunk`` at a time and every run is applied to each chunk."""
-    changes = {name: perturbation(kind, value, r.seed) for name, kind, value, _ in runs}
+    changes = {name: perturbation(kind, value, robustness_params.seed) for name, kind, value, _ in runs}
     parts: dict[str, list] = {name: [] for name in changes}
     for start, photos in photo_chunks(paths, f"evaluate: test photos x {len(runs)} conditions", chunk):
         for name, change in changes.items():
@@ -80,19 +80,19 @@ def route_counts(y: np.ndarray, decided: list[tuple[str, str]], confidence: floa
                           "ok_retake": ci(counts["ok"]["RETAKE"], no)}}
 
 
-def battery(r, gated_only: bool = False) -> list[tuple]:
+def battery(robustness_params, gated_only: bool = False) -> list[tuple]:
     """[(name, kind, value, gated)], 'clean' first."""
-    return [("clean", None, None, False), *((n, q.kind, q.value, q.gated) for n, q in r.perturbations.items()
+    return [("clean", None, None, False), *((n, q.kind, q.value, q.gated) for n, q in robustness_params.perturbations.items()
                                              if q.gated or not gated_only)]
 
 
-def robustness(results: dict[str, dict], y: np.ndarray, rule: dict, r, confidence: float, camera: dict) -> list[dict]:
-    """The perturbation battery (``results``: ``perturbed`` on the test photos with every run of ``battery(r)``) at
+def robustness(results: dict[str, dict], y: np.ndarray, rule: dict, robustness_params, confidence: float, camera: dict) -> list[dict]:
+    """The perturbation battery (``results``: ``perturbed`` on the test photos with every run of ``battery``) at
     the chosen route; row 'clean' is the reference. route_* count what the line would do, per true class (the
     decision module judges them against report.targets at the line's defect rate); recall, missed,
     false_reject_rate and false_rejects are the threshold alone's (threshold figures, no band, no RETAKE)."""
     rows = []
-    for name, kind, value, gated in battery(r):
+    for name, kind, value, gated in battery(robustness_params):
         res = results[name]
         m = at_threshold(y, res["probability"], rule["threshold"])
         rc = route_counts(y, routes(res, rule), confidence)
@@ -118,7 +118,7 @@ def robustness(results: dict[str, dict], y: np.ndarray, rule: dict, r, confidenc
     return rows
 
 
-def val_conditions(model, paths: Sequence[str], e, size: int, chunk: int | None = None,
+def val_conditions(model, paths: Sequence[str], evaluate, size: int, chunk: int | None = None,
                    stats: dict | None = None, features: Callable | None = None,
                    pooled: dict | None = None) -> dict[str, np.ndarray]:
     """The probabilities of the validation photos (read ``chunk`` at a time), clean and under every gated
@@ -127,7 +127,7 @@ def val_conditions(model, paths: Sequence[str], e, size: int, chunk: int | None 
     from inspection.data.images import resize
     from inspection.data.imagestats import feature_table
 
-    r = e.robustness
+    r = evaluate.robustness
     changes = {name: perturbation(kind, value, r.seed) for name, kind, value, _ in battery(r, gated_only=True)}
     probs: dict[str, list] = {name: [] for name in changes}
     tables: dict[str, list] = {name: [] for name in changes}
@@ -148,14 +148,14 @@ def val_conditions(model, paths: Sequence[str], e, size: int, chunk: int | None 
     return {name: np.concatenate(p) for name, p in probs.items()}
 
 
-def robust_threshold(model, paths: Sequence[str], y_val: np.ndarray, e, size: int, chunk: int | None = None,
+def robust_threshold(model, paths: Sequence[str], y_val: np.ndarray, evaluate, size: int, chunk: int | None = None,
                      probs: dict[str, np.ndarray] | None = None) -> dict:
     """evaluate.robust_threshold: the policy's threshold on the validation photos, clean and under every gated
     perturbation (``val_conditions``); the lowest wins, so the recall target holds in all of them."""
-    probs = probs if probs is not None else val_conditions(model, paths, e, size, chunk)
+    probs = probs if probs is not None else val_conditions(model, paths, evaluate, size, chunk)
     per = {}
     for name, p in probs.items():
-        per[name] = choose_threshold(y_val, p, e)
+        per[name] = choose_threshold(y_val, p, evaluate)
         print(f"evaluate: validation threshold under {name:>16}: {per[name]:.4f}")
     return per
 

@@ -57,7 +57,7 @@ def rotated_features(pooled, seed: int):
     return features
 
 
-def fit_gate(model, prob_model, data: dict, e, validated: dict | None = None,
+def fit_gate(model, prob_model, data: dict, evaluate, validated: dict | None = None,
              validated_features: dict | None = None) -> Gate:
     """Stream train (features, camera statistics), val (probability, features, statistics) and test
     (probability); fit the OOD gate on train and calibrate its limit on val. ``prob_model`` computes the
@@ -78,38 +78,38 @@ def fit_gate(model, prob_model, data: dict, e, validated: dict | None = None,
 
     print("evaluate: drift reference and out-of-distribution gate from the training images")
     outputs = {"features": pooled, "stats": feature_table}
-    if e.retake.ood_fit == "rotated":
-        outputs["rotated"] = rotated_features(pooled, e.robustness.seed)
+    if evaluate.retake.ood_fit == "rotated":
+        outputs["rotated"] = rotated_features(pooled, evaluate.robustness.seed)
     train = stream_split(data["train"], outputs)
     val = stream_split(data["val"], {"probability": probability, "features": pooled, "stats": feature_table})
     probs = {"val": val["probability"], "test": stream_split(data["test"], {"probability": probability})["probability"]}
-    drift_ref = drift_reference(None, e.drift_margin, table=train["stats"])
+    drift_ref = drift_reference(None, evaluate.drift_margin, table=train["stats"])
     gate = fit(np.concatenate([train["features"], train["rotated"]]) if "rotated" in train else train["features"])
     val_scores = distances(val["features"], gate)
-    camera, warn = camera_ranges(e, drift_ref, validated)
+    camera, warn = camera_ranges(evaluate, drift_ref, validated)
     if warn is not None:
         drift_ref["validated"] = {"range": camera, "conditions": sorted(validated)}
     scores, tables = {"clean": val_scores}, {"clean": val["stats"]}
-    if e.retake.ood_limit in ("validated", "tiered") and validated_features:
+    if evaluate.retake.ood_limit in ("validated", "tiered") and validated_features:
         scores.update({k: distances(f, gate) for k, f in validated_features.items()})
         tables.update({k: validated[k] for k in validated_features})
-    gate["limit"], calibration = ood_limit(e, camera, scores, tables)
+    gate["limit"], calibration = ood_limit(evaluate, camera, scores, tables)
     if calibration.get("review_limit") is not None:
         gate["review_limit"] = calibration["review_limit"]
-    _print_calibration(gate["limit"], calibration, e.retake.max_share)
+    _print_calibration(gate["limit"], calibration, evaluate.retake.max_share)
     return Gate(probs, drift_ref, camera, warn, gate, calibration, val_scores)
 
 
-def camera_ranges(e, reference: dict, validated: dict | None) -> tuple[dict, dict | None]:
+def camera_ranges(evaluate, reference: dict, validated: dict | None) -> tuple[dict, dict | None]:
     """(the RETAKE range, the warning range or None) from the drift reference (training photos) and the validation
     photos' camera tables under each gated perturbation (evaluate.retake.camera_range)."""
     training = {k: {"min": v["min"], "max": v["max"]} for k, v in reference["features"].items()}
-    if e.retake.camera_range == "validated" and validated:
+    if evaluate.retake.camera_range == "validated" and validated:
         return validated_range(reference, validated), training
     return training, None
 
 
-def ood_limit(e, camera: dict, scores: dict[str, np.ndarray], tables: dict[str, dict]) -> tuple[float, dict]:
+def ood_limit(evaluate, camera: dict, scores: dict[str, np.ndarray], tables: dict[str, dict]) -> tuple[float, dict]:
     """The OOD limit and its calibration from validation OOD scores and camera tables keyed by condition ('clean',
     and with evaluate.retake.ood_limit validated or tiered the gated perturbations too). tiered: the RETAKE limit is
     the validated one widened by evaluate.retake.ood_margin, and the clean limit becomes the review limit
@@ -121,21 +121,21 @@ def ood_limit(e, camera: dict, scores: dict[str, np.ndarray], tables: dict[str, 
 
     def flagged(table: dict) -> np.ndarray:
         n = len(next(iter(table.values())))
-        return np.array([bool(e.retake.camera_check and camera_reasons({k: table[k][i] for k in camera}, camera))
+        return np.array([bool(evaluate.retake.camera_check and camera_reasons({k: table[k][i] for k in camera}, camera))
                          for i in range(n)], bool)
 
-    budget = (e.retake.max_share, e.bootstrap.confidence)
+    budget = (evaluate.retake.max_share, evaluate.bootstrap.confidence)
     flags = {"clean": flagged(tables["clean"])}
     clean_limit, clean_info = calibrate_limit(scores["clean"], flags["clean"], *budget)
-    if e.retake.ood_limit == "clean" or len(scores) == 1:
+    if evaluate.retake.ood_limit == "clean" or len(scores) == 1:
         return clean_limit, clean_info
     flags.update({k: flagged(t) for k, t in tables.items() if k != "clean"})
     limit, info = calibrate_limit_validated(scores, flags, *budget)
-    if e.retake.ood_limit == "tiered":
-        limit = limit * (1 + e.retake.ood_margin)
+    if evaluate.retake.ood_limit == "tiered":
+        limit = limit * (1 + evaluate.retake.ood_margin)
         info = {**retake_info(scores["clean"], flags["clean"], limit, *budget), **{
             k: info[k] for k in ("by_condition", "set_by", "allowed")}, "review_limit": clean_limit,
-            "margin": e.retake.ood_margin, "val_review": int((np.asarray(scores["clean"]) > clean_limit).sum())}
+            "margin": evaluate.retake.ood_margin, "val_review": int((np.asarray(scores["clean"]) > clean_limit).sum())}
         for name, s in scores.items():
             info["by_condition"][name]["over_limit"] = int((np.asarray(s) > limit).sum())
     return limit, info

@@ -53,12 +53,17 @@ def ood_summary(fitted, clean: dict, ood_rows: list[dict], words, method: str) -
         "battery_images": len(ood_rows)}
 
 
-def summarize(e, pos: str, y: dict, probs: dict, chosen: dict, rule: dict, decided, rob, ood: dict) -> dict:
+def robustness_metrics(rob: list[dict]) -> dict:
+    """metrics.json's robustness block: per perturbation, its rows' ROBUSTNESS_KEYS."""
+    return {row["perturbation"]: {k: row[k] for k in ROBUSTNESS_KEYS} for row in rob}
+
+
+def summarize(evaluate, pos: str, y: dict, probs: dict, chosen: dict, rule: dict, decided, rob, ood: dict) -> dict:
     """The metrics dict; ``chosen`` holds threshold, max_f1 and threshold_by_condition."""
-    threshold, b = chosen["threshold"], e.bootstrap
+    threshold, b = chosen["threshold"], evaluate.bootstrap
     band = chosen["band"]
     return {"threshold": threshold, "policy": chosen["policy"],
-            "policy_target": e.min_recall if chosen["policy"] == "min_recall" else None, "tta": e.tta,
+            "policy_target": evaluate.min_recall if chosen["policy"] == "min_recall" else None, "tta": evaluate.tta,
             "band_choice": chosen["band_choice"],
             "threshold_by_condition": chosen["threshold_by_condition"], "max_f1_threshold": chosen["max_f1"],
             "positive_class": pos,
@@ -68,7 +73,7 @@ def summarize(e, pos: str, y: dict, probs: dict, chosen: dict, rule: dict, decid
             "test_exact": exact_errors(y["test"], probs["test"], threshold, b.confidence),
             "review_band": (review_band(y["test"], probs["test"], *band) if band else None),
             "route": {**rule, "test": route_counts(y["test"], decided, b.confidence)},
-            "robustness": {row["perturbation"]: {k: row[k] for k in ROBUSTNESS_KEYS} for row in rob},
+            "robustness": robustness_metrics(rob),
             "robustness_summary": robustness_summary(rob),
             "ood": ood}
 

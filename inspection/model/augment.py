@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def photometric(x, seed, a):
+def photometric(x, seed, augment):
     """Random camera drift on a float32 batch [B, H, W, 1] of 0-255 pixels (train.augment):
     exposure gain, gamma, contrast, Gaussian blur, sensor noise, each applied to a random
     share (train.augment.probability) of the images. Stateless ops: same seed, same batch."""
@@ -32,29 +32,29 @@ def photometric(x, seed, a):
         return tf.random.stateless_uniform(shape, seeds[i], lo_hi[0], lo_hi[1])
 
     def sometimes(i, changed, original):
-        return tf.where(tf.random.stateless_uniform([b, 1, 1, 1], seeds[i]) < a.probability, changed, original)
+        return tf.where(tf.random.stateless_uniform([b, 1, 1, 1], seeds[i]) < augment.probability, changed, original)
 
-    if a.gain is not None:
-        x = sometimes(7, tf.clip_by_value(x * uniform(0, a.gain), 0.0, 255.0), x)
-    if a.gamma is not None:
-        g = tf.exp(uniform(1, (float(np.log(a.gamma[0])), float(np.log(a.gamma[1])))))
+    if augment.gain is not None:
+        x = sometimes(7, tf.clip_by_value(x * uniform(0, augment.gain), 0.0, 255.0), x)
+    if augment.gamma is not None:
+        g = tf.exp(uniform(1, (float(np.log(augment.gamma[0])), float(np.log(augment.gamma[1])))))
         x = sometimes(8, 255.0 * tf.pow(x / 255.0 + 1e-6, g), x)
-    if a.contrast is not None:
+    if augment.contrast is not None:
         mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-        x = sometimes(9, tf.clip_by_value((x - mean) * uniform(2, a.contrast) + mean, 0.0, 255.0), x)
-    if a.blur_sigma is not None:
-        sigma = uniform(3, a.blur_sigma, [])
+        x = sometimes(9, tf.clip_by_value((x - mean) * uniform(2, augment.contrast) + mean, 0.0, 255.0), x)
+    if augment.blur_sigma is not None:
+        sigma = uniform(3, augment.blur_sigma, [])
         k = tf.exp(-0.5 * tf.square(tf.range(-4.0, 5.0) / sigma))
         k = k / tf.reduce_sum(k)
         blurred = tf.nn.conv2d(x, tf.reshape(k, [9, 1, 1, 1]), 1, "SAME")
         x = sometimes(4, tf.nn.conv2d(blurred, tf.reshape(k, [1, 9, 1, 1]), 1, "SAME"), x)
-    if a.noise_sigma is not None:
-        noise = tf.random.stateless_normal(tf.shape(x), seeds[5]) * uniform(6, a.noise_sigma)
+    if augment.noise_sigma is not None:
+        noise = tf.random.stateless_normal(tf.shape(x), seeds[5]) * uniform(6, augment.noise_sigma)
         x = sometimes(10, tf.clip_by_value(x + noise, 0.0, 255.0), x)
     return x
 
 
-def geometric(x, seed, a):
+def geometric(x, seed, augment):
     """One random projective warp per image (train.augment): flips, rotation by any angle, zoom,
     shift and camera tilt (perspective) composed into a single bilinear resampling with reflected
     borders. The matrix maps output pixels to input pixels."""
@@ -64,14 +64,14 @@ def geometric(x, seed, a):
     s = tf.unstack(tf.random.experimental.stateless_split(seed, 8))
     u = lambda i, lo, hi: tf.random.stateless_uniform([b], s[i], lo, hi)  # noqa: E731
     one, zero = tf.ones([b]), tf.zeros([b])
-    theta = u(0, 0.0, 2 * np.pi) if a.rotate else zero
-    scale = u(1, 1.0 - a.zoom, 1.0 + a.zoom)
-    fx = tf.where(u(2, 0, 1) < 0.5, -one, one) if a.flip else one
-    fy = tf.where(u(3, 0, 1) < 0.5, -one, one) if a.flip else one
-    tx, ty = u(4, -a.shift, a.shift) * size, u(5, -a.shift, a.shift) * size
+    theta = u(0, 0.0, 2 * np.pi) if augment.rotate else zero
+    scale = u(1, 1.0 - augment.zoom, 1.0 + augment.zoom)
+    fx = tf.where(u(2, 0, 1) < 0.5, -one, one) if augment.flip else one
+    fy = tf.where(u(3, 0, 1) < 0.5, -one, one) if augment.flip else one
+    tx, ty = u(4, -augment.shift, augment.shift) * size, u(5, -augment.shift, augment.shift) * size
     # tilt: the far side of the image shrinks by up to `perspective` relative to the near side
-    g, h = (u(6, -a.perspective, a.perspective) / size, u(7, -a.perspective, a.perspective) / size) \
-        if a.perspective > 0 else (zero, zero)
+    g, h = (u(6, -augment.perspective, augment.perspective) / size, u(7, -augment.perspective, augment.perspective) / size) \
+        if augment.perspective > 0 else (zero, zero)
     cos, sin = tf.cos(theta) / scale, tf.sin(theta) / scale
     c = (size - 1) / 2
 

@@ -16,20 +16,20 @@ from inspection.model.augment import geometric, photometric
 INTERLEAVE = 4  # shard chunks read in parallel (and interleaved image by image when training)
 
 
-def batches(ds, p, training: bool):
+def batches(ds, train_params, training: bool):
     """(uint8 [H, W, 1], float32 [1]) elements -> float32 batches, augmented when training, prefetched."""
     import tensorflow as tf
 
-    a = p.augment
+    a = train_params.augment
     warp = a.flip or a.rotate or a.shift > 0 or a.zoom > 0 or a.perspective > 0
 
     def augment(x, step):
-        seeds = tf.random.experimental.stateless_split(tf.stack([tf.constant(p.seed, tf.int64), step]), 2)
+        seeds = tf.random.experimental.stateless_split(tf.stack([tf.constant(train_params.seed, tf.int64), step]), 2)
         if warp:
             x = geometric(x, seeds[0], a)
         return photometric(x, seeds[1], a)
 
-    ds = ds.batch(p.batch_size)
+    ds = ds.batch(train_params.batch_size)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     if training:
         ds = tf.data.Dataset.zip((ds, tf.data.Dataset.counter()))
@@ -40,7 +40,7 @@ def batches(ds, p, training: bool):
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def make_datasets(train, val, p):
+def make_datasets(train, val, train_params):
     """train.input: memory. tf.data pipelines over whole-split uint8 arrays: cache, full shuffle, batch, augment,
     prefetch (memory grows with the dataset)."""
     import tensorflow as tf
@@ -49,13 +49,13 @@ def make_datasets(train, val, p):
         ds = tf.data.Dataset.from_tensor_slices((data.images[..., None], data.labels.astype(np.float32)[:, None]))
         ds = ds.cache()
         if training:
-            ds = ds.shuffle(len(data.labels), seed=p.seed, reshuffle_each_iteration=True)
-        return batches(ds, p, training)
+            ds = ds.shuffle(len(data.labels), seed=train_params.seed, reshuffle_each_iteration=True)
+        return batches(ds, train_params, training)
 
     return to_ds(train, True), to_ds(val, False)
 
 
-def stream(reader, p, training: bool):
+def stream(reader, train_params, training: bool):
     """train.input: stream. The split's shard chunks (inspection.data.dataset.ShardReader.chunks, READ_CHUNK images
     each) read by tf.data: training shuffles the chunk order every epoch, reads INTERLEAVE chunks in parallel
     and interleaves them image by image, then shuffles within train.shuffle_buffer images; otherwise the
@@ -81,13 +81,13 @@ def stream(reader, p, training: bool):
 
     ds = tf.data.Dataset.from_tensor_slices(chunks)
     if training:
-        ds = ds.shuffle(len(chunks), seed=p.seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(len(chunks), seed=train_params.seed, reshuffle_each_iteration=True)
     ds = ds.interleave(chunk_images, cycle_length=INTERLEAVE, block_length=1 if training else READ_CHUNK,
                        num_parallel_calls=INTERLEAVE, deterministic=True)
     ds = ds.apply(tf.data.experimental.assert_cardinality(len(reader)))
     if training:
-        ds = ds.shuffle(p.shuffle_buffer, seed=p.seed + 1, reshuffle_each_iteration=True)
-    return batches(ds, p, training)
+        ds = ds.shuffle(train_params.shuffle_buffer, seed=train_params.seed + 1, reshuffle_each_iteration=True)
+    return batches(ds, train_params, training)
 
 
 def replica_devices() -> list[str] | None:

@@ -7,25 +7,27 @@ multiplied by 0.3 by ReduceLROnPlateau when val_loss stalls). ``class_weights`` 
 weights for the two classes, or None when train.class_weight is none. ``tracker`` / ``history_rows``: the
 per-epoch progress line, MLflow metrics and history rows. ``precise_batchnorm`` re-estimates the BatchNorm
 statistics on clean training images after each epoch (train.bn_calibration_images). ``settled``: whether the
-last validation losses stayed near the lowest (train.settle_epochs, train.settle_ratio).
+last validation losses stayed near the lowest (train.settle_epochs, train.settle_ratio), ``unsettled_warning``
+the loud line when not. ``settle_callbacks``: precise BatchNorm and early stopping; ``summarize``: the run's
+training summary.
 """
 from __future__ import annotations
 
 import numpy as np
 
 
-def learning_rate(p, steps_per_epoch: int):
+def learning_rate(train_params, steps_per_epoch: int):
     """cosine: one epoch of linear warm-up to train.learning_rate, then cosine decay to 0 at
     train.max_epochs; plateau: constant, divided by 3 when val_loss stalls."""
     import keras
 
-    if p.lr_schedule == "plateau":
-        return p.learning_rate, [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
-                                                                   patience=max(1, p.patience // 2), verbose=1)]
-    warmup = steps_per_epoch if p.max_epochs > 1 else 0
-    decay = max(1, steps_per_epoch * p.max_epochs - warmup)
-    return keras.optimizers.schedules.CosineDecay(0.0 if warmup else p.learning_rate, decay, alpha=0.0,
-                                                  warmup_target=p.learning_rate if warmup else None,
+    if train_params.lr_schedule == "plateau":
+        return train_params.learning_rate, [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
+                                                                   patience=max(1, train_params.patience // 2), verbose=1)]
+    warmup = steps_per_epoch if train_params.max_epochs > 1 else 0
+    decay = max(1, steps_per_epoch * train_params.max_epochs - warmup)
+    return keras.optimizers.schedules.CosineDecay(0.0 if warmup else train_params.learning_rate, decay, alpha=0.0,
+                                                  warmup_target=train_params.learning_rate if warmup else None,
                                                   warmup_steps=warmup), []
 
 
@@ -131,3 +133,40 @@ def settled(val_loss: list[float], epochs: int, ratio: float) -> bool:
     run that still swings at its end says so: train's line, the report, MLflow)."""
     tail = val_loss[-epochs:]
     return bool(len(val_loss) >= epochs and max(tail) <= ratio * min(val_loss))
+
+
+def summarize(history: dict, epoch_times: list[float], wall: float, train_images: int, model, replicas: int,
+              train_params) -> dict:
+    """models/mlflow_run.json's training summary: the epoch early stopping kept, whether the run settled, speed."""
+    import resource
+
+    start = min(train_params.stop_from_epoch, len(history["val_loss"]) - 1)   # the epochs early stopping could keep
+    best = start + int(np.argmin(history["val_loss"][start:]))
+    epochs_run = len(history["loss"])
+    return {"epochs_run": epochs_run, "best_epoch": best + 1, "best_val_loss": float(history["val_loss"][best]),
+            "settled": settled(history["val_loss"], train_params.settle_epochs, train_params.settle_ratio),
+            "train_seconds": wall, "seconds_per_epoch": float(np.median(epoch_times)),
+            "train_images_per_second": train_images * epochs_run / wall,
+            "parameters": model.count_params(), "replicas": replicas,
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def settle_callbacks(model, train, train_params) -> list:
+    """Precise BatchNorm after each epoch (train.bn_calibration_images; 0 = off), then early stopping on val_loss
+    that neither stops nor keeps an epoch before train.stop_from_epoch."""
+    import keras
+
+    steps = int(np.ceil(len(train.labels) / train_params.batch_size))
+    calibrate = ([precise_batchnorm(model, calibration_images(train, train_params.bn_calibration_images), steps)]
+                 if train_params.bn_calibration_images else [])
+    return [*calibrate, keras.callbacks.EarlyStopping(monitor="val_loss", patience=train_params.patience, verbose=1,
+                                                      restore_best_weights=True,
+                                                      start_from_epoch=train_params.stop_from_epoch)]
+
+
+def unsettled_warning(val_loss: list[float], train_params) -> str:
+    """train's loud line for a run whose last validation losses swung (inspection.model.training.settled)."""
+    last = ", ".join(f"{v:.3f}" for v in val_loss[-train_params.settle_epochs:])
+    return (f"train: WARNING: training did not settle: one of the last {train_params.settle_epochs} validation "
+            f"losses ({last}) is over {train_params.settle_ratio:g}x the lowest ({min(val_loss):.3f}); do not ship "
+            "this model without looking at reports/train/history.csv")

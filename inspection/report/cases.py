@@ -38,7 +38,7 @@ def _logit(q: float) -> float:
     return float(np.log(q / (1 - q)))
 
 
-def pick_cases(rows: list[dict], threshold: float, r, band: dict | None = None) -> list[dict]:
+def pick_cases(rows: list[dict], threshold: float, report, band: dict | None = None) -> list[dict]:
     """The gallery, by what the line does (the route), not by the threshold alone:
 
     * errors of the line (up to report.max_misclassified): defects routed PASS, then good parts routed REJECT;
@@ -61,26 +61,26 @@ def pick_cases(rows: list[dict], threshold: float, r, band: dict | None = None) 
         return [dict(row, kind=kind) for row in rows_]
     escaped = sorted((x for x in rows if x["route"] == "PASS" and is_defect(x)), key=prob)
     rejected = sorted((x for x in rows if x["route"] == "REJECT" and not is_defect(x)), key=lambda x: -prob(x))
-    errors = (tagged(escaped, "escaped defect") + tagged(rejected, "false reject"))[:r.max_misclassified]
+    errors = (tagged(escaped, "escaped defect") + tagged(rejected, "false reject"))[:report.max_misclassified]
     below = sorted((x for x in rows if is_defect(x) and x["route"] != "PASS" and prob(x) < low), key=prob)
     retake_only = tagged([x for x in below if x["route"] == "RETAKE"], "caught only by RETAKE")
     unusual_only = tagged([x for x in below if x["route"] == "REVIEW"], "caught only as an unusual photo")
     nearest = tagged(sorted((x for x in rows if is_defect(x) and x["route"] in ("REVIEW", "REJECT")
-                             and prob(x) >= low), key=prob)[:r.uncertain_cases], "defect nearest PASS")
+                             and prob(x) >= low), key=prob)[:report.uncertain_cases], "defect nearest PASS")
     taken = {x["path"] for x in errors + retake_only + unusual_only + nearest}
     review = tagged(sorted((x for x in rows if x["route"] == "REVIEW" and x["path"] not in taken),
-                           key=lambda x: abs(_logit(prob(x)) - lo_logit))[:r.uncertain_cases], "sent to review")
+                           key=lambda x: abs(_logit(prob(x)) - lo_logit))[:report.uncertain_cases], "sent to review")
     taken |= {x["path"] for x in review}
-    retake = tagged([x for x in rows if x["route"] == "RETAKE" and x["path"] not in taken][:r.uncertain_cases],
+    retake = tagged([x for x in rows if x["route"] == "RETAKE" and x["path"] not in taken][:report.uncertain_cases],
                     "retake")
     taken |= {x["path"] for x in retake}
     right = sorted((x for x in rows if x["path"] not in taken and (x["route"] == "REJECT") == is_defect(x)
                     and x["route"] in ("PASS", "REJECT")), key=lambda x: abs(_logit(prob(x)) - lo_logit))
-    uncertain = tagged(right[:r.uncertain_cases], "uncertain")
+    uncertain = tagged(right[:report.uncertain_cases], "uncertain")
     taken |= {x["path"] for x in uncertain}
     found = sorted((x for x in rows if is_defect(x) and x["route"] == "REJECT" and x["path"] not in taken),
                    key=lambda x: -prob(x))
-    reference = tagged(found[:r.reference_defects], "reference defect")
+    reference = tagged(found[:report.reference_defects], "reference defect")
     return errors + retake_only + unusual_only + nearest + review + retake + uncertain + reference
 
 

@@ -43,7 +43,7 @@ def _test_block(counts: dict) -> dict:
     return {"counts": counts, "defects": nd, "ok": no, "n": nd + no}
 
 
-def candidates(rows: list[dict], positive: str, route: dict, r, confidence: float) -> list[dict]:
+def candidates(rows: list[dict], positive: str, route: dict, report, confidence: float) -> list[dict]:
     """Other settings of the same rule on the test split: the chosen band, its low edge moved down and up
     (x1/4 .. x4 in probability), its high edge halved and doubled, the threshold alone (no band) and the fixed
     band [0.02, 0.9). Each routes every row with the deployed rule (inspection.decision.route) with only the band
@@ -78,9 +78,9 @@ def candidates(rows: list[dict], positive: str, route: dict, r, confidence: floa
         missed = binomial_ci(counts["defect"]["PASS"], sum(counts["defect"].values()), confidence)
         rejected = binomial_ci(counts["ok"]["REJECT"], sum(counts["ok"].values()), confidence)
         test = {**_test_block(counts), "intervals": {"missed": missed, "false_rejects": rejected}}
-        costs = line_costs(test, r.line_defect_rate, r.parts_per_shift, confidence)
+        costs = line_costs(test, report.line_defect_rate, report.parts_per_shift, confidence)
         # the decision's own judgement of the clean targets (no robustness rows: those need the perturbed photos)
-        checks = {x["key"]: x["passed"] for x in judge_targets(test, costs, [], r.targets)}
+        checks = {x["key"]: x["passed"] for x in judge_targets(test, costs, [], report.targets)}
         out.append({"name": name, "low": lo, "high": hi, "chosen": name == "chosen", "counts": counts,
                     "missed": missed, "false_rejects": rejected, "costs": costs, "checks": checks,
                     "passed": all(checks.values())})

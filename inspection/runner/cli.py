@@ -140,7 +140,7 @@ def cli(main: Callable[[], None], tensorflow: bool | None = None) -> Callable[[]
         sys.stdout.reconfigure(line_buffering=True, errors="backslashreplace")
         sys.stderr.reconfigure(errors="backslashreplace")
         install_signal_handlers()
-        interrupts.nothing_published = _nothing_published
+        interrupts.set_outputs_message(_nothing_published)
         if os.environ.get("DVC_STAGE"):  # run by dvc: stop when dvc dies (a direct or nohup run is left alone)
             watch_parent()
         try:

@@ -125,7 +125,6 @@ def preflight(stage: str | None) -> None:
     if spec is None:
         return
     from inspection.config import load_params
-    from inspection.artifacts import RUN_FILE
     from inspection.tracking.store import check_store
     from inspection.tracking.journal import pending_notice
 
@@ -136,7 +135,7 @@ def preflight(stage: str | None) -> None:
         check_web_tools()
     check_inputs(spec, dvc, stage)
     check_writable(spec)
-    check_store(RUN_FILE if RUN_FILE.as_posix() in _paths(spec.get("deps")) else None)
+    check_store()
     notice = pending_notice()
     if notice:
         print(notice)

@@ -24,18 +24,12 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-import numpy as np
 from inspection.errors import UserError
-from inspection.fsutil import read_csv, sha256_bytes
+from inspection.fsutil import read_csv
 
 
 TAG_BASELINE = "promotion.baseline"     # on a version: the champion it was compared with ("none": first model)
 TAG_DECISION = "promotion.decision"
-
-
-def pixel_sha256(img: np.ndarray) -> str:
-    """The split manifest's sha256: of the decoded grayscale pixels and the shape (stages/split.py)."""
-    return sha256_bytes(np.ascontiguousarray(img).tobytes() + str(img.shape).encode())
 
 
 def counts(labels: list[str], routes: list[str], positive: str) -> dict:
@@ -154,7 +148,7 @@ def held_out_images(manifest: Path, base, name: str, golden: str | None,
     golden set minus anything either model trained or validated on; and how many came from where
     (promotion.json's image_sources)."""
     from inspection.tracking import registry
-    from inspection.data.images import read_gray
+    from inspection.data.images import pixel_sha256, read_gray
 
     rows = read_csv(manifest)
     seen = {r["sha256"] for r in rows if r["split"] in ("train", "val")}

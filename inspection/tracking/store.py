@@ -206,9 +206,9 @@ def store_problem(uri: str) -> str | None:
     return None  # other stores (databricks, postgresql...) are checked by their first call
 
 
-def check_store(run_file: Path | None = None) -> None:
-    """Stop with one line when the tracking store cannot be used. (``run_file`` is accepted for the callers'
-    sake: models/mlflow_run.json no longer names a store, every stage logs into the current one.)"""
+def check_store() -> None:
+    """Stop with one line when the tracking store every stage logs into (MLFLOW_TRACKING_URI or the default)
+    cannot be used."""
     uri = tracking_uri()
     problem = store_problem(uri)
     if problem:

@@ -2,8 +2,9 @@
 // inspection/deploy/model_folder.py checks them for every Python consumer (tests/test_model_folder.py holds both to
 // the same faults). Any other key is informational and allowed. Pure functions, no TF.js, no DOM.
 
+import { ROUTES as WORDS } from './route.js';
+
 export const DAMAGED = 'this model bundle is damaged: rebuild it (dvc repro web)';
-const WORDS = ['PASS', 'REVIEW', 'REJECT', 'RETAKE'];
 const FEATURES = ['brightness', 'contrast', 'sharpness']; // the camera statistics (preprocess.js features)
 
 const isObject = (v) => v !== null && typeof v === 'object' && !Array.isArray(v);
