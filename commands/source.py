@@ -9,10 +9,8 @@ the repository.
 """
 from __future__ import annotations
 
-from inspection.artifacts import resolve_user_path
 from inspection.config import load_params
-from inspection.data.acquire import kaggle_download, resolve_source
-from inspection.errors import UserError
+from inspection.data.acquire import kaggle_download, local_source, resolve_source
 from inspection.runner.cli import cli
 
 
@@ -20,9 +18,7 @@ def main() -> None:
     data = load_params().data
     source = resolve_source(data)
     if source == "local":
-        path = resolve_user_path(data.local.path)
-        if not path.exists():
-            raise UserError(f"data.local.path {path} does not exist; set it to a .zip or a folder of class folders")
+        local_source(data)
         print(f"source: {'data.source auto: ' if data.source == 'auto' else ''}local copy {data.local.path}")
     elif source == "kaggle":
         where = kaggle_download(data.kaggle.dataset, data.kaggle.version,

@@ -81,9 +81,12 @@ EVAL = Path("reports/eval")
 DRIFT_REFERENCE = EVAL / "drift_reference.json"
 GATE = Path("models/ood_gate.npz")
 # export
-SAVED_MODEL = Path("models/saved_model")
-TFJS = Path("models/tfjs")
-METADATA = Path("models/metadata.json")
+# a model folder (models/, a registry download, published/<version>) holds these three
+METADATA_FILE, SAVED_MODEL_DIR, TFJS_DIR = "metadata.json", "saved_model", "tfjs"
+PIPELINE_MODEL = "models"   # the --model reference of the pipeline's own model folder (export writes it)
+SAVED_MODEL = Path(PIPELINE_MODEL) / SAVED_MODEL_DIR
+TFJS = Path(PIPELINE_MODEL) / TFJS_DIR
+METADATA = Path(PIPELINE_MODEL) / METADATA_FILE
 HEADLINE = Path("reports/headline.json")
 # promote
 PROMOTION = Path("reports/promotion.json")

@@ -90,6 +90,11 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20, progress=None) -> str:
     return h.hexdigest()
 
 
+def dir_size(path: Path) -> int:
+    """Bytes of every file under ``path``."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

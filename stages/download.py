@@ -12,10 +12,9 @@ from inspection.errors import UserError
 from inspection.runner.cli import cli
 from inspection.data.extras import copy_extras
 from inspection.fsutil import staged_outputs, write_json
-from inspection.artifacts import resolve_user_path
 from inspection.artifacts import RAW, SOURCE_INFO
-from inspection.data.acquire import (announce_quarantined, copy_tree, extract_zip, kaggle_download, named_as,
-                                     resolve_source, write_synthetic)
+from inspection.data.acquire import (announce_quarantined, copy_tree, extract_zip, kaggle_download, local_source,
+                                     named_as, resolve_source, write_synthetic)
 
 
 def main() -> None:
@@ -36,10 +35,7 @@ def main() -> None:
             info.update(dataset=data.kaggle.dataset, version=data.kaggle.version)
             archive_sha = None
         elif source == "local":
-            # relative to the main workspace, also from a `dvc exp run --temp`/queue workspace (inspection/artifacts.py)
-            path = resolve_user_path(data.local.path)
-            if not path.exists():
-                raise UserError(f"data.local.path {path} does not exist; set it to a .zip or a folder of class folders")
+            path = local_source(data)
             info.update(path=str(data.local.path))  # as written in params.yaml: no machine-specific folder
             if path.is_file():
                 if path.suffix.lower() != ".zip":

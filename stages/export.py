@@ -16,7 +16,8 @@ from inspection.runner.cli import cli
 from inspection.fsutil import read_json, staged_outputs, write_json
 from inspection.artifacts import DECISION, HEADLINE, METADATA, METRICS, MODEL, RUN_FILE, SAVED_MODEL, TFJS
 from inspection.deploy.metadata import headline, model_metadata
-from inspection.deploy.saved_model import convert_to_tfjs, export_saved_model, graph_output_names, saved_model_outputs
+from inspection.deploy.saved_model import (convert_to_tfjs, export_saved_model, graph_output_names, output_diffs,
+                                          saved_model_outputs)
 
 
 def main() -> None:
@@ -70,9 +71,8 @@ def check_parity(serving, saved_model: Path, images: np.ndarray, tolerance: floa
     from inspection.model.ood import predict_both
 
     keras_p, keras_o = predict_both(serving, images)
-    saved = saved_model_outputs(saved_model, images)
-    diff = float(np.max(np.abs(keras_p - saved["defect_probability"])))
-    ood_diff = float(np.max(np.abs(keras_o - saved["ood_score"]) / np.maximum(1.0, np.abs(keras_o))))
+    diff, ood_diff = output_diffs(saved_model_outputs(saved_model, images),
+                                  {"defect_probability": keras_p, "ood_score": keras_o})
     if diff > tolerance or ood_diff > tolerance:
         raise UserError(f"SavedModel and Keras disagree by {diff:.2e} (probability) / {ood_diff:.2e} (OOD score, "
                         f"relative) > export.parity_tolerance {tolerance:g}; the export is wrong, do not "

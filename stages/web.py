@@ -18,7 +18,7 @@ from inspection.errors import UserError
 from inspection.runner.cli import cli
 from inspection.fsutil import staged_outputs, write_json
 from inspection.deploy.model_folder import load_metadata, load_saved_model
-from inspection.artifacts import BROWSER_BENCHMARK, BUNDLE, PARITY, SCREENS, SCREENSHOTS
+from inspection.artifacts import BROWSER_BENCHMARK, BUNDLE, PARITY, PIPELINE_MODEL, SCREENS, SCREENSHOTS
 from inspection.deploy.bundle import build_bundle, ensure_node_modules
 from inspection.deploy.parity import (benchmark_summary, chromium_checks, compare_runs, parity_summary,
                                       python_reference, require_parity, run_node)
@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None):
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m stages.web", description="Build and check the browser bundle.")
-    ap.add_argument("--model", default="models", help="model folder (default models/, what dvc repro uses) or a "
+    ap.add_argument("--model", default=PIPELINE_MODEL, help="model folder (default models/, what dvc repro uses) or a "
                                                       "registry reference such as models:/casting-inspector@champion")
     return ap.parse_args(argv)
 

@@ -31,6 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from inspection.config import set_dotted
+from inspection.fsutil import dir_size
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 METHOD = ("1 epoch per run, each stage its own process in a scratch copy of the repository, peak RSS from os.wait4; "
           "the larger set = every source image + re-encoded variants (D4 flip/rotation, gain 0.85-1.15, offset -8..8, "
@@ -131,8 +132,6 @@ def run_stage(ws: Path, stage: str) -> dict:
     return res
 
 
-def folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def prepare(ws: Path, data: Path, epochs: int) -> dict:
@@ -142,8 +141,8 @@ def prepare(ws: Path, data: Path, epochs: int) -> dict:
     stages = {s: run_stage(ws, s) for s in ("download", "split", "shards")}
     split = json.loads((ws / "reports/data.json").read_text())["counts"]
     return {"params": base, "stages": stages, "counts": split,
-            "train_images": sum(split["train"].values()), "raw_bytes": folder_bytes(ws / "data/raw"),
-            "shard_bytes": folder_bytes(ws / "data/shards")}
+            "train_images": sum(split["train"].values()), "raw_bytes": dir_size(ws / "data/raw"),
+            "shard_bytes": dir_size(ws / "data/shards")}
 
 
 def train(ws: Path, base: dict, mode: str) -> dict:

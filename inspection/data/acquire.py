@@ -53,6 +53,17 @@ def resolve_source(data: DataParams) -> str:
     return "local" if resolve_user_path(data.local.path).exists() else "kaggle"
 
 
+def local_source(data: DataParams) -> Path:
+    """data.local.path resolved (relative to the main workspace, also from a `dvc exp run --temp`/queue
+    workspace: inspection/artifacts.py), or one line saying what to give."""
+    from inspection.artifacts import resolve_user_path
+
+    path = resolve_user_path(data.local.path)
+    if not path.exists():
+        raise UserError(f"data.local.path {path} does not exist; set it to a .zip or a folder of class folders")
+    return path
+
+
 def kaggle_download(dataset: str, version: int, auto_local: str | None = None) -> Path:
     """Download (or reuse from KAGGLEHUB_CACHE) one pinned version of a public Kaggle dataset. ``auto_local``:
     the data.local.path that data.source=auto looked for first (named in the message when both fail)."""

@@ -14,8 +14,8 @@ import shutil
 import subprocess
 from pathlib import Path
 from inspection.errors import UserError
-from inspection.fsutil import read_json, write_json
-from inspection.artifacts import NODE_MODULES, WEB_SRC
+from inspection.fsutil import dir_size, read_json, write_json
+from inspection.artifacts import METADATA_FILE, NODE_MODULES, WEB_SRC
 
 
 VENDOR = {  # bundle file -> file in web/node_modules
@@ -91,9 +91,8 @@ def build_bundle(dest: Path, metadata: dict, tfjs: Path = Path("models/tfjs"), m
     write_json(dest / "vendor/VERSIONS.json", {p["name"]: {"version": p["version"], "license": p.get("license")}
                                                for p in packages})
     shutil.copytree(tfjs, dest / "model", copy_function=shutil.copyfile)
-    write_json(dest / "metadata.json", metadata)
+    write_json(dest / METADATA_FILE, metadata)
     for f in dest.rglob("*"):
         f.chmod(0o755 if f.is_dir() else 0o644)
-    size = lambda d: sum(f.stat().st_size for f in (dest / d).rglob("*") if f.is_file())  # noqa: E731
-    return {"model": size("model"), "vendor": size("vendor"),
+    return {"model": dir_size(dest / "model"), "vendor": dir_size(dest / "vendor"),
             "app": sum(f.stat().st_size for f in dest.iterdir() if f.is_file())}

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from inspection.artifacts import DRIFT_REFERENCE
 from inspection.data.images import RESIZE_METHOD
-from inspection.deploy.saved_model import INPUT_NAME, SIGNATURE, bundle_version, dir_size
+from inspection.deploy.saved_model import INPUT_NAME, SIGNATURE, bundle_version
+from inspection.fsutil import dir_size
 from inspection.fsutil import read_json
 from inspection.model.tta import VIEWS
 

@@ -21,9 +21,22 @@ from typing import Annotated, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from inspection.decision.route import ROUTES
+from inspection.artifacts import METADATA_FILE, SAVED_MODEL_DIR, TFJS_DIR
 from inspection.errors import UserError, one_line
 
-FILE = "metadata.json"
+FILE = METADATA_FILE
+PARTS = (METADATA_FILE, SAVED_MODEL_DIR, TFJS_DIR)   # tfjs/ is optional for the Python consumers
+
+
+def parts(folder: Path) -> tuple[Path, Path, Path]:
+    """(metadata.json, saved_model/, tfjs/) of a model folder."""
+    return folder / METADATA_FILE, folder / SAVED_MODEL_DIR, folder / TFJS_DIR
+
+
+def is_model_folder(folder: Path) -> bool:
+    """A folder a Python consumer can load: metadata.json and saved_model/ (tfjs/ only the page needs)."""
+    meta, saved, _ = parts(folder)
+    return meta.is_file() and saved.is_dir()
 DAMAGED = "the model folder is damaged: re-export it (dvc repro export) or download it again"
 
 Unit = Annotated[float, Field(ge=0.0, le=1.0)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 from inspection.artifacts import REPO
 
 from inspection.decision.route import ROUTES
-from inspection.deploy.saved_model import OUTPUTS
+from inspection.deploy.saved_model import OUTPUTS, output_diffs
 
 import base64
 import json
@@ -87,12 +87,10 @@ def compare(saved: dict[str, np.ndarray], run: dict, expected_routes: list[tuple
     """One TF.js run against the SavedModel: max |diff| of the probability, max relative diff of the OOD
     score (|a - b| / max(1, |b|)), threshold-verdict and route mismatches (routes: the run's own when it has
     them, else the SavedModel's rule applied to the run's numbers by the caller)."""
-    p = np.asarray(run["defect_probability"], float)
-    ref = saved["defect_probability"]
-    out = {"max_abs_diff": float(np.abs(p - ref).max()),
-           "verdict_mismatches": int(((p >= threshold) != (ref >= threshold)).sum())}
-    o = np.asarray(run["ood_score"], float)
-    out["ood_max_rel_diff"] = float((np.abs(o - saved["ood_score"]) / np.maximum(1.0, np.abs(saved["ood_score"]))).max())
+    p, ref = np.asarray(run["defect_probability"], float), saved["defect_probability"]
+    diff, ood_diff = output_diffs(run, saved)
+    out = {"max_abs_diff": diff, "verdict_mismatches": int(((p >= threshold) != (ref >= threshold)).sum()),
+           "ood_max_rel_diff": ood_diff}
     if run.get("routes") is not None:
         got = [tuple(r) for r in run["routes"]]
         out["route_mismatches"] = sum(g[0] != e[0] for g, e in zip(got, expected_routes))

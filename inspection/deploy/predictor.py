@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 import numpy as np
+from inspection.artifacts import PIPELINE_MODEL
 from inspection.errors import UserError
 from inspection.data.images import ARCHIVES, IMAGE_EXTENSIONS, decode_gray, not_a_photo_path, resize
 from inspection.data.imagestats import features
 from inspection.decision.route import camera_reasons, csv_row, decide
-from inspection.deploy.model_folder import load_metadata, load_saved_model, run_signature
+from inspection.deploy.model_folder import is_model_folder, load_metadata, load_saved_model, parts, run_signature
 from inspection.deploy.resolver import model_folder
 
 
@@ -51,13 +52,13 @@ class Predictor:
         return out["defect_probability"], out["ood_score"]
 
 
-def load_predictor(ref: str = "models") -> Predictor:
+def load_predictor(ref: str = PIPELINE_MODEL) -> Predictor:
     """The model folder (or registry reference) ``ref``: metadata.json validated (inspection.deploy.model_folder),
     the SavedModel loaded and its serving signature checked against the file; one-line UserErrors otherwise."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     folder = model_folder(ref)
-    meta_path, saved = folder / "metadata.json", folder / "saved_model"
-    if not meta_path.exists() or not saved.is_dir():
+    meta_path, saved, _ = parts(folder)
+    if not is_model_folder(folder):
         raise UserError(f"{folder} is not a model folder (needs metadata.json and saved_model/); run `dvc repro export` "
                         f"or pass --model <folder> / --model models:/casting-inspector@champion")
     metadata = load_metadata(meta_path)   # before TensorFlow: a damaged file fails in a second

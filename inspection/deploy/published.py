@@ -14,11 +14,11 @@ import shutil
 import uuid
 from pathlib import Path
 
-from inspection.artifacts import main_root
+from inspection.artifacts import PIPELINE_MODEL, main_root
+from inspection.deploy.model_folder import PARTS
 
 PUBLISHED = Path("published")
 KEEP = 3          # versions kept, so a reader that resolved an older `current` keeps a complete folder
-PARTS = ("metadata.json", "saved_model", "tfjs")
 
 
 def current() -> Path:
@@ -29,7 +29,7 @@ def current() -> Path:
 def default_model() -> str:
     """The batch CLI's default --model: the published model when there is one, else models/."""
     link = current()
-    return str(link.resolve()) if link.exists() else "models"
+    return str(link.resolve()) if link.exists() else PIPELINE_MODEL
 
 
 def publish(folder: Path, version: str) -> Path | None:

@@ -20,14 +20,15 @@ import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from inspection.artifacts import PIPELINE_MODEL
 from inspection.errors import UserError
-from inspection.deploy.model_folder import load_metadata
+from inspection.deploy.model_folder import is_model_folder, load_metadata, parts
 from inspection.tracking.registry import registry_client, quiet_mlflow_warnings, is_registry_ref, model_version
 
 
 def _model_folder(path: Path) -> Path | None:
     for cand in (path, path / "artifacts"):
-        if (cand / "metadata.json").is_file() and (cand / "saved_model").is_dir():
+        if is_model_folder(cand):
             return cand
     return None
 
@@ -36,7 +37,7 @@ def cache_root() -> Path:
     return Path(os.environ.get("INSPECTION_MODEL_CACHE") or Path(tempfile.gettempdir()) / "casting-inspector-models")
 
 
-def resolve_model_dir(ref: str | Path = "models") -> Path:
+def resolve_model_dir(ref: str | Path = PIPELINE_MODEL) -> Path:
     """A local folder holding saved_model/, metadata.json (and tfjs/ when the version has it) for ``ref``:
     a folder (models/, or a downloaded MLflow Model folder) as it is, or a registry reference
     models:/<name>@<alias> / models:/<name>/<version>, downloaded once into a cache (INSPECTION_MODEL_CACHE,
@@ -82,7 +83,7 @@ class Resolved:
     version: object | None   # the registered ModelVersion (None for a plain folder)
 
 
-def load(ref: str | Path = "models") -> Resolved:
+def load(ref: str | Path = PIPELINE_MODEL) -> Resolved:
     """resolve_model_dir plus the metadata and, for a registry reference, the ModelVersion."""
     folder = resolve_model_dir(ref)
     mv = model_version(str(ref)) if is_registry_ref(ref) else None
@@ -102,7 +103,7 @@ def model_paths(ref: str) -> tuple[Path, Path, Path]:
     local folder's files itself, naming the stage that makes a missing one."""
     from inspection.artifacts import METADATA, SAVED_MODEL, TFJS
 
-    if ref == "models":
+    if ref == PIPELINE_MODEL:
         return METADATA, SAVED_MODEL, TFJS
     folder = model_folder(ref)
-    return folder / "metadata.json", folder / "saved_model", folder / "tfjs"
+    return parts(folder)

@@ -17,6 +17,17 @@ import numpy as np
 
 
 OUTPUTS = ("defect_probability", "ood_score")
+
+
+def output_diffs(got: dict, reference: dict) -> tuple[float, float]:
+    """How far one run of the model is from another on the same images: max |diff| of the defect probability and
+    max relative diff of the OOD score (|a - b| / max(1, |b|)); export (SavedModel vs Keras) and the browser
+    parity (TF.js vs SavedModel) both judge with it."""
+    import numpy as np
+
+    p, ref_p = np.asarray(got["defect_probability"], float), np.asarray(reference["defect_probability"], float)
+    o, ref_o = np.asarray(got["ood_score"], float), np.asarray(reference["ood_score"], float)
+    return float(np.abs(p - ref_p).max()), float((np.abs(o - ref_o) / np.maximum(1.0, np.abs(ref_o))).max())
 SIGNATURE = "serving_default"
 INPUT_NAME = "image"
 
@@ -77,7 +88,3 @@ def tfjs_digest(tfjs_dir: Path) -> str:
 def bundle_version(tfjs_dir: Path) -> str:
     """The version shown by the page and in its CSV: the bundle's content hash, short."""
     return tfjs_digest(tfjs_dir)[:12]
-
-
-def dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

@@ -151,7 +151,7 @@ def held_out_images(manifest: Path, base, name: str, golden: str | None,
     from inspection.data.images import pixel_sha256, read_gray
 
     rows = read_csv(manifest)
-    seen = {r["sha256"] for r in rows if r["split"] in ("train", "val")}
+    seen = seen_in_training(manifest)
     with tempfile.TemporaryDirectory(prefix="promote-") as tmp:
         if base is not None:
             m = registry.download_manifest(base, Path(tmp))
