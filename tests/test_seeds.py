@@ -66,6 +66,18 @@ def test_seed_table_from_experiment_commits(tmp_path, monkeypatch):
     assert md.count("\n| ") == 6 and "ready: 2 of 3 seeds" in md      # header, 3 seeds, median, min, max
 
 
+def test_outputs_are_read_from_the_configured_dvc_cache(tmp_path, monkeypatch):
+    """A cache outside the repository (`dvc cache dir`, e.g. a team's shared one) is where the outputs are read."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    monkeypatch.setattr(seeds, "ROOT", repo)
+    assert seeds.cache_dir() == repo / ".dvc/cache"        # not a DVC project yet: the default
+    subprocess.run(["dvc", "init", "-q"], cwd=repo, check=True)
+    subprocess.run(["dvc", "cache", "dir", "--local", str(tmp_path / "shared-cache")], cwd=repo, check=True)
+    assert seeds.cache_dir() == tmp_path / "shared-cache"
+
+
 def test_missing_experiment_is_one_line(tmp_path, monkeypatch):
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     monkeypatch.setattr(seeds, "ROOT", tmp_path)

@@ -144,6 +144,12 @@ def exp_revs() -> dict[str, str]:
     return {ref.rsplit("/", 1)[-1]: sha for _, ref, sha in refs}
 
 
+def cache_dir() -> Path:
+    """The DVC cache: `dvc cache dir` (a team may keep one cache outside the repository), else .dvc/cache."""
+    res = subprocess.run(["dvc", "cache", "dir"], cwd=ROOT, capture_output=True, text=True)
+    return Path(res.stdout.strip()) if res.returncode == 0 and res.stdout.strip() else ROOT / ".dvc/cache"
+
+
 def read_output(rev: str, path: str):
     """A JSON output of the experiment at ``rev``: from git when tracked, else from the DVC cache."""
     shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True, text=True)
@@ -156,7 +162,7 @@ def read_output(rev: str, path: str):
         for out in stage.get("outs", []):
             if out["path"] == path:
                 md5 = out["md5"]
-                return json.loads((ROOT / ".dvc/cache/files/md5" / md5[:2] / md5[2:]).read_text())
+                return json.loads((cache_dir() / "files/md5" / md5[:2] / md5[2:]).read_text())
     raise FileNotFoundError(f"{path} is not an output of experiment {rev}")
 
 
