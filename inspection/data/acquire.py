@@ -268,7 +268,8 @@ def copy_tree(data: DataParams, source_root: Path, out: Path, quarantined: list 
     quarantined = [] if quarantined is None else quarantined
     jobs = class_files(folders.train, quarantined) + class_files(folders.test, quarantined, TEST_SUBFOLDER)
     files_sha256 = copy_files(jobs, out)
-    counts = {cls: class_counts(jobs).get(cls, 0) for cls in data.classes}
+    copied = class_counts(jobs)
+    counts = {cls: copied.get(cls, 0) for cls in data.classes}
     test_files = sorted(r.as_posix() for _, r in jobs if TEST_SUBFOLDER in r.parts[1:2])
     return {"files_sha256": files_sha256, "counts": counts,
             "has_test_folder": bool(folders.test), "test_files": test_files}
@@ -277,8 +278,8 @@ def copy_tree(data: DataParams, source_root: Path, out: Path, quarantined: list 
 def write_synthetic(data: DataParams, dest: Path) -> None:
     synthetic = data.synthetic
     names = {"defect": data.positive_class, "ok": data.negative_class}
-    for key, i, img, _ in tqdm(generate(synthetic.per_class, synthetic.size, synthetic.seed), total=2 * synthetic.per_class,
-                               desc="synthesise", unit="img", mininterval=1):
+    for key, i, img, _ in tqdm(generate(synthetic.per_class, synthetic.size, synthetic.seed),
+                               total=2 * synthetic.per_class, desc="synthesise", unit="img", mininterval=1):
         target = dest / names[key] / f"synthetic_{key}_{i:05d}.jpeg"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(encode_jpeg(img))

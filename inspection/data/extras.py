@@ -34,8 +34,9 @@ def class_folders(root: Path, data) -> dict[str, list[Path]]:
                         "data.extra sources use the one-folder-per-class layout")
     folders = find_class_folders(root, data, require_all=False)
     if folders.test:
-        raise UserError(f"{root} has its own test folder ({', '.join(str(d) for ds in folders.test.values() for d in ds)}); "
-                        "data.extra photos all become training photos: remove the test folder from this source")
+        test = ", ".join(str(d) for dirs in folders.test.values() for d in dirs)
+        raise UserError(f"{root} has its own test folder ({test}); data.extra photos all become training photos: "
+                        "remove the test folder from this source")
     return folders.train
 
 

@@ -39,7 +39,8 @@ def perturbation(kind: str | None, value, seed: int) -> Callable[[int, np.ndarra
     return lambda i, img: apply(kind, value, img, np.random.default_rng([seed, i]))
 
 
-def perturbed(serving, paths: Sequence[str], size: int, robustness_params, runs, chunk: int | None = None) -> dict[str, dict]:
+def perturbed(serving, paths: Sequence[str], size: int, robustness_params, runs,
+              chunk: int | None = None) -> dict[str, dict]:
     """Each (name, kind, value, gated) of ``runs`` (see ``battery``) applied to every full-resolution photo, then the
     model's resize, then the deployed (two-output) model: {name: {"probability", "ood", "stats"}}.
     kind None is the clean photo. The photos are read ``chunk`` at a time and every run is applied to each chunk."""
@@ -82,11 +83,13 @@ def route_counts(y: np.ndarray, decided: list[tuple[str, str]], confidence: floa
 
 def battery(robustness_params, gated_only: bool = False) -> list[tuple]:
     """[(name, kind, value, gated)], 'clean' first."""
-    return [("clean", None, None, False), *((n, q.kind, q.value, q.gated) for n, q in robustness_params.perturbations.items()
-                                             if q.gated or not gated_only)]
+    return [("clean", None, None, False),
+            *((n, q.kind, q.value, q.gated) for n, q in robustness_params.perturbations.items()
+              if q.gated or not gated_only)]
 
 
-def robustness(results: dict[str, dict], y: np.ndarray, rule: dict, robustness_params, confidence: float, camera: dict) -> list[dict]:
+def robustness(results: dict[str, dict], y: np.ndarray, rule: dict, robustness_params, confidence: float,
+               camera: dict) -> list[dict]:
     """The perturbation battery (``results``: ``perturbed`` on the test photos with every run of ``battery``) at
     the chosen route; row 'clean' is the reference. route_* count what the line would do, per true class (the
     decision module judges them against report.targets at the line's defect rate); recall, missed,

@@ -70,8 +70,8 @@ def geometric(x, seed, augment):
     fy = tf.where(u(3, 0, 1) < 0.5, -one, one) if augment.flip else one
     tx, ty = u(4, -augment.shift, augment.shift) * size, u(5, -augment.shift, augment.shift) * size
     # tilt: the far side of the image shrinks by up to `perspective` relative to the near side
-    g, h = (u(6, -augment.perspective, augment.perspective) / size, u(7, -augment.perspective, augment.perspective) / size) \
-        if augment.perspective > 0 else (zero, zero)
+    tilt = augment.perspective
+    g, h = (u(6, -tilt, tilt) / size, u(7, -tilt, tilt) / size) if tilt > 0 else (zero, zero)
     cos, sin = tf.cos(theta) / scale, tf.sin(theta) / scale
     c = (size - 1) / 2
 

@@ -22,8 +22,9 @@ def learning_rate(train_params, steps_per_epoch: int):
     import keras
 
     if train_params.lr_schedule == "plateau":
-        return train_params.learning_rate, [keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
-                                                                   patience=max(1, train_params.patience // 2), verbose=1)]
+        plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.3,
+                                                    patience=max(1, train_params.patience // 2), verbose=1)
+        return train_params.learning_rate, [plateau]
     warmup = steps_per_epoch if train_params.max_epochs > 1 else 0
     decay = max(1, steps_per_epoch * train_params.max_epochs - warmup)
     return keras.optimizers.schedules.CosineDecay(0.0 if warmup else train_params.learning_rate, decay, alpha=0.0,

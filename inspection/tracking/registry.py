@@ -40,7 +40,8 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 TAG_CONTENT = "content_hash"
 # The repository modules the pyfunc model ships in its code/ folder: the model folder's schema and its imports
 # (tests/test_model_folder.py checks this is model_folder's import closure).
-PYFUNC_MODULES = ("inspection.artifacts", "inspection.errors", "inspection.decision.route", "inspection.deploy.model_folder")
+PYFUNC_MODULES = ("inspection.artifacts", "inspection.errors", "inspection.decision.route",
+                  "inspection.deploy.model_folder")
 # The pyfunc model's code, logged as a file (MLflow's "models from code"); never imported by this package.
 PYFUNC_FILE = Path(__file__).with_name("pyfunc_model.py")
 def content_hash(metadata: dict, tfjs: Path | None = TFJS) -> str:
